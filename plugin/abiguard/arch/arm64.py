@@ -1,0 +1,136 @@
+"""arm64 knowledge that is not an ID-register field: firmware pseudo-registers, PSCI
+versions, SMCCC workaround levels, vCPU feature sets and the registers QEMU migrates.
+
+Sources: arch/arm64/include/uapi/asm/kvm.h, Documentation/virt/kvm/arm/fw-pseudo-registers.rst,
+arch/arm64/kvm/hypercalls.c (``kvm_arm_set_fw_reg``, ``kvm_arm_set_fw_reg_bmap``),
+QEMU target/arm/kvm.c (``kvm_arm_init_cpreg_list``: core and SVE registers are not cpregs).
+Kernel versions are first mainline releases; the arm64 lab measures the Debian builds.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .. import kvm
+from . import arm64_idregs
+
+
+class FwReg(NamedTuple):
+    id: int
+    name: str
+    kind: str           #: "psci" | "workaround" | "bitmap": selects the compatibility rule
+    since: str          #: first mainline kernel that lists it in KVM_GET_REG_LIST
+    bits: dict[int, tuple[str, str]]  #: bitmap bit -> (name, first kernel)
+
+
+FW_REGS: tuple[FwReg, ...] = (
+    FwReg(0x6030000000140000, "PSCI_VERSION", "psci", "4.17", {}),
+    FwReg(0x6030000000140001, "SMCCC_ARCH_WORKAROUND_1", "workaround", "5.3", {}),
+    FwReg(0x6030000000140002, "SMCCC_ARCH_WORKAROUND_2", "workaround", "5.3", {}),
+    # Spectre-BHB, commit a5905d6af492; Debian's 5.10.223 carries the stable backport
+    FwReg(0x6030000000140003, "SMCCC_ARCH_WORKAROUND_3", "workaround", "5.17", {}),
+    FwReg(0x6030000000160000, "STD_BMAP", "bitmap", "5.19", {0: ("TRNG_V1_0", "5.19")}),
+    FwReg(0x6030000000160001, "STD_HYP_BMAP", "bitmap", "5.19", {0: ("PV_TIME", "5.19")}),
+    FwReg(0x6030000000160002, "VENDOR_HYP_BMAP", "bitmap", "5.19",
+          {0: ("FUNC_FEAT", "5.19"), 1: ("PTP", "5.19")}),
+    # opt-in: its default is 0 (commit c0000e58c74e)
+    FwReg(0x6030000000160003, "VENDOR_HYP_BMAP_2", "bitmap", "6.15",
+          {0: ("DISCOVER_IMPL_VER", "6.15"), 1: ("DISCOVER_IMPL_CPUS", "6.15")}),
+)
+FW_BY_ID = {r.id: r for r in FW_REGS}
+FW_BY_NAME = {r.name: r for r in FW_REGS}
+
+#: PSCI_VERSION encodings, (major << 16) | minor, with the kernel that first accepts them
+PSCI_VERSIONS: dict[str, tuple[int, str]] = {
+    "0.1": (0x00000001, "4.17"), "0.2": (0x00000002, "4.17"), "1.0": (0x00010000, "4.17"),
+    "1.1": (0x00010001, "5.18"), "1.2": (0x00010002, "6.13"), "1.3": (0x00010003, "6.13"),
+}
+
+
+def psci_name(value: int) -> str:
+    return f"{value >> 16}.{value & 0xFFFF}"
+
+
+#: SMCCC workaround levels; KVM accepts a written level only if the host level is >= it,
+#: ordered NOT_AVAIL < AVAIL < NOT_REQUIRED (hypercalls.c ``kvm_arm_set_fw_reg``).
+WORKAROUND_LEVELS: dict[int, str] = {0: "NOT_AVAIL", 1: "AVAIL", 2: "NOT_REQUIRED"}
+#: WA2 is stored as 0 or 3: {0,1} -> 0 and {2,3} -> 3 before the same >= comparison
+WORKAROUND_2_LEVELS: dict[int, str] = {0: "NOT_AVAIL", 1: "UNKNOWN", 2: "AVAIL", 3: "NOT_REQUIRED"}
+
+#: optional vCPU feature groups, by the short name configurations are named with; the
+#: pointer-authentication pair must be requested together (Documentation/virt/kvm/api.rst,
+#: KVM_ARM_VCPU_INIT)
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "pmu": ("PMU_V3",), "sve": ("SVE",), "ptrauth": ("PTRAUTH_ADDRESS", "PTRAUTH_GENERIC"),
+}
+OPTIONAL_VCPU_FEATURES: tuple[tuple[str, ...], ...] = tuple(FEATURE_GROUPS.values())
+#: every vCPU asks for PSCI 0.2 (QEMU always does on KVM)
+BASE_FEATURES = ("PSCI_0_2",)
+
+
+def config_name(features: list[str] | tuple[str, ...]) -> str:
+    """``psci`` plus the groups present, in table order: ``psci+pmu+sve``."""
+    parts = ["psci"] + [g for g, fs in FEATURE_GROUPS.items() if all(f in features for f in fs)]
+    return "+".join(parts)
+
+
+def config_features(name: str) -> list[str]:
+    groups = name.split("+")
+    if not groups or groups[0] != "psci" or any(g not in FEATURE_GROUPS for g in groups[1:]):
+        raise ValueError(f"unknown vCPU configuration {name!r}: expected psci[+pmu][+sve][+ptrauth]")
+    return list(BASE_FEATURES) + [f for g in groups[1:] for f in FEATURE_GROUPS[g]]
+
+
+def vcpu_configs(offered: list[tuple[str, ...]]) -> dict[str, list[str]]:
+    """Every combination of the offered optional groups, each a configuration to probe."""
+    configs: dict[str, list[str]] = {}
+    for mask in range(1 << len(offered)):
+        features = list(BASE_FEATURES) + [f for i, group in enumerate(offered) if mask >> i & 1
+                                          for f in group]
+        configs[config_name(features)] = features
+    return dict(sorted(configs.items(), key=lambda kv: (len(kv[1]), kv[0])))
+
+#: ONE_REG groups QEMU does not put into its cpreg migration list
+NOT_MIGRATED_COPROCS = frozenset({"core", "sve"})
+
+#: registers whose value moves with time: compared by presence, never by value
+VOLATILE_REGS: dict[int, str] = {
+    kvm.arm64_sysreg_id(3, 3, 14, 3, 2): "KVM_REG_ARM_TIMER_CNT",  # uapi swaps CNT/CVAL encodings
+    kvm.arm64_sysreg_id(3, 3, 14, 0, 1): "KVM_REG_ARM_PTIMER_CNT",
+}
+
+#: non-ID system registers worth a name in reports
+OTHER_SYSREG_NAMES: dict[int, str] = {
+    kvm.arm64_sysreg_id(3, 3, 14, 3, 1): "KVM_REG_ARM_TIMER_CTL",
+    kvm.arm64_sysreg_id(3, 3, 14, 0, 2): "KVM_REG_ARM_TIMER_CVAL",
+    kvm.arm64_sysreg_id(3, 0, 1, 0, 0): "SCTLR_EL1",
+    kvm.arm64_sysreg_id(3, 3, 9, 12, 0): "PMCR_EL0",
+}
+
+
+def reg_name(reg_id: int) -> str:
+    """Canonical name of an arm64 ONE_REG id; an unnamed system register by its encoding."""
+    fw = FW_BY_ID.get(reg_id)
+    if fw:
+        return fw.name
+    idreg = arm64_idregs.REG_BY_ID.get(reg_id)
+    if idreg:
+        return idreg.name
+    if reg_id in VOLATILE_REGS:
+        return VOLATILE_REGS[reg_id]
+    if reg_id in OTHER_SYSREG_NAMES:
+        return OTHER_SYSREG_NAMES[reg_id]
+    group = kvm.arm64_coproc(reg_id)
+    if group == "sysreg":
+        op0, op1, crn, crm, op2 = kvm.arm64_sysreg_encoding(reg_id)
+        return f"S{op0}_{op1}_C{crn}_C{crm}_{op2}"
+    if group == "demux":
+        return f"DEMUX_CCSIDR[{reg_id & 0xFF}]"
+    return f"{group.upper()}+{reg_id & 0xFFFF:#x}"
+
+
+def is_id_register(reg_id: int) -> bool:
+    """Feature ID range as KVM defines it: op0=3, op1 in {0,1,3}, CRn=0."""
+    if kvm.arm64_coproc(reg_id) != "sysreg":
+        return False
+    op0, op1, crn, _crm, _op2 = kvm.arm64_sysreg_encoding(reg_id)
+    return op0 == 3 and op1 in (0, 1, 3) and crn == 0

@@ -1,0 +1,71 @@
+"""abiguard's exception tree and the exit codes it maps to.
+
+::
+
+    AbiguardError                 exit 3 unless a subclass says otherwise
+     +-- UsageError               exit 2   a command line that cannot work
+     +-- InputError               exit 2   a file or XML that is not what it claims to be
+     |    +-- ProfileError                 a host profile failed validation
+     |    +-- ContractError                a contract failed validation
+     +-- IncompatibleError        exit 1   the guest ABI cannot be kept (a refusal)
+
+``str(err)`` is the single ``abiguard: ...`` line a ``virsh`` user sees.
+"""
+from __future__ import annotations
+
+
+class AbiguardError(Exception):
+    """Root of every error abiguard raises on purpose."""
+
+    exit_code = 3
+
+    def __str__(self) -> str:
+        return "abiguard: " + " ".join(str(a) for a in self.args)
+
+
+class UsageError(AbiguardError):
+    exit_code = 2
+
+
+class InputError(AbiguardError):
+    """Input that failed validation.
+
+    :param source: where the input came from (a path, ``domain XML``, ``stdin``)
+    :param detail: what is wrong and, where possible, what to do
+    """
+
+    exit_code = 2
+
+    def __init__(self, source: str, detail: str) -> None:
+        super().__init__(source, detail)
+        self.source = source
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"abiguard: {self.source}: {self.detail}"
+
+
+class ProfileError(InputError):
+    pass
+
+
+class ContractError(InputError):
+    pass
+
+
+class IncompatibleError(AbiguardError):
+    """The destination cannot give the guest the ABI it has.
+
+    :param problems: the verdict's problems, first one shown, the rest counted
+    """
+
+    exit_code = 1
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(*problems)
+        self.problems = problems
+
+    def __str__(self) -> str:
+        more = len(self.problems) - 1
+        tail = f" (+{more} more problem{'s' if more > 1 else ''}: run 'abiguard check' for all)" if more > 0 else ""
+        return f"abiguard: {self.problems[0]}{tail}"
