@@ -1,6 +1,15 @@
 """Shared pytest configuration for abiguard's tests."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# make tests/lab importable as the namespace package "lab" (e.g. lab.conftest_twohost)
+# also under --import-mode=importlib, which does not put tests/ on sys.path
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
 
 def pytest_configure(config):
     config.addinivalue_line(

@@ -515,5 +515,5 @@ case $cmd in
   virsh)   is_host "${1:-}"; need_state; h=$1; shift; vsh "$h" "$@" ;;
   exec)    is_host "${1:-}"; need_state; h=$1; shift; [ $# -gt 0 ] || die "exec: no command"; inhost "$h" "$@" ;;
   restart) is_host "${1:-}"; cmd_restart "$1" ;;
-  *) sed -n '2,44p' "$0"; exit 2 ;;
+  *) sed -n '2,50p' "$0"; exit 2 ;;
 esac

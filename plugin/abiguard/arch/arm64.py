@@ -128,9 +128,66 @@ def reg_name(reg_id: int) -> str:
     return f"{group.upper()}+{reg_id & 0xFFFF:#x}"
 
 
+def carries_abi_value(reg_id: int) -> bool:
+    """Whether the register's value is part of the guest ABI (not guest-run state)."""
+    return value_rule(reg_id) != "state"
+
+
+def value_rule(reg_id: int) -> str:
+    """The compatibility rule for a register's value; see verdict.RULES."""
+    fw = FW_BY_ID.get(reg_id)
+    if fw is not None:
+        return fw.kind
+    if reg_id in VOLATILE_REGS:
+        return "state"
+    if is_id_register(reg_id):
+        return "idreg"
+    return _RULE_BY_COPROC.get(kvm.arm64_coproc(reg_id), "state")
+
+
+#: CCSIDR values (cache geometry) reach the guest through the demux group
+_RULE_BY_COPROC: dict[str, str] = {"demux": "exact", "fw": "unknown_fw", "fw_bmap": "unknown_fw"}
+
+
 def is_id_register(reg_id: int) -> bool:
     """Feature ID range as KVM defines it: op0=3, op1 in {0,1,3}, CRn=0."""
     if kvm.arm64_coproc(reg_id) != "sysreg":
         return False
     op0, op1, crn, _crm, _op2 = kvm.arm64_sysreg_encoding(reg_id)
     return op0 == 3 and op1 in (0, 1, 3) and crn == 0
+
+
+#: MIDR/REVIDR/AIDR become writable only after KVM_CAP_ARM_WRITABLE_IMP_ID_REGS is
+#: enabled on the VM (Linux 6.15); 7.x reports them in the writable masks anyway, and
+#: QEMU does not enable the capability, so for a QEMU VM they are fixed.
+IMPLEMENTATION_ID_REGS = frozenset({"MIDR_EL1", "REVIDR_EL1", "AIDR_EL1"})
+
+#: the value of a register that gives the guest nothing (an empty bitmap, a RAZ ID register)
+NEUTRAL_VALUE = 0
+
+
+class QemuCpregRule(NamedTuple):
+    """How a destination QEMU treats the cpreg list of an incoming arm64 stream."""
+
+    since: tuple[int, ...]
+    describe: str
+    #: stream registers the destination may lack without failing the load
+    tolerated_missing: frozenset[str]
+
+    def tolerates_missing(self, name: str) -> bool:
+        return name in self.tolerated_missing
+
+
+#: by QEMU version, oldest first; an unknown QEMU version gets the strictest rule
+QEMU_CPREG_RULES: tuple[QemuCpregRule, ...] = (
+    # target/arm/machine.c cpu_post_load: "register in their list but not ours: fail
+    # migration"; also VMSTATE_INT32_POSITIVE_LE(cpreg_vmstate_array_len) refuses a stream
+    # longer than the destination's own list before that loop runs
+    QemuCpregRule((0,), "QEMU's incoming migration (cpu_post_load)", frozenset()),
+)
+
+
+def qemu_cpreg_rule(version: tuple[int, ...] | None) -> QemuCpregRule:
+    if version is None:
+        return QEMU_CPREG_RULES[0]
+    return [r for r in QEMU_CPREG_RULES if r.since <= version][-1]

@@ -1,0 +1,71 @@
+"""x86 knowledge: how libvirt names CPU features versus QEMU, KVM PV feature bits, and
+what an x86 contract holds.
+
+Sources: libvirt src/qemu/qemu_capabilities.c (``virQEMUCapsCPUFeatureTranslate``:
+QEMU spells most features with '-' where libvirt uses '_', plus a few renames),
+Documentation/virt/kvm/x86/cpuid.rst (KVM_CPUID_FEATURES bits).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..errors import ContractError
+
+#: libvirt feature name -> QEMU property name, where '_' -> '-' is not the whole story
+LIBVIRT_TO_QEMU_FEATURE: dict[str, str] = {"pclmuldq": "pclmulqdq"}
+
+#: KVM_CPUID_FEATURES (0x40000001) eax bits
+KVM_PV_FEATURES: dict[int, str] = {
+    0: "kvmclock", 1: "kvm-nopiodelay", 2: "kvm-mmu", 3: "kvmclock2", 4: "kvm-asyncpf",
+    5: "kvm-steal-time", 6: "kvm-pv-eoi", 7: "kvm-pv-unhalt", 9: "kvm-pv-tlb-flush",
+    10: "kvm-asyncpf-vmexit", 11: "kvm-pv-ipi", 12: "kvm-poll-control", 13: "kvm-pv-sched-yield",
+    14: "kvm-asyncpf-int", 15: "kvm-msi-ext-dest-id", 16: "kvm-hc-map-gpa-range",
+    17: "kvm-migration-control", 24: "kvmclock-stable-bit",
+}
+
+_FEATURE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}\Z")
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_HEX = re.compile(r"0x[0-9a-f]{1,16}\Z")
+POLICIES = ("require", "disable", "force", "forbid", "optional")
+
+
+def qemu_feature_name(libvirt_name: str) -> str:
+    return LIBVIRT_TO_QEMU_FEATURE.get(libvirt_name, libvirt_name.replace("_", "-"))
+
+
+def pv_feature_names(bits: int) -> list[str]:
+    return [KVM_PV_FEATURES.get(b, f"bit{b}") for b in range(32) if bits >> b & 1]
+
+
+def contract_body(profile: dict[str, Any]) -> dict[str, Any]:
+    """What a VM started there with ``<cpu mode='host-model'/>`` gets."""
+    stack = profile.get("stack") or {}
+    domcaps = ((stack.get("libvirt") or {}).get("domcapabilities") or {})
+    host_model = domcaps.get("host_model")
+    kvm = (profile.get("kvm") or {}).get("x86_64") or {}
+    pv = (kvm.get("pv_features") or {}).get("eax")
+    if host_model:
+        return {"cpu_model": host_model["model"], "pv_features": pv,
+                "features": dict(sorted(host_model["features"].items()))}
+    expansion = (stack.get("qemu") or {}).get("host_cpu_expansion")
+    if expansion:
+        return {"cpu_model": None, "pv_features": pv,
+                "features": {k: ("require" if v else "disable")
+                             for k, v in sorted(expansion["props"].items()) if isinstance(v, bool)}}
+    raise ContractError("profile", "no host-model CPU in it (neither libvirt domcapabilities nor QEMU's "
+                        "host CPU expansion): probe the host with QEMU installed")
+
+
+def validate_body(body: dict[str, Any], source: str) -> None:
+    model = body.get("cpu_model")
+    if model is not None and not (isinstance(model, str) and _MODEL.match(model)):
+        raise ContractError(source, "member 'cpu_model' must be a CPU model name or null")
+    pv = body.get("pv_features")
+    if pv is not None and not (isinstance(pv, str) and _HEX.match(pv)):
+        raise ContractError(source, "member 'pv_features' must be a hex string or null")
+    feats = body.get("features")
+    if not isinstance(feats, dict) or len(feats) > 1024 or not all(
+            isinstance(k, str) and _FEATURE.match(k) and v in POLICIES for k, v in feats.items()):
+        raise ContractError(source, "member 'features' must map feature names to one of "
+                            + ", ".join(POLICIES))
