@@ -55,7 +55,143 @@ class Probe(Command):
         return 0
 
 
-COMMANDS: dict[str, Command] = {c.name: c for c in (Probe(),)}
+def load_contract_or_profile(path: str, config: str | None = None) -> dict[str, Any]:
+    """A contract file, a baseline file (its contract) or a host profile (the contract a
+    VM booted there with defaults has)."""
+    from . import contract, profile
+    from .errors import InputError
+
+    try:
+        with open(path, "rb") as f:
+            text = f.read(profile.MAX_BYTES + 1)
+    except OSError as e:
+        raise InputError(path, f"cannot read: {e.strerror}") from e
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise InputError(path, f"not valid JSON ({e}): is the file complete?") from e
+    kind = doc.get("format") if isinstance(doc, dict) else None
+    if kind == contract.FORMAT:
+        return contract.validate(doc, path)
+    if kind == "abiguard-baseline":
+        return contract.validate(doc.get("contract"), path)
+    if kind == profile.FORMAT:
+        return contract.from_profile(profile.validate(doc, path), config)
+    raise InputError(path, "not an abiguard host profile, contract or baseline (member 'format')")
+
+
+def _print_verdict(v: Any, as_json: bool, header: str) -> None:
+    if as_json:
+        print_json(v.to_json())
+        return
+    print(f"{header}: {'ALLOW' if v.allow else 'REFUSE'}")
+    for p in v.problems:
+        print(f"  - {p.line()}")
+    for n in v.notes:
+        print(f"  note: {n}")
+
+
+class Check(Command):
+    name = "check"
+    help = "will a VM keep its guest ABI when it moves from S to D? (exit 0 allow, 1 refuse)"
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--from", dest="source", required=True,
+                            help="source: a host profile, a contract or a baseline file")
+        parser.add_argument("--to", dest="dest", required=True, help="destination host profile")
+        parser.add_argument("--config", help="arm64 vCPU configuration, e.g. psci+pmu (default: "
+                            "every feature the source offers, as -cpu host does)")
+        parser.add_argument("--allow-widening", action="store_true",
+                            help="accept a destination that adds guest-visible registers")
+        parser.add_argument("--json", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from . import profile, verdict
+
+        source = load_contract_or_profile(args.source, args.config)
+        dest = profile.load(args.dest)
+        v = verdict.check(source, dest, verdict.Policy(allow_widening=args.allow_widening))
+        _print_verdict(v, args.json, f"{args.source} -> {args.dest}")
+        return 0 if v.allow else 1
+
+
+class Diff(Command):
+    name = "diff"
+    help = "every guest-ABI difference between two host profiles, both directions"
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("a")
+        parser.add_argument("b")
+        parser.add_argument("--config", help="arm64 vCPU configuration (default: the richest both have)")
+        parser.add_argument("--json", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from . import contract, profile, verdict
+
+        a, b = profile.load(args.a), profile.load(args.b)
+        config = args.config
+        if config is None and a["host"]["machine"] == b["host"]["machine"] == "aarch64":
+            common = set(a["kvm"]["aarch64"]["configs"]) & set(b["kvm"]["aarch64"]["configs"])
+            from .arch import arm64
+            config = max(common, key=lambda c: (len(arm64.config_features(c)), c)) if common else None
+        out = {}
+        for label, src, dst in (("a_to_b", a, b), ("b_to_a", b, a)):
+            v = verdict.check(contract.from_profile(src, config), dst)
+            out[label] = v
+        if args.json:
+            print_json({k: v.to_json() for k, v in out.items()})
+        else:
+            _print_verdict(out["a_to_b"], False, f"{args.a} -> {args.b}")
+            _print_verdict(out["b_to_a"], False, f"{args.b} -> {args.a}")
+        return 0 if all(v.allow for v in out.values()) else 1
+
+
+class Baseline(Command):
+    name = "baseline"
+    help = "the richest contract every listed host (and every rollback host) can provide"
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("profiles", nargs="+", metavar="PROFILE")
+        parser.add_argument("--rollback-to", action="append", default=[], metavar="PROFILE",
+                            help="a host the fleet may roll back to (repeatable)")
+        parser.add_argument("--config", help="arm64 vCPU configuration (default: the richest all have)")
+        parser.add_argument("-o", "--output", help="write the baseline here (default: stdout)")
+        parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from . import baseline, profile
+
+        def load(paths: list[str]) -> list[dict[str, Any]]:
+            docs = []
+            for path in paths:
+                doc = profile.load(path)
+                doc["_label"] = path
+                docs.append(doc)
+            return docs
+
+        result = baseline.compute(load(args.profiles), load(args.rollback_to), args.config)
+        text = json.dumps({k: v for k, v in result.items()}, sort_keys=True, indent=1) + "\n"
+        if args.output:
+            _write(text, args.output)
+        if args.json or not args.output:
+            sys.stdout.write(text)
+        else:
+            c = result["contract"]
+            body = c[c["arch"]]
+            print(f"baseline over {len(result['hosts'])} distinct host(s): {c['arch']} "
+                  f"machine {c.get('machine_type')}, {body.get('config', body.get('cpu_model'))}")
+            for conflict in result["conflicts"]:
+                print(f"  conflict: {conflict}")
+            for host, rep in sorted(result["hosts"].items()):
+                state = "accepts" if rep["accepts_incoming"] else "REFUSES"
+                print(f"  {host}: {state} VMs with this contract"
+                      + (f"; cannot pin {len(rep.get('cannot_pin', []))} item(s)" if rep.get("cannot_pin") else ""))
+                for line in rep["incoming_problems"][:3] + rep.get("cannot_pin", [])[:3]:
+                    print(f"      {line}")
+        return 0
+
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (Probe(), Check(), Diff(), Baseline())}
 
 
 def register(command: Command) -> None:

@@ -113,6 +113,14 @@ def _rule_bitmap(reg_id: str, name: str, value: int, dest: _Dest) -> list[Proble
 def _field_problems(name: str, reg_id: str, src: int, dst: int, mask: int, masked_by: str
                     ) -> list[Problem]:
     fields = arm64_idregs.FIELDS_BY_REG.get(name, ())
+    if not fields:
+        # no cpufeature table (CLIDR_EL1, implementation registers): KVM's own set_user
+        # handler takes any value inside the writable mask (measured: 6.1's CLIDR on 6.12/7.2)
+        if (src ^ dst) & ~mask:
+            return [Problem(name, reg_id, None, _h(src), f"has {_h(dst)}",
+                            f"{masked_by} accepts only its own value of this register",
+                            "keep the VM on hosts with the same value")]
+        return []
     problems = []
     covered = 0
     for f in fields:
@@ -153,12 +161,25 @@ def _rule_idreg(reg_id: str, name: str, value: int, dest: _Dest) -> list[Problem
     return _field_problems(name, reg_id, value, default, mask, "the destination's KVM (writable mask)")
 
 
-def _rule_exact(reg_id: str, name: str, value: int, dest: _Dest) -> list[Problem]:
+def _rule_ccsidr(reg_id: str, name: str, value: int, dest: _Dest) -> list[Problem]:
+    """Since the cache-topology rework (Linux 6.3, before writable ID registers in 6.7) KVM
+    takes any CCSIDR whose line size is not below the host's; before it, only its own value.
+    Measured: 6.1's values are accepted by 6.12 and 7.2, and 6.12's refused by 6.1."""
     recorded = dest.registers.get(reg_id)
-    if recorded is None or int(recorded, 16) == value:
+    if recorded is None:
         return []
-    return [Problem(name, reg_id, None, _h(value), f"has {recorded}", "its KVM accepts only its own value",
-                    "keep the VM on hosts with the same value")]
+    own = int(recorded, 16)
+    if value == own:
+        return []
+    if dest.masks is not None:
+        if value & arm64.CCSIDR_LINESIZE_MASK >= own & arm64.CCSIDR_LINESIZE_MASK:
+            return []
+        return [Problem(name, reg_id, "LineSize", _h(value & 7), f"has {_h(own & 7)}",
+                        "its KVM refuses a cache line smaller than the host's", "keep the VM on hosts "
+                        "with the same cache line size")]
+    return [Problem(name, reg_id, None, _h(value), f"has {recorded}",
+                    "its KVM accepts only its own cache geometry (before Linux 6.3)",
+                    "keep the VM on hosts with the same cache geometry")]
 
 
 def _rule_unknown_fw(reg_id: str, name: str, value: int, dest: _Dest) -> list[Problem]:
@@ -169,7 +190,7 @@ def _rule_unknown_fw(reg_id: str, name: str, value: int, dest: _Dest) -> list[Pr
 
 ARM64_RULES: dict[str, Callable[[str, str, int, _Dest], list[Problem]]] = {
     "psci": _rule_psci, "workaround": _rule_workaround, "bitmap": _rule_bitmap,
-    "idreg": _rule_idreg, "exact": _rule_exact, "unknown_fw": _rule_unknown_fw,
+    "idreg": _rule_idreg, "ccsidr": _rule_ccsidr, "unknown_fw": _rule_unknown_fw,
 }
 
 
@@ -232,6 +253,8 @@ def check_arm64(contract: dict[str, Any], dest_profile: dict[str, Any], policy: 
             problems.append(Problem("SVE vector lengths", _h(0x606000000015FFFF), None, body["sve_vls"],
                                     f"offers {dest_vls}", "KVM accepts only the host's set of lengths",
                                     "pin SVE lengths every host offers (sve<N>=off in the CPU model)"))
+    clidr_text = values.get(_h(arm64.CLIDR_EL1_ID)) or dest.registers.get(_h(arm64.CLIDR_EL1_ID)) or "0x0"
+    clidr = int(clidr_text, 16)
     for reg_id, default in dest.registers.items():
         if reg_id in stream_set or default is None:
             continue
@@ -239,6 +262,8 @@ def check_arm64(contract: dict[str, Any], dest_profile: dict[str, Any], policy: 
         rule = arm64.value_rule(rid)
         if rule == "state" or int(default, 16) == arm64.NEUTRAL_VALUE:
             continue
+        if rule == "ccsidr" and not arm64.ccsidr_visible(rid, clidr):
+            continue  # a cache level the VM's CLIDR does not report: nothing the guest can use
         name = names.get(reg_id) or arm64.reg_name(rid)
         widen = Problem(name, reg_id, None, "no such register", f"adds it with {default}",
                         "registers a stream lacks keep the destination's default: the guest would see "

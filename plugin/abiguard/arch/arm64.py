@@ -98,13 +98,35 @@ VOLATILE_REGS: dict[int, str] = {
     kvm.arm64_sysreg_id(3, 3, 14, 0, 1): "KVM_REG_ARM_PTIMER_CNT",
 }
 
-#: non-ID system registers worth a name in reports
-OTHER_SYSREG_NAMES: dict[int, str] = {
-    kvm.arm64_sysreg_id(3, 3, 14, 3, 1): "KVM_REG_ARM_TIMER_CTL",
-    kvm.arm64_sysreg_id(3, 3, 14, 0, 2): "KVM_REG_ARM_TIMER_CVAL",
-    kvm.arm64_sysreg_id(3, 0, 1, 0, 0): "SCTLR_EL1",
-    kvm.arm64_sysreg_id(3, 3, 9, 12, 0): "PMCR_EL0",
+#: non-ID system registers named in reports, by (op0, op1, CRn, CRm, op2)
+#: (arch/arm64/tools/sysreg); anything else is named by its encoding
+_OTHER_SYSREGS: dict[tuple[int, int, int, int, int], str] = {
+    (3, 3, 14, 3, 1): "KVM_REG_ARM_TIMER_CTL", (3, 3, 14, 0, 2): "KVM_REG_ARM_TIMER_CVAL",
+    (2, 0, 0, 2, 0): "MDCCINT_EL1", (2, 0, 0, 2, 2): "MDSCR_EL1", (2, 0, 1, 0, 4): "OSLAR_EL1",
+    (2, 0, 1, 1, 4): "OSLSR_EL1", (2, 0, 1, 3, 4): "OSDLR_EL1", (2, 0, 7, 8, 6): "DBGCLAIMSET_EL1",
+    (3, 0, 1, 0, 0): "SCTLR_EL1", (3, 0, 1, 0, 1): "ACTLR_EL1", (3, 0, 1, 0, 2): "CPACR_EL1",
+    (3, 0, 1, 0, 3): "SCTLR2_EL1", (3, 0, 1, 2, 0): "ZCR_EL1", (3, 0, 1, 2, 6): "SMCR_EL1",
+    (3, 0, 2, 0, 0): "TTBR0_EL1", (3, 0, 2, 0, 1): "TTBR1_EL1", (3, 0, 2, 0, 2): "TCR_EL1",
+    (3, 0, 2, 0, 3): "TCR2_EL1", (3, 0, 2, 1, 0): "APIAKEYLO_EL1", (3, 0, 2, 1, 1): "APIAKEYHI_EL1",
+    (3, 0, 2, 1, 2): "APIBKEYLO_EL1", (3, 0, 2, 1, 3): "APIBKEYHI_EL1", (3, 0, 2, 2, 0): "APDAKEYLO_EL1",
+    (3, 0, 2, 2, 1): "APDAKEYHI_EL1", (3, 0, 2, 2, 2): "APDBKEYLO_EL1", (3, 0, 2, 2, 3): "APDBKEYHI_EL1",
+    (3, 0, 2, 3, 0): "APGAKEYLO_EL1", (3, 0, 2, 3, 1): "APGAKEYHI_EL1", (3, 0, 4, 6, 0): "ICC_PMR_EL1",
+    (3, 0, 5, 1, 0): "AFSR0_EL1", (3, 0, 5, 1, 1): "AFSR1_EL1", (3, 0, 5, 2, 0): "ESR_EL1",
+    (3, 0, 6, 0, 0): "FAR_EL1", (3, 0, 7, 4, 0): "PAR_EL1", (3, 0, 9, 14, 1): "PMINTENSET_EL1",
+    (3, 0, 9, 14, 2): "PMINTENCLR_EL1", (3, 0, 10, 2, 0): "MAIR_EL1", (3, 0, 10, 2, 2): "PIRE0_EL1",
+    (3, 0, 10, 2, 3): "PIR_EL1", (3, 0, 10, 2, 4): "POR_EL1", (3, 0, 10, 3, 0): "AMAIR_EL1",
+    (3, 0, 10, 4, 4): "MPAMIDR_EL1", (3, 0, 12, 0, 0): "VBAR_EL1", (3, 0, 13, 0, 1): "CONTEXTIDR_EL1",
+    (3, 0, 13, 0, 4): "TPIDR_EL1", (3, 0, 14, 1, 0): "CNTKCTL_EL1", (3, 2, 0, 0, 0): "CSSELR_EL1",
+    (3, 3, 4, 2, 2): "POR_EL0", (3, 3, 9, 12, 0): "PMCR_EL0", (3, 3, 9, 12, 1): "PMCNTENSET_EL0",
+    (3, 3, 9, 12, 2): "PMCNTENCLR_EL0", (3, 3, 9, 12, 3): "PMOVSCLR_EL0", (3, 3, 9, 12, 4): "PMSWINC_EL0",
+    (3, 3, 9, 12, 5): "PMSELR_EL0", (3, 3, 9, 13, 0): "PMCCNTR_EL0", (3, 3, 9, 14, 0): "PMUSERENR_EL0",
+    (3, 3, 9, 14, 3): "PMOVSSET_EL0", (3, 3, 13, 0, 2): "TPIDR_EL0", (3, 3, 13, 0, 3): "TPIDRRO_EL0",
+    (3, 3, 13, 0, 5): "TPIDR2_EL0", (3, 3, 14, 15, 7): "PMCCFILTR_EL0",
+    (3, 4, 3, 0, 0): "DACR32_EL2", (3, 4, 5, 0, 1): "IFSR32_EL2", (3, 4, 5, 3, 0): "FPEXC32_EL2",
 }
+_OTHER_SYSREGS.update({(2, 0, 0, n, op2): f"DBG{kind}{n}_EL1" for n in range(16)
+                       for op2, kind in ((4, "BVR"), (5, "BCR"), (6, "WVR"), (7, "WCR"))})
+OTHER_SYSREG_NAMES: dict[int, str] = {kvm.arm64_sysreg_id(*enc): name for enc, name in _OTHER_SYSREGS.items()}
 
 
 def reg_name(reg_id: int) -> str:
@@ -146,7 +168,23 @@ def value_rule(reg_id: int) -> str:
 
 
 #: CCSIDR values (cache geometry) reach the guest through the demux group
-_RULE_BY_COPROC: dict[str, str] = {"demux": "exact", "fw": "unknown_fw", "fw_bmap": "unknown_fw"}
+_RULE_BY_COPROC: dict[str, str] = {"demux": "ccsidr", "fw": "unknown_fw", "fw_bmap": "unknown_fw"}
+
+#: CCSIDR_EL1.LineSize: log2(words per line) - 2; KVM refuses a line smaller than the host's
+CCSIDR_LINESIZE_MASK = 0x7
+CLIDR_EL1_ID = kvm.arm64_sysreg_id(3, 1, 0, 0, 1)
+
+
+def ccsidr_visible(reg_id: int, clidr: int) -> bool:
+    """Whether the guest can see this CCSIDR: CSSELR index = (level - 1) << 1 | InD, and
+    CLIDR_EL1.Ctype<level> (3 bits each) says whether that level has that kind of cache
+    (1 instruction, 2 data, 3 separate, 4 unified)."""
+    index = reg_id & 0xFF
+    level, instruction = (index >> 1) + 1, index & 1
+    if level > 7:
+        return False
+    ctype = (clidr >> (3 * (level - 1))) & 7
+    return ctype in ((1, 3) if instruction else (2, 3, 4))
 
 
 def is_id_register(reg_id: int) -> bool:

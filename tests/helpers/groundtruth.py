@@ -1,0 +1,62 @@
+"""Compare the verdict engine with what real arm64 kernels did (the lab's replay matrix)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any, NamedTuple
+
+from abiguard import contract, verdict
+
+
+class PairResult(NamedTuple):
+    source: str
+    destination: str
+    config: str
+    real_fails_on: frozenset[str]   #: register ids (or "init"/"sve_vls") real KVM/QEMU failed on
+    engine_allows: bool
+    engine_names: frozenset[str]    #: register ids (or "config") the engine refused on
+    widens: bool                    #: the engine saw registers the destination adds
+
+    @property
+    def real_ok(self) -> bool:
+        return not self.real_fails_on
+
+    @property
+    def agrees(self) -> bool:
+        if self.real_ok:
+            return self.engine_allows
+        return not self.engine_allows and bool(self.engine_names & self.real_fails_on)
+
+
+def load_dir(path: str) -> dict[str, Any]:
+    out = {}
+    for f in sorted(glob.glob(os.path.join(path, "*.json"))):
+        with open(f) as fh:
+            out[os.path.basename(f)[:-5]] = json.load(fh)
+    return out
+
+
+def real_failures(replay: dict[str, Any]) -> frozenset[str]:
+    if replay.get("init") != "ok":
+        return frozenset({"config"})
+    fails = set(replay.get("unknown_on_destination", [])) | set(replay.get("writes_refused", {}))
+    if replay.get("sve_vls") not in (None, "accepted"):
+        fails.add("0x606000000015ffff")
+    return frozenset(fails)
+
+
+def compare(profiles: dict[str, Any], groundtruth: dict[str, Any]) -> list[PairResult]:
+    results = []
+    for dest_name, gt in sorted(groundtruth.items()):
+        dest = profiles[dest_name]
+        for src_name, rep in sorted(gt["replays"].items()):
+            for config, replay in sorted(rep["configs"].items()):
+                c = contract.from_profile(profiles[src_name], config)
+                v = verdict.check(c, dest, verdict.Policy(allow_widening=True))
+                strict = verdict.check(c, dest, verdict.Policy(allow_widening=False))
+                names = frozenset("config" if p.register == "vCPU configuration" else (p.reg_id or p.register)
+                                  for p in v.problems)
+                results.append(PairResult(src_name, dest_name, config, real_failures(replay), v.allow,
+                                          names, any(p.kind == "widen" for p in strict.problems)))
+    return results
