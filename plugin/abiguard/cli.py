@@ -191,7 +191,80 @@ class Baseline(Command):
         return 0
 
 
-COMMANDS: dict[str, Command] = {c.name: c for c in (Probe(), Check(), Diff(), Baseline())}
+def builtin_profiles() -> list[str]:
+    """The real arm64 host profiles shipped with abiguard (measured by its arm64 lab)."""
+    import glob
+    import os
+
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "arm64")
+    return sorted(glob.glob(os.path.join(here, "*.json")))
+
+
+class Matrix(Command):
+    name = "matrix"
+    help = ("for every ordered pair of hosts: does a VM keep its guest ABI, need pinning first, "
+            "or can it not move at all?")
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("profiles", nargs="*", metavar="PROFILE",
+                            help="host profiles (default: the bundled real arm64 kernels, -cpu max)")
+        parser.add_argument("--all-builtin", action="store_true",
+                            help="include the bundled hosts with other emulated CPUs")
+        parser.add_argument("--json", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        import os
+
+        from . import contract, profile, verdict
+
+        paths = args.profiles or [p for p in builtin_profiles()
+                                  if args.all_builtin or p.endswith("-arm64.json")]
+        if len(paths) < 2:
+            raise UsageError("matrix needs at least two host profiles")
+        hosts = [profile.load(p) for p in paths]
+        names = [os.path.basename(p).removesuffix(".json") for p in paths]
+        cells: dict[tuple[str, str], dict[str, Any]] = {}
+        for sname, src in zip(names, hosts):
+            for dname, dst in zip(names, hosts):
+                if sname == dname:
+                    continue
+                v = verdict.check_pair(src, dst)
+                blockers = [p for p in v.problems if not p.pinnable]
+                state = "keeps" if v.allow else ("pin first" if not blockers else "cannot")
+                first = (blockers or v.problems or [None])[0]
+                cells[(sname, dname)] = {"state": state, "problems": len(v.problems),
+                                         "reason": first.line() if first else None,
+                                         "register": first.register if first else None}
+        if args.json:
+            print_json({f"{s} -> {d}": c for (s, d), c in cells.items()})
+            return 0
+        short = [n.split("-arm64")[0].split("+")[0] + n.split("-arm64")[1] for n in names]
+        width = max(24, *(len(x) + 2 for x in short))
+        print("Can a VM booted on SOURCE (QEMU -cpu host defaults) move to DEST with its guest ABI unchanged?")
+        print("  keeps     = yes, exactly")
+        print("  pin first = only after pinning the VM to a contract both hosts realise (abiguard baseline + pin)")
+        print("  cannot    = no pin helps: the register named is why\n")
+        print("source \\ dest".ljust(width) + "".join(x.ljust(width) for x in short))
+        reasons: dict[str, str] = {}
+        for sname, sshort in zip(names, short):
+            row = sshort.ljust(width)
+            for dname in names:
+                if sname == dname:
+                    row += "-".ljust(width)
+                    continue
+                c = cells[(sname, dname)]
+                text = c["state"] if c["state"] != "cannot" else f"cannot:{c['register']}"
+                if c["state"] == "cannot":
+                    reasons.setdefault(f"{c['register']}", c["reason"])
+                row += text[:width - 1].ljust(width)
+            print(row)
+        print()
+        for reg, line in reasons.items():
+            print(f"  {reg}: {line}")
+        return 0
+
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (Probe(), Check(), Diff(), Baseline(), Matrix())}
 
 
 def register(command: Command) -> None:

@@ -25,6 +25,7 @@ class Problem(NamedTuple):
     why: str
     fix: str
     kind: str = "refuse"   #: "refuse" (KVM/QEMU would fail) or "widen" (the guest would gain)
+    pinnable: bool = False  #: pinning the VM to a contract both hosts realise removes it
 
     def line(self) -> str:
         what = self.register + (f" ({self.reg_id})" if self.reg_id else "")
@@ -78,7 +79,8 @@ def _rule_psci(reg_id: str, name: str, value: int, dest: _Dest) -> list[Problem]
     ok = sorted(v for v, r in tried.items() if r == "accepted")
     return [Problem(name, reg_id, None, f"PSCI {version}", f"accepts {', '.join(ok) or 'none'}",
                     f"its KVM refuses PSCI {version} ({tried.get(version, 'unknown version')})",
-                    "pin the VM's PSCI version to one every host accepts (abiguard baseline)")]
+                    "pin the VM's PSCI version to one every host accepts (abiguard baseline)",
+                    pinnable=bool(ok))]
 
 
 def _rule_workaround(reg_id: str, name: str, value: int, dest: _Dest) -> list[Problem]:
@@ -107,7 +109,7 @@ def _rule_bitmap(reg_id: str, name: str, value: int, dest: _Dest) -> list[Proble
     names = [bits.get(b, (f"bit {b}", ""))[0] for b in range(64) if unknown >> b & 1]
     return [Problem(name, reg_id, None, _h(value), f"knows {tried['known_bits']}",
                     f"its KVM does not know {', '.join(names)} (EINVAL)",
-                    "pin the bitmap to the services every host knows (abiguard baseline)")]
+                    "pin the bitmap to the services every host knows (abiguard baseline)", pinnable=True)]
 
 
 def _field_problems(name: str, reg_id: str, src: int, dst: int, mask: int, masked_by: str
@@ -134,7 +136,8 @@ def _field_problems(name: str, reg_id: str, src: int, dst: int, mask: int, maske
                 continue
             problems.append(Problem(name, reg_id, f.name, _h(s), f"offers {_h(d)}",
                                     f"KVM accepts only a {f.safety.name.lower().replace('_', ' ')} value here",
-                                    "pin the field to the fleet's safe value (abiguard baseline)"))
+                                    "pin the field to the fleet's safe value (abiguard baseline)",
+                                    pinnable=True))
         else:
             problems.append(Problem(name, reg_id, f.name, _h(s), f"has {_h(d)}",
                                     f"{masked_by} cannot change this field",
@@ -212,7 +215,8 @@ def _dest_arm64(profile: dict[str, Any], config: str) -> tuple[_Dest | None, lis
         why = (f"its KVM does not offer {', '.join(lacking)}" if lacking
                else "that vCPU configuration was not probed there")
         return None, [Problem("vCPU configuration", None, None, config, "cannot create it", why,
-                              "keep the VM on hosts that offer these vCPU features, or pin fewer")]
+                              "keep the VM on hosts that offer these vCPU features, or pin fewer",
+                              pinnable=True)]
     qemu = ((profile.get("stack") or {}).get("qemu") or {}).get("version")
     return _Dest(name, probed["registers"], section.get("firmware_acceptance") or {},
                  section.get("writable_masks"), _version(qemu)), []
@@ -252,7 +256,8 @@ def check_arm64(contract: dict[str, Any], dest_profile: dict[str, Any], policy: 
         if dest_vls != body["sve_vls"]:
             problems.append(Problem("SVE vector lengths", _h(0x606000000015FFFF), None, body["sve_vls"],
                                     f"offers {dest_vls}", "KVM accepts only the host's set of lengths",
-                                    "pin SVE lengths every host offers (sve<N>=off in the CPU model)"))
+                                    "pin SVE lengths every host offers (sve<N>=off in the CPU model)",
+                                    pinnable=True))
     clidr_text = values.get(_h(arm64.CLIDR_EL1_ID)) or dest.registers.get(_h(arm64.CLIDR_EL1_ID)) or "0x0"
     clidr = int(clidr_text, 16)
     for reg_id, default in dest.registers.items():
@@ -267,8 +272,8 @@ def check_arm64(contract: dict[str, Any], dest_profile: dict[str, Any], policy: 
         name = names.get(reg_id) or arm64.reg_name(rid)
         widen = Problem(name, reg_id, None, "no such register", f"adds it with {default}",
                         "registers a stream lacks keep the destination's default: the guest would see "
-                        "more than it was given", "allow widening by policy, or keep the VM on hosts "
-                        "without this register", "widen")
+                        "more than it was given", "allow widening by policy, pin the register on the "
+                        "destination, or keep the VM on hosts without this register", "widen", True)
         if policy.allow_widening:
             notes.append("widening allowed by policy: " + widen.line())
         else:
@@ -292,7 +297,7 @@ def check_x86(contract: dict[str, Any], dest_profile: dict[str, Any], policy: Po
     if machine and machine not in known:
         problems.append(Problem("machine type", None, None, machine, f"QEMU {qemu.get('version')} lacks it",
                                 "QEMU cannot create this machine", "pin a machine type every host has "
-                                "(abiguard baseline)"))
+                                "(abiguard baseline)", pinnable=True))
     props = (qemu.get("host_cpu_expansion") or {}).get("props", {})
     policies = body["features"]
     model = body.get("cpu_model")
@@ -300,13 +305,14 @@ def check_x86(contract: dict[str, Any], dest_profile: dict[str, Any], policy: Po
         defs = qemu.get("cpu_definitions") or {}
         if model not in defs:
             problems.append(Problem("CPU model", None, None, model, f"QEMU {qemu.get('version')} lacks it",
-                                    "QEMU cannot create this CPU model", "pin an older CPU model"))
+                                    "QEMU cannot create this CPU model", "pin an older CPU model",
+                                    pinnable=True))
         else:
             for feat in defs[model]:
                 if policies.get(feat) not in ("disable", "forbid"):
                     problems.append(Problem("CPU model", None, feat, f"{model} with {feat}",
                                             "cannot provide it", f"{model} needs {feat}, which this host lacks",
-                                            "pin an older CPU model or disable the feature"))
+                                            "pin an older CPU model or disable the feature", pinnable=True))
     for feat, pol in policies.items():
         if pol not in ("require", "force"):
             continue
@@ -314,7 +320,8 @@ def check_x86(contract: dict[str, Any], dest_profile: dict[str, Any], policy: Po
         if props.get(qname) is not True:
             problems.append(Problem("CPU feature", None, feat, "it required",
                                     "cannot provide it" if qname in props else "does not know it",
-                                    "the host CPU or its KVM lacks it", "pin a baseline without it"))
+                                    "the host CPU or its KVM lacks it", "pin a baseline without it",
+                                    pinnable=True))
     pv = body.get("pv_features")
     dest_pv = ((dest_profile.get("kvm") or {}).get("x86_64") or {}).get("pv_features") or {}
     if pv and dest_pv.get("eax") is not None:
@@ -322,7 +329,7 @@ def check_x86(contract: dict[str, Any], dest_profile: dict[str, Any], policy: Po
         if lacking:
             problems.append(Problem("KVM PV features", None, ", ".join(x86.pv_feature_names(lacking)), pv,
                                     f"offers {dest_pv['eax']}", "its KVM lacks these paravirtual features",
-                                    "pin the PV features every host offers"))
+                                    "pin the PV features every host offers", pinnable=True))
     return Verdict(problems, [])
 
 
@@ -338,3 +345,26 @@ def check(contract: dict[str, Any], dest_profile: dict[str, Any], policy: Policy
     if arch == "aarch64":
         return check_arm64(contract, dest_profile, policy, stream)
     return _CHECKS[arch](contract, dest_profile, policy)
+
+
+def check_pair(source_profile: dict[str, Any], dest_profile: dict[str, Any],
+               policy: Policy = Policy()) -> Verdict:
+    """A VM booted on the source with defaults, moving to the destination. On arm64, when
+    the destination cannot create the source's default vCPU configuration, the richest
+    configuration both offer is judged too, so the answer says what else stands in the way."""
+    from . import contract
+
+    v = check(contract.from_profile(source_profile), dest_profile, policy)
+    if source_profile["host"]["machine"] != "aarch64" or dest_profile["host"]["machine"] != "aarch64":
+        return v
+    config_problems = [p for p in v.problems if p.register == "vCPU configuration"]
+    if not config_problems:
+        return v
+    from .arch import arm64
+
+    common = set(source_profile["kvm"]["aarch64"]["configs"]) & set(dest_profile["kvm"]["aarch64"]["configs"])
+    if not common:
+        return v
+    best = max(common, key=lambda c: (len(arm64.config_features(c)), c))
+    narrower = check(contract.from_profile(source_profile, best), dest_profile, policy)
+    return Verdict(config_problems + narrower.problems, narrower.notes)
