@@ -183,11 +183,16 @@ KVM_CPUID_FEATURES = 0x40000001
 
 def probe_x86(system: kvm.KvmSystem, caps: dict[str, int], missing: Unavailable) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    from .arch import x86
+
     rows = missing.attempt("KVM_GET_SUPPORTED_CPUID", system.supported_cpuid)
     if rows is not None:
-        out["supported_cpuid"] = [
-            {"function": _hex(f), "index": i, "flags": fl, "eax": _hex(a), "ebx": _hex(b),
-             "ecx": _hex(c), "edx": _hex(d)} for f, i, fl, a, b, c, d in rows]
+        out["supported_cpuid"] = []
+        for f, i, fl, *regs in rows:
+            entry: dict[str, Any] = {"function": _hex(f), "index": i, "flags": fl}
+            for name, value in zip(("eax", "ebx", "ecx", "edx"), regs):
+                entry[name] = _hex(value & ~x86.PER_CPU_CPUID_BITS.get((f, name), 0))
+            out["supported_cpuid"].append(entry)
         pv = [r for r in rows if r[0] == KVM_CPUID_FEATURES]
         out["pv_features"] = {"eax": _hex(pv[0][3]), "edx": _hex(pv[0][6])} if pv else None
     if caps.get("KVM_CAP_GET_MSR_FEATURES"):

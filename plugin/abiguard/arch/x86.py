@@ -24,6 +24,14 @@ KVM_PV_FEATURES: dict[int, str] = {
     17: "kvm-migration-control", 24: "kvmclock-stable-bit",
 }
 
+#: CPUID bits KVM_GET_SUPPORTED_CPUID copies from whichever host CPU ran the ioctl (the
+#: APIC ids): not guest ABI, and they made two probes of one host differ. Zeroed by the probe.
+PER_CPU_CPUID_BITS: dict[tuple[int, str], int] = {
+    (0x1, "ebx"): 0xFF000000,    # initial APIC id
+    (0xB, "edx"): 0xFFFFFFFF,    # x2APIC id
+    (0x1F, "edx"): 0xFFFFFFFF,   # x2APIC id (v2 topology leaf)
+}
+
 _FEATURE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}\Z")
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _HEX = re.compile(r"0x[0-9a-f]{1,16}\Z")
