@@ -234,18 +234,33 @@ def check_arm64(contract: dict[str, Any], dest_profile: dict[str, Any], policy: 
     stream_set = set(stream)
     values = body["values"]
     qemu_rule = arm64.qemu_cpreg_rule(dest.qemu_version)
-    for reg_id in stream:
-        name = names.get(reg_id) or arm64.reg_name(int(reg_id, 16))
-        if reg_id not in dest.registers:
-            if qemu_rule.tolerates_missing(name):
-                notes.append(f"{name} ({reg_id}) is unknown to the destination's kernel; "
-                             f"{qemu_rule.describe} drops it")
-                continue
-            problems.append(Problem(name, reg_id, None, "it in its migration stream",
-                                    "does not list it (KVM_GET_REG_LIST)",
-                                    f"{qemu_rule.describe} fails loading a register the destination's "
-                                    "kernel does not know",
-                                    "a VM booted on a kernel with this register cannot move to this one"))
+    stream_ints = [int(r, 16) for r in stream]
+    dest_ids = {int(r, 16) for r in dest.registers}
+    int_values = {int(r, 16): int(v, 16) for r, v in values.items()}
+    outcome = arm64.stream_outcome(qemu_rule, stream_ints, dest_ids, int_values)
+    failing, dropped = set(outcome.failing), set(outcome.dropped)
+    if outcome.length_fails:
+        problems.append(Problem("cpreg_vmstate_array_len", None, None, f"{len(stream)} registers",
+                                f"lists {len(dest_ids)}", f"{qemu_rule.name} refuses a register stream "
+                                "longer than its own list before looking at any register",
+                                "a VM booted on a kernel that lists more registers cannot move here"))
+    for rid, reg_id in zip(stream_ints, stream):
+        name = names.get(reg_id) or arm64.reg_name(rid)
+        if rid not in dest_ids:
+            if rid in dropped:
+                lost = int_values.get(rid)
+                notes.append(f"{name} ({reg_id}) is unknown to the destination's kernel; {qemu_rule.name} "
+                             f"drops it" + (f" and its value {lost:#x} with it" if lost else ""))
+                if lost:
+                    problems.append(Problem(name, reg_id, None, f"{lost:#x}", "does not list it",
+                                            f"{qemu_rule.name} drops the register, so the guest loses "
+                                            "what it gave", "keep the VM on hosts with this register"))
+            elif rid in failing:
+                problems.append(Problem(name, reg_id, None, "it in its migration stream",
+                                        "does not list it (KVM_GET_REG_LIST)",
+                                        f"{qemu_rule.name} fails loading a register the destination's "
+                                        "kernel does not know",
+                                        "a VM booted on a kernel with this register cannot move to this one"))
             continue
         value = values.get(reg_id)
         if value is None:
@@ -278,6 +293,15 @@ def check_arm64(contract: dict[str, Any], dest_profile: dict[str, Any], policy: 
             notes.append("widening allowed by policy: " + widen.line())
         else:
             problems.append(widen)
+    for rule in arm64.QEMU_CPREG_RULES[1:]:
+        other = arm64.stream_outcome(rule, stream_ints, dest_ids, int_values)
+        if other.length_fails or other.failing:
+            why = (f"stream of {len(stream)} > {len(dest_ids)} registers" if other.length_fails
+                   else "unknown " + ", ".join(names.get(_h(r)) or arm64.reg_name(r) for r in other.failing[:3]))
+            notes.append(f"{rule.name} as destination QEMU: load fails ({why})")
+        else:
+            notes.append(f"{rule.name} as destination QEMU: register list loads"
+                         + (f", dropping {len(other.dropped)}" if other.dropped else ""))
     return Verdict(problems, notes)
 
 

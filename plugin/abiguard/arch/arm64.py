@@ -205,27 +205,70 @@ NEUTRAL_VALUE = 0
 
 
 class QemuCpregRule(NamedTuple):
-    """How a destination QEMU treats the cpreg list of an incoming arm64 stream."""
+    """How a destination QEMU loads the cpreg list of an incoming arm64 stream.
 
+    Both lists are sorted by id (kvm_arm_init_cpreg_list sorts with compare_u64) and
+    merged in target/arm/machine.c ``cpu_post_load``; every value is then written with
+    KVM_SET_ONE_REG and one failed write fails the load (write_list_to_kvmstate).
+    """
+
+    name: str
     since: tuple[int, ...]
-    describe: str
-    #: stream registers the destination may lack without failing the load
-    tolerated_missing: frozenset[str]
+    #: VMSTATE_INT32_POSITIVE_LE(cpreg_vmstate_array_len): a stream longer than the
+    #: destination's own list fails before anything else ("Invalid value N expecting
+    #: positive value <= M")
+    length_check: bool
+    #: the merge loop stops at the end of the destination's list, so stream-only ids above
+    #: the destination's largest id are dropped silently instead of failing
+    drops_tail: bool
+    #: stream-only registers the destination tolerates: id -> (mask, value) the incoming
+    #: value must match, or None for "tolerated whatever its value" (ToleranceNotOnBothEnds)
+    tolerated: dict[int, tuple[int, int] | None]
 
-    def tolerates_missing(self, name: str) -> bool:
-        return name in self.tolerated_missing
 
-
-#: by QEMU version, oldest first; an unknown QEMU version gets the strictest rule
+#: oldest first. "exact model" is what the lab replays (any stream-only register fails);
+#: it is used when the destination's QEMU version is unknown. The released versions were
+#: read in Debian's sources (7.2.22, 10.0.13, 10.2.2) and, for 11.1.3, in the sid binary.
 QEMU_CPREG_RULES: tuple[QemuCpregRule, ...] = (
-    # target/arm/machine.c cpu_post_load: "register in their list but not ours: fail
-    # migration"; also VMSTATE_INT32_POSITIVE_LE(cpreg_vmstate_array_len) refuses a stream
-    # longer than the destination's own list before that loop runs
-    QemuCpregRule((0,), "QEMU's incoming migration (cpu_post_load)", frozenset()),
+    QemuCpregRule("QEMU of unknown version (strict model)", (0,), False, False, {}),
+    QemuCpregRule("QEMU 7.2-11.0", (7, 2), True, True, {}),
+    # upstream bb36be6f "Introduce the infrastructure for cpreg migration tolerances" and
+    # follow-ups (target-arm pull of 2026-04-27); registered in aarch64_host_initfn, so for
+    # -cpu host / max under KVM, independent of the machine type
+    QemuCpregRule("QEMU >= 11.1", (11, 1), False, False, {
+        kvm.arm64_sysreg_id(3, 0, 2, 0, 3): None,     # TCR2_EL1
+        kvm.arm64_sysreg_id(3, 0, 10, 2, 2): None,    # PIRE0_EL1
+        kvm.arm64_sysreg_id(3, 0, 10, 2, 3): None,    # PIR_EL1
+        0x6030000000160003: (0xFFFFFFFFFFFFFFFF, 0),  # VENDOR_HYP_BMAP_2, only while 0
+    }),
 )
 
 
 def qemu_cpreg_rule(version: tuple[int, ...] | None) -> QemuCpregRule:
     if version is None:
         return QEMU_CPREG_RULES[0]
-    return [r for r in QEMU_CPREG_RULES if r.since <= version][-1]
+    released = [r for r in QEMU_CPREG_RULES[1:] if r.since <= version]
+    return released[-1] if released else QEMU_CPREG_RULES[1]
+
+
+class StreamOutcome(NamedTuple):
+    failing: list[int]      #: stream-only ids that fail the load
+    dropped: list[int]      #: stream-only ids QEMU drops (their value is lost)
+    length_fails: bool      #: the stream is longer than the destination's list
+
+
+def stream_outcome(rule: QemuCpregRule, stream: list[int], dest_ids: set[int],
+                   values: dict[int, int]) -> StreamOutcome:
+    only = [r for r in stream if r not in dest_ids]
+    top = max(dest_ids, default=0)
+    failing, dropped = [], []
+    for reg in only:
+        tol = rule.tolerated.get(reg, False)
+        if tol is None or (tol and reg in values and values[reg] & tol[0] == tol[1]):
+            dropped.append(reg)
+        elif rule.drops_tail and reg > top:
+            dropped.append(reg)
+        else:
+            failing.append(reg)
+    length_fails = rule.length_check and len(stream) > len(dest_ids)
+    return StreamOutcome(failing, dropped, length_fails)
