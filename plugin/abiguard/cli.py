@@ -259,12 +259,112 @@ class Matrix(Command):
                 row += text[:width - 1].ljust(width)
             print(row)
         print()
-        for reg, line in reasons.items():
-            print(f"  {reg}: {line}")
+        for line in reasons.values():
+            print(f"  {line}")
         return 0
 
 
-COMMANDS: dict[str, Command] = {c.name: c for c in (Probe(), Check(), Diff(), Baseline(), Matrix())}
+class Install(Command):
+    name = "install"
+    help = "install the libvirt hooks, the default config and this host's profile"
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--root", default="/", help="install below this directory (default: /)")
+        parser.add_argument("--python", help="interpreter for the hook scripts (default: this one)")
+        parser.add_argument("--no-probe", action="store_true", help="do not probe this host now")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from . import install
+
+        for path in install.install(args.root, args.python, probe=not args.no_probe):
+            print(f"installed {path}")
+        print(install.RESTART_NOTE, file=sys.stderr)
+        return 0
+
+
+class Uninstall(Command):
+    name = "uninstall"
+    help = "remove abiguard's libvirt hooks (files that are not abiguard's are left alone)"
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--root", default="/")
+        parser.add_argument("--purge", action="store_true", help="also remove config, state and logs")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from . import install
+
+        for path in install.uninstall(args.root, args.purge):
+            print(f"removed {path}")
+        return 0
+
+
+class Pin(Command):
+    name = "pin"
+    help = "write a guest ABI contract (and what realises it) into a domain's persistent definition"
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("domain")
+        src = parser.add_mutually_exclusive_group()
+        src.add_argument("--baseline", help="a baseline (or contract) file from 'abiguard baseline'")
+        src.add_argument("--profile", help="pin to what a VM booted on this profile's host has")
+        parser.add_argument("-c", "--connect", help="libvirt URI (default: libvirt's default)")
+        parser.add_argument("--host-profile", default="/var/lib/abiguard/host-profile.json",
+                            help="this host's profile, used when neither --baseline nor --profile is given")
+        parser.add_argument("--json", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from . import contract, pin, profile
+
+        sealed = None
+        if args.baseline:
+            sealed = load_contract_or_profile(args.baseline)
+        elif args.profile:
+            sealed = contract.from_profile(profile.load(args.profile))
+        report = pin.pin(args.connect, args.domain, sealed, args.host_profile)
+        if args.json:
+            print_json(report)
+        else:
+            print(f"pinned {report['domain']} to {report['contract']} ({report['arch']}); {report['note']}")
+            for line in report["pinned"]:
+                print(f"  pinned: {line}")
+            for line in report["cannot_pin"]:
+                print(f"  cannot pin: {line}")
+        return 0
+
+
+class Status(Command):
+    name = "status"
+    help = "every domain, its contract, and which of the given hosts it may move to"
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("profiles", nargs="*", metavar="PROFILE", help="candidate destination hosts")
+        parser.add_argument("-c", "--connect", help="libvirt URI")
+        parser.add_argument("--json", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from . import pin, profile
+
+        hosts = []
+        for path in args.profiles:
+            doc = profile.load(path)
+            doc["_label"] = path
+            hosts.append(doc)
+        rows = pin.status(args.connect, hosts)
+        if args.json:
+            print_json(rows)
+            return 0
+        for row in rows:
+            print(f"{row['domain']}: {row['state']}, contract {row['contract']}")
+            for key in ("running_on_profile", "enforced"):
+                if key in row:
+                    print(f"  {key.replace('_', ' ')}: {row[key]}")
+            if "may_move_to" in row and hosts:
+                print(f"  may move to: {', '.join(row['may_move_to']) or 'none of the given hosts'}")
+        return 0
+
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Probe(), Check(), Diff(), Baseline(), Matrix(), Install(), Uninstall(), Pin(), Status())}
 
 
 def register(command: Command) -> None:

@@ -392,3 +392,37 @@ def check_pair(source_profile: dict[str, Any], dest_profile: dict[str, Any],
     best = max(common, key=lambda c: (len(arm64.config_features(c)), c))
     narrower = check(contract.from_profile(source_profile, best), dest_profile, policy)
     return Verdict(config_problems + narrower.problems, narrower.notes)
+
+
+def realise(contract: dict[str, Any], profile: dict[str, Any]) -> list[Problem]:
+    """What stands between this host and starting a VM with exactly this contract.
+
+    x86: QEMU realises the pinned CPU model and features itself (libvirt passes them on
+    the command line), so it is the incoming check. arm64: released QEMU has no property
+    for firmware or ID registers, so a VM starts with this host's defaults: the host's
+    register stream and values must already be the contract's.
+    """
+    if contract["arch"] != "aarch64" or profile["host"]["machine"] != "aarch64":
+        return check(contract, profile).problems
+    body = contract["aarch64"]
+    dest, problems = _dest_arm64(profile, body["config"])
+    if dest is None:
+        return problems
+    own = dest.registers
+    stream = set(body["stream"])
+    for reg_id in sorted(set(own) - stream, key=lambda r: int(r, 16)):
+        problems.append(Problem(arm64.reg_name(int(reg_id, 16)), reg_id, None, "no such register",
+                                "lists it", "QEMU would put it in the VM's stream: the contract does "
+                                "not have it", "boot the VM on a host of its contract's generation"))
+    for reg_id in sorted(stream - set(own), key=lambda r: int(r, 16)):
+        problems.append(Problem(arm64.reg_name(int(reg_id, 16)), reg_id, None, "it in its contract",
+                                "does not list it", "this kernel lacks the register",
+                                "boot the VM on a host of its contract's generation"))
+    for reg_id, value in body["values"].items():
+        have = own.get(reg_id)
+        if have is not None and int(have, 16) != int(value, 16):
+            problems.append(Problem(arm64.reg_name(int(reg_id, 16)), reg_id, None, value,
+                                    f"would start it with {have}", "released QEMU has no property to "
+                                    "set this register at boot", "boot on a host whose defaults are the "
+                                    "contract's, or use abiguard's register enforcement", pinnable=True))
+    return problems

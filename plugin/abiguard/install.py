@@ -1,0 +1,102 @@
+"""Put abiguard where libvirt looks for hooks, and take it away again.
+
+Files written (under ``root``, ``/`` on a real host): the qemu hook
+``etc/libvirt/hooks/qemu.d/abiguard``, the daemon hook ``etc/libvirt/hooks/daemon.d/abiguard``,
+``etc/abiguard/abiguard.toml`` (only if missing), ``var/lib/abiguard/host-profile.json``.
+A hook file carries :data:`HOOK_ID`; uninstall removes only files that carry it, and
+install never overwrites a file that does not.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+HOOK_ID = "abiguard-hook-id: 7b1d0c52"
+#: kind -> (path under root, entry point)
+HOOKS: dict[str, tuple[str, str]] = {
+    "qemu": ("etc/libvirt/hooks/qemu.d/abiguard", "main"),
+    "daemon": ("etc/libvirt/hooks/daemon.d/abiguard", "daemon_main"),
+}
+_PURPOSE = {
+    "qemu": "# abiguard libvirt qemu hook; installed as /etc/libvirt/hooks/qemu.d/abiguard.",
+    "daemon": "# abiguard libvirt daemon hook: refreshes the cached host profile when libvirtd starts;\n"
+              "# installed as /etc/libvirt/hooks/daemon.d/abiguard.",
+}
+DEFAULT_CONFIG = """\
+# abiguard host configuration (read by the libvirt hook on every migration, restore and start)
+[policy]
+# a VM without a guest ABI contract: allow | warn (allow, and say so) | refuse
+unpinned = "warn"
+# accept a destination whose kernel adds guest-visible registers the VM's stream lacks
+# (the guest would see more than it was given)
+allow_widening = false
+"""
+RESTART_NOTE = ("libvirt notices hook scripts only when the daemon starts: restart it now "
+                "(systemctl restart libvirtd, or virtqemud on modular daemons)")
+
+
+def render(kind: str, python: str) -> str:
+    """The hook shim: a few lines that hand over to :mod:`abiguard.hook`."""
+    _path, entry = HOOKS[kind]
+    return (f"#!{python} -I\n{_PURPOSE[kind]}\n# {HOOK_ID}-{kind}\nimport sys\n\n"
+            f"from abiguard.hook import {entry}\n\nsys.exit({entry}(sys.argv))\n")
+
+
+def is_ours(path: str) -> bool:
+    try:
+        with open(path, errors="replace") as f:
+            return HOOK_ID in f.read(4096)
+    except FileNotFoundError:
+        return False
+
+
+def _write(path: str, text: str, mode: int) -> None:
+    from .profile import atomic_write
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write(path, text, mode)
+
+
+def install(root: str = "/", python: str | None = None, probe: bool = True) -> list[str]:
+    from .errors import UsageError
+
+    python = python or sys.executable
+    done = []
+    for kind, (rel, _entry) in HOOKS.items():
+        path = os.path.join(root, rel)
+        if os.path.exists(path) and not is_ours(path):
+            raise UsageError(f"{path} exists and is not abiguard's: move it away or remove it first")
+        _write(path, render(kind, python), 0o755)
+        done.append(path)
+    config = os.path.join(root, "etc/abiguard/abiguard.toml")
+    if not os.path.exists(config):
+        _write(config, DEFAULT_CONFIG, 0o644)
+        done.append(config)
+    for d in ("var/lib/abiguard", "var/log/abiguard"):
+        os.makedirs(os.path.join(root, d), mode=0o750, exist_ok=True)
+    if probe:
+        from . import probe as probe_mod
+        from . import profile
+
+        target = os.path.join(root, "var/lib/abiguard/host-profile.json")
+        profile.save(probe_mod.probe_host(with_stack=True), target)
+        done.append(target)
+    return done
+
+
+def uninstall(root: str = "/", purge: bool = False) -> list[str]:
+    removed = []
+    for rel, _entry in HOOKS.values():
+        path = os.path.join(root, rel)
+        if is_ours(path):
+            os.unlink(path)
+            removed.append(path)
+    if purge:
+        import shutil
+
+        for rel in ("etc/abiguard", "var/lib/abiguard", "var/log/abiguard"):
+            path = os.path.join(root, rel)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+                removed.append(path)
+    return removed

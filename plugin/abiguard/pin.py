@@ -1,0 +1,202 @@
+"""``abiguard pin`` and ``abiguard status``: contracts in persistent domain definitions.
+
+Talks to libvirt through libvirt-python and edits the definition with lxml. ``pin`` writes
+the contract into ``<metadata>`` and the configuration that realises it where libvirt and
+QEMU have a knob (machine type; x86 CPU model and features; arm64 PMU and SVE), and says
+plainly what it cannot pin with this stack.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from . import contract as contract_mod
+from .errors import InputError, UsageError
+
+PARSER_OPTS = dict(resolve_entities=False, no_network=True, huge_tree=False, remove_blank_text=False)
+
+
+def _parser():  # type: ignore[no-untyped-def]
+    from lxml import etree
+
+    return etree.XMLParser(**PARSER_OPTS)
+
+
+def _connect(uri: str | None, readonly: bool = False):  # type: ignore[no-untyped-def]
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)
+    try:
+        return libvirt.openReadOnly(uri) if readonly else libvirt.open(uri)
+    except libvirt.libvirtError as e:
+        raise UsageError(f"cannot connect to libvirt at {uri or 'the default URI'}: {e}") from None
+
+
+def x86_body_from_domain(root: Any) -> dict[str, Any] | None:
+    """The CPU a domain definition asks for, as an x86 contract body (custom mode only)."""
+    cpu = root.find("cpu")
+    if cpu is None or cpu.get("mode", "custom") != "custom" or cpu.findtext("model") is None:
+        return None
+    return {"cpu_model": cpu.findtext("model").strip(), "pv_features": None,
+            "features": {f.get("name"): f.get("policy", "require") for f in cpu.findall("feature")}}
+
+
+def _set_machine(root: Any, machine: str | None, notes: list[str]) -> None:
+    if not machine:
+        notes.append("machine type: the contract names none; left as it is")
+        return
+    os_type = root.find("os/type")
+    if os_type is None:
+        raise InputError("domain XML", "no <os><type> element")
+    if os_type.get("machine") != machine:
+        notes.append(f"machine type: {os_type.get('machine')} -> {machine}")
+        os_type.set("machine", machine)
+
+
+def _set_x86_cpu(root: Any, body: dict[str, Any], notes: list[str]) -> None:
+    from lxml import etree
+
+    if body.get("cpu_model") is None:
+        notes.append("x86 CPU: the contract names features without a model; CPU left as it is")
+        return
+    old = root.find("cpu")
+    cpu = etree.Element("cpu", mode="custom", match="exact", check="full")
+    if old is not None:
+        for keep in ("topology", "numa", "cache"):
+            for el in old.findall(keep):
+                cpu.append(el)
+        root.replace(old, cpu)
+    else:
+        root.append(cpu)
+    model = etree.SubElement(cpu, "model", fallback="forbid")
+    model.text = body["cpu_model"]
+    for name, policy in body["features"].items():
+        etree.SubElement(cpu, "feature", policy=policy, name=name)
+    notes.append(f"x86 CPU: custom {body['cpu_model']} with {len(body['features'])} explicit features, "
+                 "check=full")
+
+
+def _set_arm64(root: Any, body: dict[str, Any], notes: list[str], cannot: list[str]) -> None:
+    from lxml import etree
+
+    from .arch import arm64
+
+    features = set(arm64.config_features(body["config"]))
+    feats = root.find("features")
+    if feats is None:
+        feats = etree.SubElement(root, "features")
+    pmu = feats.find("pmu")
+    if pmu is None:
+        pmu = etree.SubElement(feats, "pmu")
+    pmu.set("state", "on" if "PMU_V3" in features else "off")
+    notes.append(f"PMU: {pmu.get('state')}")
+    cpu = root.find("cpu")
+    if cpu is None:
+        cpu = etree.SubElement(root, "cpu", mode="host-passthrough")
+    for f in cpu.findall("feature"):
+        if f.get("name", "").startswith("sve"):
+            cpu.remove(f)
+    etree.SubElement(cpu, "feature", policy="require" if "SVE" in features else "disable", name="sve")
+    notes.append(f"SVE: {'on' if 'SVE' in features else 'off'}")
+    if "PTRAUTH_ADDRESS" not in features:
+        cannot.append("pointer authentication off: libvirt has no element for QEMU's pauth property")
+    values = body["values"]
+    cannot.append(f"{len(values)} firmware/ID register values: released QEMU has no property for them; "
+                  "the VM starts only where they are the host's defaults (checked at every start)")
+
+
+def apply(xml: str, sealed: dict[str, Any]) -> tuple[str, list[str], list[str]]:
+    """Return the definition with the contract (and what realises it) written in."""
+    from lxml import etree
+
+    root = etree.fromstring(xml.encode(), _parser())
+    notes: list[str] = []
+    cannot: list[str] = []
+    arch = root.find("os/type").get("arch") if root.find("os/type") is not None else None
+    if arch and arch != sealed["arch"]:
+        raise UsageError(f"the domain is {arch}, the contract is for {sealed['arch']}")
+    _set_machine(root, sealed.get("machine_type"), notes)
+    if sealed["arch"] == "x86_64":
+        _set_x86_cpu(root, sealed["x86_64"], notes)
+    else:
+        _set_arm64(root, sealed["aarch64"], notes, cannot)
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = etree.Element("metadata")
+        root.insert(3, metadata)
+    for child in list(metadata):
+        if isinstance(child.tag, str) and child.tag.startswith("{urn:abiguard:"):
+            metadata.remove(child)
+    metadata.append(etree.fromstring(contract_mod.to_xml_text(sealed).encode(), _parser()))
+    return etree.tostring(root, encoding="unicode"), notes, cannot
+
+
+def pin(uri: str | None, name: str, sealed: dict[str, Any] | None, profile_path: str) -> dict[str, Any]:
+    import libvirt
+    from lxml import etree
+
+    from . import profile as profile_mod
+
+    conn = _connect(uri)
+    try:
+        try:
+            dom = conn.lookupByName(name)
+        except libvirt.libvirtError:
+            raise UsageError(f"no domain named {name!r} at {conn.getURI()}") from None
+        if not dom.isPersistent():
+            raise UsageError(f"domain {name!r} is transient: define it first (virsh define) so the pin persists")
+        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        if sealed is None:
+            host = profile_mod.load(profile_path)
+            root = etree.fromstring(xml.encode(), _parser())
+            body = x86_body_from_domain(root) if host["host"]["machine"] == "x86_64" else None
+            sealed = contract_mod.from_profile(host)
+            if body is not None:
+                body["pv_features"] = sealed["x86_64"].get("pv_features")
+                machine = root.findtext("os/type") and root.find("os/type").get("machine")
+                sealed = contract_mod.seal({k: v for k, v in sealed.items() if k not in ("digest", "format", "version")}
+                                           | {"x86_64": body, "machine_type": machine or sealed["machine_type"]})
+        new_xml, notes, cannot = apply(xml, sealed)
+        conn.defineXML(new_xml)
+        return {"domain": name, "contract": sealed["digest"], "arch": sealed["arch"],
+                "pinned": notes, "cannot_pin": cannot,
+                "note": "takes effect at the next start" if dom.isActive() else "takes effect at start"}
+    finally:
+        conn.close()
+
+
+def status(uri: str | None, profiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    import libvirt
+
+    from . import domxml, verdict
+
+    conn = _connect(uri, readonly=True)
+    try:
+        rows = []
+        for dom in sorted(conn.listAllDomains(), key=lambda d: d.name()):
+            active = dom.isActive()
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE if active else libvirt.VIR_DOMAIN_XML_INACTIVE)
+            facts = domxml.parse(xml.encode(), f"domain {dom.name()}")
+            row: dict[str, Any] = {"domain": dom.name(), "state": "running" if active else "shut off"}
+            try:
+                sealed = contract_mod.from_element(facts.contract, dom.name()) if facts.contract is not None else None
+            except InputError as e:
+                row["contract"] = f"invalid: {e}"
+                rows.append(row)
+                continue
+            if sealed is None:
+                row["contract"] = "none"
+                rows.append(row)
+                continue
+            row["contract"] = sealed["digest"]
+            row["arch"] = sealed["arch"]
+            if facts.stamp is not None:
+                row["running_on_profile"] = facts.stamp.get("profile")
+            row["enforced"] = ("machine type and CPU model/features by libvirt" if sealed["arch"] == "x86_64"
+                               else "PMU/SVE by libvirt; firmware and ID registers by refusal only "
+                                    "(no QEMU knob)")
+            row["may_move_to"] = [p["_label"] for p in profiles
+                                  if verdict.check(sealed, p).allow]
+            rows.append(row)
+        return rows
+    finally:
+        conn.close()
