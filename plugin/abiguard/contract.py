@@ -64,6 +64,15 @@ def newest_machine_type(profile: dict[str, Any], family: str) -> str | None:
                default=None)
 
 
+def resolve_machine(profile: dict[str, Any], name: str | None) -> str | None:
+    """A machine type alias ('pc', 'q35', 'virt') made concrete with that host's QEMU."""
+    qemu = (profile.get("stack") or {}).get("qemu") or {}
+    for m in qemu.get("machines", []):
+        if name is not None and m.get("alias") == name:
+            return str(m["name"])
+    return name
+
+
 def from_profile(profile: dict[str, Any], config: str | None = None,
                  machine_type: str | None = None) -> dict[str, Any]:
     """The contract a VM booted on that host with defaults has."""

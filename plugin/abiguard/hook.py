@@ -113,6 +113,7 @@ def _load_profile() -> dict:
 
 def _unpinned(config: Config, dom: str, op: str) -> int:
     if config.unpinned == "refuse":
+        log(f"{op} {dom}: no contract; policy refuse: REFUSE")
         raise Refusal(f"abiguard: VM '{dom}' has no guest ABI contract and this host refuses unpinned "
                       f"VMs ({CONFIG}); pin it first: abiguard pin {dom}")
     log(f"{op} {dom}: no contract; policy {config.unpinned}: allowed")

@@ -59,7 +59,7 @@ def _set_x86_cpu(root: Any, body: dict[str, Any], notes: list[str]) -> None:
         notes.append("x86 CPU: the contract names features without a model; CPU left as it is")
         return
     old = root.find("cpu")
-    cpu = etree.Element("cpu", mode="custom", match="exact", check="full")
+    cpu = etree.Element("cpu", mode="custom", match="exact", check="partial")
     if old is not None:
         for keep in ("topology", "numa", "cache"):
             for el in old.findall(keep):
@@ -72,7 +72,7 @@ def _set_x86_cpu(root: Any, body: dict[str, Any], notes: list[str]) -> None:
     for name, policy in body["features"].items():
         etree.SubElement(cpu, "feature", policy=policy, name=name)
     notes.append(f"x86 CPU: custom {body['cpu_model']} with {len(body['features'])} explicit features, "
-                 "check=full")
+                 "check=partial")
 
 
 def _set_arm64(root: Any, body: dict[str, Any], notes: list[str], cannot: list[str]) -> None:
@@ -151,10 +151,12 @@ def pin(uri: str | None, name: str, sealed: dict[str, Any] | None, profile_path:
             body = x86_body_from_domain(root) if host["host"]["machine"] == "x86_64" else None
             sealed = contract_mod.from_profile(host)
             if body is not None:
+                # pin what the VM asks for now: its own CPU, its machine type made concrete
                 body["pv_features"] = sealed["x86_64"].get("pv_features")
-                machine = root.findtext("os/type") and root.find("os/type").get("machine")
-                sealed = contract_mod.seal({k: v for k, v in sealed.items() if k not in ("digest", "format", "version")}
-                                           | {"x86_64": body, "machine_type": machine or sealed["machine_type"]})
+                os_type = root.find("os/type")
+                machine = contract_mod.resolve_machine(host, os_type.get("machine") if os_type is not None else None)
+                unsealed = {k: v for k, v in sealed.items() if k not in ("digest", "format", "version")}
+                sealed = contract_mod.seal(unsealed | {"x86_64": body, "machine_type": machine or sealed["machine_type"]})
         new_xml, notes, cannot = apply(xml, sealed)
         conn.defineXML(new_xml)
         return {"domain": name, "contract": sealed["digest"], "arch": sealed["arch"],

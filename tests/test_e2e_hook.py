@@ -1,0 +1,263 @@
+"""End to end: two real libvirt hosts (tests/lab/twohost.sh), abiguard installed on both by
+its own ``abiguard install`` before libvirtd starts, real ``virsh migrate --live`` and
+``virsh restore`` between them.
+
+aarch64 guests run under TCG on this x86 machine, so an arm64 host is simulated by giving
+the destination the profile of a real arm64 kernel measured by the arm64 lab.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from abiguard import contract, profile
+from abiguard.cli import builtin_profiles
+from helpers.realparts import need
+from lab.conftest_twohost import make_twohost_fixture
+from lab.twohost import TwoHost
+
+pytestmark = pytest.mark.lab
+
+PY = sys.executable
+lab = make_twohost_fixture(name="lab", prefix="abge", scope="module",
+                           prestart=f"{PY} -m abiguard install")
+ARM = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
+ARM72 = ARM["7.2.13+deb14-arm64"]
+ARM612 = ARM["6.12.117+deb13-arm64"]
+MOVE = ("--persistent", "--undefinesource")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hook_interpreter_has_abiguard():
+    """libvirt runs the hook with a clean environment: abiguard must be installed in the
+    interpreter the hook names, not just on this test's PYTHONPATH."""
+    cp = subprocess.run(["env", "-i", PY, "-I", "-c", "import abiguard, qemu.qmp"], capture_output=True,
+                        text=True, timeout=30)
+    need(cp.returncode == 0, f"abiguard installed in {PY} (run the tests with 'packaging/setup-dev test'): "
+                             f"{cp.stderr.strip()[-200:]}")
+
+
+def state(lab: TwoHost, host: str, *parts: str) -> Path:
+    return lab.host_state(host).joinpath(*parts)
+
+
+def set_profile(lab: TwoHost, host: str, doc: dict) -> None:
+    profile.save(doc, str(state(lab, host, "abiguard-lib", "host-profile.json")))
+
+
+def real_profile(lab: TwoHost, host: str) -> dict:
+    return profile.load(str(state(lab, host, "abiguard-lib", "host-profile.json")))
+
+
+def set_policy(lab: TwoHost, host: str, unpinned: str = "warn") -> None:
+    state(lab, host, "abiguard-etc", "abiguard.toml").write_text(
+        f'[policy]\nunpinned = "{unpinned}"\nallow_widening = false\n')
+
+
+def abiguard(lab: TwoHost, host: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cp = lab.exec(host, PY, "-m", "abiguard", *args, check=False, timeout=120)
+    if check:
+        assert cp.returncode == 0, cp.stderr
+    return cp
+
+
+def metadata(sealed: dict) -> str:
+    return "<metadata>" + contract.to_xml_text(sealed) + "</metadata>"
+
+
+def live_xml(lab: TwoHost, host: str, name: str) -> str:
+    return lab.virsh(host, "dumpxml", name).stdout
+
+
+def refused(cp: subprocess.CompletedProcess, *needles: str) -> str:
+    assert cp.returncode != 0, cp.stdout
+    line = [ln for ln in cp.stderr.splitlines() if "abiguard:" in ln]
+    assert line, cp.stderr
+    for n in needles:
+        assert n in cp.stderr, cp.stderr
+    return line[0]
+
+
+@pytest.fixture(scope="module")
+def hosts(lab: TwoHost):
+    # the install-time probe ran before libvirtd existed: refresh with libvirt answering
+    for host in ("a", "b"):
+        abiguard(lab, host, "probe", "-o", "/var/lib/abiguard/host-profile.json")
+        set_policy(lab, host, "warn")
+        assert (state(lab, host, "etc", "hooks", "qemu.d", "abiguard")).exists()
+    return {h: real_profile(lab, h) for h in ("a", "b")}
+
+
+def test_installed_by_the_projects_own_install(lab: TwoHost, hosts):
+    hook = state(lab, "b", "etc", "hooks", "qemu.d", "abiguard").read_text()
+    assert hook.startswith(f"#!{PY} -I\n") and "abiguard-hook-id" in hook
+    assert hosts["b"]["host"]["machine"] == "x86_64"
+    assert hosts["b"]["stack"]["libvirt"]["version"].startswith(("9.", "1"))
+    assert not Path("/etc/libvirt/hooks/qemu.d/abiguard").exists(), "the real host was touched"
+
+
+def test_x86_pinned_vm_migrates_and_carries_the_stamp(lab: TwoHost, hosts):
+    name = "e2e-x86"
+    lab.define_guest("a", "x86", name, cpu=qemu64(hosts))
+    out = abiguard(lab, "a", "pin", name).stdout
+    assert "pinned e2e-x86" in out and "custom qemu64" in out
+    inactive = lab.virsh("a", "dumpxml", "--inactive", name).stdout
+    assert "urn:abiguard:contract:1" in inactive and "machine='pc-i440fx-" in inactive
+    lab.start_guest("a", name)
+    try:
+        cp = lab.migrate("a", "b", name, *MOVE)
+        assert cp.returncode == 0
+        xml = live_xml(lab, "b", name)
+        assert "urn:abiguard:contract:1" in xml and "urn:abiguard:stamp:1" in xml
+        assert f'profile="{hosts["b"]["digest"]}"' in xml
+        assert lab.domstate("b", name) == "running"
+        # and back: the stamp is replaced, not duplicated
+        lab.migrate("b", "a", name, *MOVE)
+        xml = live_xml(lab, "a", name)
+        assert xml.count("urn:abiguard:stamp:1") == 1 and f'profile="{hosts["a"]["digest"]}"' in xml
+    finally:
+        lab.destroy_guest("a", name)
+        lab.destroy_guest("b", name)
+
+
+def test_x86_refused_when_destination_lacks_a_required_feature(lab: TwoHost, hosts):
+    name = "e2e-x86-feat"
+    lab.define_guest("a", "x86", name, cpu=qemu64(hosts, "sse2"))
+    abiguard(lab, "a", "pin", name)
+    lab.start_guest("a", name)
+    weaker = json.loads(json.dumps(hosts["b"]))
+    weaker["stack"]["qemu"]["host_cpu_expansion"]["props"]["sse2"] = False
+    weaker.pop("digest")
+    set_profile(lab, "b", profile.finalize(weaker, 0.0, "b-older"))
+    try:
+        pid = lab.qemu_pid("a", name)
+        cp = lab.migrate("a", "b", name, *MOVE, check=False)
+        line = refused(cp, "abiguard: refusing migrate of 'e2e-x86-feat'", "sse2")
+        assert "cannot provide it" in line
+        assert lab.domstate("a", name) == "running" and lab.qemu_pid("a", name) == pid
+        assert name not in lab.domains("b")
+    finally:
+        set_profile(lab, "b", hosts["b"])
+        lab.destroy_guest("a", name)
+
+
+def qemu64(hosts, *required: str) -> str:
+    """qemu64 without what this machine's KVM cannot give it (on the CI machines KVM does
+    not offer pni, so QEMU itself lists it as unavailable), plus required features."""
+    # libvirt's own qemu64 (cpu_map) also carries svm, which this KVM does not nest
+    missing = sorted(set(hosts["a"]["stack"]["qemu"]["cpu_definitions"]["qemu64"]) | {"svm"})
+    feats = "".join(f"<feature policy='disable' name='{f}'/>" for f in missing)
+    feats += "".join(f"<feature policy='require' name='{f}'/>" for f in required)
+    return f"<cpu mode='custom' match='exact' check='partial'><model fallback='forbid'>qemu64</model>{feats}</cpu>"
+
+
+def arm_guest(lab: TwoHost, host: str, name: str, sealed: dict) -> None:
+    lab.define_guest(host, "aarch64", name, metadata=metadata(sealed))
+
+
+def test_aarch64_compatible_then_rollback_refused_and_restore_refused(lab: TwoHost, hosts, tmp_path):
+    name = "e2e-arm"
+    p72 = profile.load(ARM72)
+    sealed = contract.from_profile(p72)
+    set_profile(lab, "a", p72)          # a and b both "are" the 7.2 kernel
+    set_profile(lab, "b", p72)
+    try:
+        arm_guest(lab, "a", name, sealed)
+        lab.start_guest("a", name)
+        lab.migrate("a", "b", name, *MOVE)
+        xml = live_xml(lab, "b", name)
+        assert f'profile="{p72["digest"]}"' in xml and "abiguard-stamp:stream" in xml
+        # roll a back to 6.12: the VM (booted on 7.2) must not move there
+        set_profile(lab, "a", profile.load(ARM612))
+        pid = lab.qemu_pid("b", name)
+        cp = lab.migrate("b", "a", name, *MOVE, check=False)
+        refused(cp, "abiguard: refusing migrate of 'e2e-arm'", "PSCI_VERSION", "PSCI 1.3")
+        assert lab.domstate("b", name) == "running" and lab.qemu_pid("b", name) == pid
+        # a saved image restored on the rolled-back host: refused too
+        image = f"/var/tmp/abiguard-e2e-{os.getpid()}.sav"
+        lab.virsh("b", "save", name, image)
+        try:
+            cp = lab.virsh("a", "restore", image, check=False)
+            refused(cp, "abiguard: refusing restore of 'e2e-arm'", "PSCI")
+            assert name not in lab.domains("a", all=False)
+            set_profile(lab, "a", p72)
+            lab.virsh("a", "restore", image)      # the same image on a 7.2 host: fine
+            assert lab.domstate("a", name) == "running"
+        finally:
+            os.unlink(image)
+    finally:
+        set_profile(lab, "a", hosts["a"])
+        set_profile(lab, "b", hosts["b"])
+        for h in ("a", "b"):
+            lab.destroy_guest(h, name)
+
+
+def test_start_refused_where_contract_cannot_be_realised(lab: TwoHost, hosts):
+    name = "e2e-arm-start"
+    sealed = contract.from_profile(profile.load(ARM72))
+    set_profile(lab, "a", profile.load(ARM612))
+    try:
+        arm_guest(lab, "a", name, sealed)
+        cp = lab.virsh("a", "start", name, check=False)
+        refused(cp, "abiguard: this host cannot start 'e2e-arm-start' with its contract")
+        assert lab.domstate("a", name) == "shut off"
+    finally:
+        set_profile(lab, "a", hosts["a"])
+        lab.destroy_guest("a", name)
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda x: x.replace('value="0x10003"', 'value="0x10001"', 1), "does not match its digest"),
+    (lambda x: x.replace('config="psci+pmu+sve+ptrauth"', 'config="psci+rootkit"', 1), "unknown vCPU configuration"),
+    (lambda x: x.replace("<abiguard:stream>", "<abiguard:stream>0x6030000000140000;rm -rf / ", 1),
+     "arm64 register ids"),
+])
+def test_hostile_metadata_is_refused(lab: TwoHost, hosts, tamper, message):
+    name = "e2e-hostile"
+    p72 = profile.load(ARM72)
+    sealed = contract.from_profile(p72)
+    set_profile(lab, "a", p72)
+    set_profile(lab, "b", p72)
+    try:
+        lab.define_guest("a", "aarch64", name)          # unpinned, starts under policy "warn"
+        lab.start_guest("a", name)
+        # virsh declares the namespace and adds the prefix itself (--uri/--key)
+        bad = (tamper(contract.to_xml_text(sealed)).replace(f' xmlns:abiguard="{contract.XMLNS}"', "", 1)
+               .replace("<abiguard:", "<").replace("</abiguard:", "</"))
+        lab.virsh("a", "metadata", name, "--live", "--uri", contract.XMLNS, "--key", "abiguard",
+                  "--set", bad)
+        cp = lab.migrate("a", "b", name, check=False)
+        refused(cp, "abiguard:", message)
+        assert lab.domstate("a", name) == "running"
+    finally:
+        set_profile(lab, "a", hosts["a"])
+        set_profile(lab, "b", hosts["b"])
+        for h in ("a", "b"):
+            lab.destroy_guest(h, name)
+
+
+@pytest.mark.parametrize("policy", ["allow", "warn", "refuse"])
+def test_unpinned_vm_follows_the_destination_policy(lab: TwoHost, hosts, policy):
+    name = f"e2e-unpinned-{policy}"
+    set_policy(lab, "b", policy)
+    try:
+        lab.define_guest("a", "x86", name, cpu=qemu64(hosts))
+        lab.start_guest("a", name)
+        cp = lab.migrate("a", "b", name, *MOVE, check=False)
+        if policy == "refuse":
+            refused(cp, "has no guest ABI contract", "abiguard pin")
+            assert lab.domstate("a", name) == "running"
+        else:
+            assert cp.returncode == 0, cp.stderr
+            assert lab.domstate("b", name) == "running"
+        log = state(lab, "b", "abiguard-log", "hook.log").read_text()
+        assert f"migrate {name}: " in log
+    finally:
+        set_policy(lab, "b", "warn")
+        for h in ("a", "b"):
+            lab.destroy_guest(h, name)
