@@ -13,12 +13,11 @@ against a pattern before it is used.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-from typing import Any
-
 from .errors import ContractError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMAT = "abiguard-contract"
 VERSION = 1
@@ -27,19 +26,63 @@ XMLNS = "urn:abiguard:contract:1"
 MAX_XML_BYTES = 256 * 1024
 MAX_REGISTERS = 4096
 MAX_FEATURES = 512
-
-_HEX = re.compile(r"0x[0-9a-f]{1,32}\Z")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
-_ARM64_REG = re.compile(r"0x60[0-9a-f]{14}\Z")
 ARCHES = ("aarch64", "x86_64")
-X86_POLICIES = ("require", "disable", "force", "forbid", "optional")
+
+# Validators without the re module: the hook imports this, and re (with enum) would cost
+# more than the hook's whole budget.
+_HEXDIGITS = frozenset("0123456789abcdef")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-~")
+
+
+def is_hex(v: object, max_digits: int = 32) -> bool:
+    return (isinstance(v, str) and v.startswith("0x") and 0 < len(v) - 2 <= max_digits
+            and _HEXDIGITS.issuperset(v[2:]))
+
+
+def is_name(v: object, max_len: int = 64) -> bool:
+    return (isinstance(v, str) and 0 < len(v) <= max_len and v[0].isalnum() and v.isascii()
+            and _NAME_CHARS.issuperset(v))
+
+
+def is_digest(v: object) -> bool:
+    return (isinstance(v, str) and len(v) == 71 and v.startswith("sha256:")
+            and _HEXDIGITS.issuperset(v[7:]))
+
+
+def is_arm64_reg(v: object) -> bool:
+    return isinstance(v, str) and len(v) == 18 and v.startswith("0x60") and _HEXDIGITS.issuperset(v[2:])
+
+
+def _canonical(obj: object) -> str:
+    """json.dumps(obj, sort_keys=True, separators=(",", ":")) for validated contracts,
+    whose strings are plain printable ASCII (checked before this runs)."""
+    if isinstance(obj, dict):
+        return "{" + ",".join(f'"{k}":{_canonical(obj[k])}' for k in sorted(obj)) + "}"
+    if isinstance(obj, list):
+        return "[" + ",".join(_canonical(x) for x in obj) + "]"
+    if isinstance(obj, str):
+        if not (obj.isascii() and obj.isprintable()) or '"' in obj or "\\" in obj:
+            raise ContractError("contract", f"string {obj[:40]!r} has characters a contract may not hold")
+        return f'"{obj}"'
+    if obj is None:
+        return "null"
+    if obj is True or obj is False:
+        return "true" if obj else "false"
+    if isinstance(obj, int):
+        return str(obj)
+    raise ContractError("contract", f"unexpected value of type {type(obj).__name__}")
+
+
+def _sha256(data: bytes) -> str:
+    try:
+        from _sha256 import sha256  # the builtin: hashlib would load OpenSSL first
+    except ImportError:  # pragma: no cover - other Python builds
+        from hashlib import sha256
+    return sha256(data).hexdigest()
 
 
 def digest_of(doc: dict[str, Any]) -> str:
-    body = {k: v for k, v in doc.items() if k != "digest"}
-    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
-                                      .encode()).hexdigest()
+    return "sha256:" + _sha256(_canonical({k: v for k, v in doc.items() if k != "digest"}).encode())
 
 
 def seal(doc: dict[str, Any]) -> dict[str, Any]:
@@ -58,6 +101,8 @@ def default_arm64_config(profile: dict[str, Any]) -> str:
 
 def newest_machine_type(profile: dict[str, Any], family: str) -> str | None:
     qemu = (profile.get("stack") or {}).get("qemu") or {}
+    import re
+
     versioned = [m["name"] for m in qemu.get("machines", [])
                  if re.fullmatch(rf"{family}-\d+\.\d+", m["name"])]
     return max(versioned, key=lambda n: tuple(int(x) for x in n.rsplit("-", 1)[1].split(".")),
@@ -124,7 +169,7 @@ def validate(doc: Any, source: str) -> dict[str, Any]:
     arch = doc.get("arch")
     _need(arch in ARCHES, source, f"member 'arch' must be one of {', '.join(ARCHES)}")
     mt = doc.get("machine_type")
-    _need(mt is None or (isinstance(mt, str) and bool(_NAME.match(mt))), source,
+    _need(mt is None or is_name(mt), source,
           "member 'machine_type' must be a machine type name such as 'virt-7.2' or null")
     body = doc.get(arch)
     _need(isinstance(body, dict), source, f"member {arch!r} must be a JSON object")
@@ -135,26 +180,35 @@ def validate(doc: Any, source: str) -> dict[str, Any]:
         except ValueError as e:
             raise ContractError(source, str(e)) from e
         vls = body.get("sve_vls")
-        _need(vls is None or (isinstance(vls, str) and bool(_HEX.match(vls))), source,
+        _need(vls is None or is_hex(vls, 128), source,
               "member 'sve_vls' must be a hex string or null")
         stream = body.get("stream")
         _need(isinstance(stream, list) and len(stream) <= MAX_REGISTERS
-              and all(isinstance(r, str) and _ARM64_REG.match(r) for r in stream), source,
+              and all(is_arm64_reg(r) for r in stream), source,
               f"member 'stream' must list at most {MAX_REGISTERS} arm64 register ids (0x60...)")
         values = body.get("values")
-        _need(isinstance(values, dict) and all(
-            isinstance(v, str) and _HEX.match(v) and r in stream for r, v in values.items()), source,
+        in_stream = set(stream)
+        _need(isinstance(values, dict) and len(values) <= MAX_REGISTERS and all(
+            is_hex(v, 16) and r in in_stream for r, v in values.items()), source,
             "member 'values' must map register ids of the stream to hex values")
     else:
         from .arch import x86
         x86.validate_body(body, source)
     digest = doc.get("digest")
-    _need(isinstance(digest, str) and bool(_DIGEST.match(digest)), source, "member 'digest' is missing")
+    _need(is_digest(digest), source, "member 'digest' is missing or not a sha256 digest")
+    origin = doc.get("origin")
+    _need(isinstance(origin, dict) and origin.get("kind") in ("profile", "baseline")
+          and isinstance(origin.get("hosts"), list) and len(origin["hosts"]) <= 1024
+          and all(isinstance(h, dict) and is_name(h.get("kernel"), 128) and is_digest(h.get("profile"))
+                  for h in origin["hosts"]), source,
+          "member 'origin' must name its kind and hosts (kernel, sha256 profile digest)")
     _need(digest == digest_of(doc), source, "content does not match its digest: it was edited or damaged")
     return doc
 
 
 def loads(text: str | bytes, source: str) -> dict[str, Any]:
+    import json
+
     try:
         doc = json.loads(text)
     except ValueError as e:
@@ -219,8 +273,7 @@ def from_element(el: Any, source: str) -> dict[str, Any]:
     origin_el = el.find(_q("origin"))
     _need(origin_el is not None, source, "<contract> lacks <origin>")
     hosts = [{"kernel": h.get("kernel"), "profile": h.get("profile")} for h in origin_el.findall(_q("host"))]
-    _need(len(hosts) <= 1024 and all(isinstance(h["kernel"], str) and isinstance(h["profile"], str)
-                                      and len(h["kernel"]) < 128 and _DIGEST.match(h["profile"]) for h in hosts),
+    _need(len(hosts) <= 1024 and all(is_name(h["kernel"], 128) and is_digest(h["profile"]) for h in hosts),
           source, "<origin> hosts must carry 'kernel' and a sha256 'profile' digest")
     doc["origin"] = {"kind": origin_el.get("kind"), "hosts": hosts}
     _need(doc["origin"]["kind"] in ("profile", "baseline"), source,

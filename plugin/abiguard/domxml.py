@@ -8,11 +8,13 @@ with lxml instead (:mod:`abiguard.pin`).
 """
 from __future__ import annotations
 
-import re
-from typing import Iterator, NamedTuple
 from xml.parsers import expat
 
 from .errors import InputError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator
 
 MAX_BYTES = 4 * 1024 * 1024
 CONTRACT_NS = "urn:abiguard:contract:1"
@@ -41,25 +43,27 @@ class Element:
         return [c for c in self.children if c.tag == tag]
 
 
-class Span(NamedTuple):
-    start: int
-    end: int
+class Span(tuple):
+    """(start, end) byte offsets of an element in the input."""
+
+    __slots__ = ()
+
+    def __new__(cls, start: int, end: int) -> "Span":
+        return tuple.__new__(cls, (start, end))
+
+    start = property(lambda self: self[0])
+    end = property(lambda self: self[1])
 
 
-class DomainFacts(NamedTuple):
-    name: str | None
-    uuid: str | None
-    domain_type: str | None
-    arch: str | None
-    machine: str | None
-    cpu_mode: str | None
-    cpu_model: str | None
-    cpu_features: dict[str, str]
-    contract: Element | None
-    stamp: Element | None
-    stamp_spans: list[Span]       #: where existing stamps sit (removed on rewrite)
-    metadata_end: int | None      #: byte index of "</metadata>"
-    domain_end: int | None        #: byte index of "</domain>" (for a domain without <metadata>)
+class DomainFacts:
+    """What the hook reads from a domain XML (plain attributes: no typing on this path)."""
+
+    __slots__ = ("name", "uuid", "domain_type", "arch", "machine", "cpu_mode", "cpu_model",
+                 "cpu_features", "contract", "stamp", "stamp_spans", "metadata_end", "domain_end")
+
+    def __init__(self, **values: object) -> None:
+        for key in self.__slots__:
+            setattr(self, key, values.get(key))
 
 
 def _clark(name: str) -> str:
@@ -173,13 +177,14 @@ def parse(data: bytes, source: str = "domain XML") -> DomainFacts:
     return DomainFacts(**facts)
 
 
-_SAFE_ATTR = re.compile(r"[^<>&\"\x00-\x1f]*\Z")
+def _safe_attr(value: str) -> bool:
+    return value.isprintable() and not any(c in value for c in '<>&"')
 
 
 def stamp_xml(attrs: dict[str, str], stream: list[str] | None) -> bytes:
     """Our stamp element; attribute values are checked, never escaped into meaning."""
     for k, v in attrs.items():
-        if not _SAFE_ATTR.match(v):
+        if not _safe_attr(v):
             raise ValueError(f"unsafe stamp attribute {k}={v!r}")
     head = "<abiguard-stamp:stamp xmlns:abiguard-stamp=\"%s\"%s" % (
         STAMP_NS, "".join(f' {k}="{v}"' for k, v in attrs.items()))

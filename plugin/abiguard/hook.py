@@ -19,9 +19,13 @@ import time
 
 MAX_STDIN = 4 * 1024 * 1024
 STDIN_DEADLINE = 10.0
-ETC = "/etc/abiguard"
-STATE = "/var/lib/abiguard"
-LOGDIR = "/var/log/abiguard"
+# ABIGUARD_ROOT moves every path below a directory, for tests and benchmarks; libvirt runs
+# hooks with a cleared environment (vircommand.c virCommandAddEnvPassCommon), so it never
+# reaches a hook that libvirt started
+_ROOT = os.environ.get("ABIGUARD_ROOT", "/")
+ETC = os.path.join(_ROOT, "etc/abiguard")
+STATE = os.path.join(_ROOT, "var/lib/abiguard")
+LOGDIR = os.path.join(_ROOT, "var/log/abiguard")
 CONFIG = os.path.join(ETC, "abiguard.toml")
 PROFILE = os.path.join(STATE, "host-profile.json")
 INCOMING = os.path.join(STATE, "incoming")
@@ -75,11 +79,36 @@ class Config:
 
     @classmethod
     def load(cls, path: str = CONFIG) -> "Config":
+        """Parsed with tomllib when the file changed; a marshal cache keyed by the file's
+        size and mtime spares every other hook run tomllib's import of re."""
+        import marshal
+
         try:
-            with open(path, "rb") as f:
-                raw = f.read(65536)
+            st = os.stat(path)
         except FileNotFoundError:
             return cls()
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        cache = os.path.join(STATE, "config.cache")
+        try:
+            with open(cache, "rb") as f:
+                cached_key, unpinned, widening = marshal.loads(f.read(4096))
+            if tuple(cached_key) == key:
+                return cls(unpinned, widening)
+        except (OSError, EOFError, ValueError, TypeError):
+            pass
+        config = cls._parse(path)
+        try:
+            from .profile import atomic_write
+            os.makedirs(STATE, mode=0o755, exist_ok=True)
+            atomic_write(cache, marshal.dumps((key, config.unpinned, config.allow_widening)), 0o600)
+        except OSError:
+            pass  # a read-only state directory only costs speed
+        return config
+
+    @classmethod
+    def _parse(cls, path: str) -> "Config":
+        with open(path, "rb") as f:
+            raw = f.read(65536)
         import tomllib
 
         from .errors import InputError
@@ -106,7 +135,7 @@ def _load_profile() -> dict:
     from .errors import ProfileError
 
     try:
-        return profile.load(PROFILE)
+        return profile.load_for_hook(PROFILE)
     except ProfileError as e:
         raise Refusal(f"{e} (refresh it: 'abiguard probe -o {PROFILE}', or restart libvirtd)") from None
 
@@ -137,7 +166,7 @@ def _contract(facts, dom: str) -> dict | None:
 
 def _stamp_stream(facts, sealed: dict, dom: str) -> list[str] | None:
     """The register stream the VM carries now: the stamp of its last hop, if it has one."""
-    import re
+    from .contract import MAX_REGISTERS, is_arm64_reg
 
     stamp = facts.stamp
     if stamp is None or sealed["arch"] != "aarch64":
@@ -147,7 +176,7 @@ def _stamp_stream(facts, sealed: dict, dom: str) -> list[str] | None:
                       f"({stamp.get('contract')}); re-pin the VM on its source")
     el = stamp.find("{urn:abiguard:stamp:1}stream")
     ids = (el.text if el is not None else "").split()
-    if len(ids) > 4096 or not all(re.fullmatch(r"0x60[0-9a-f]{14}", i) for i in ids):
+    if len(ids) > MAX_REGISTERS or not all(is_arm64_reg(i) for i in ids):
         raise Refusal(f"abiguard: VM '{dom}': its hop stamp lists an invalid register stream")
     return ids
 
@@ -206,9 +235,7 @@ def incoming(dom: str, op: str, data: bytes) -> int:
 
 
 def _marker(uuid: str) -> str:
-    import re
-
-    if not re.fullmatch(r"[0-9a-fA-F-]{32,36}", uuid):
+    if not (32 <= len(uuid) <= 36 and all(c in "0123456789abcdefABCDEF-" for c in uuid)):
         raise Refusal(f"abiguard: domain UUID {uuid!r} is not a UUID")
     return os.path.join(INCOMING, uuid.lower())
 

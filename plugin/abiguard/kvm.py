@@ -13,7 +13,6 @@ record it, they never guess a value.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -252,6 +251,8 @@ class KvmVm(_Fd):
 
     def arm_writable_masks(self) -> list[int]:
         """KVM_ARM_GET_REG_WRITABLE_MASKS for range 0 (the feature ID range)."""
+        import ctypes
+
         masks = (ctypes.c_uint64 * ARM_FEATURE_ID_RANGE_SIZE)()
         req = struct.pack("<QI13I", ctypes.addressof(masks), 0, *([0] * 13))
         fcntl.ioctl(self.fd, KVM_ARM_GET_REG_WRITABLE_MASKS, req)
@@ -288,11 +289,15 @@ class KvmVcpu(_Fd):
 
     def get_one_reg(self, reg_id: int) -> int:
         """Read a register of any size as an unsigned little-endian integer."""
+        import ctypes
+
         value = ctypes.create_string_buffer(reg_size(reg_id))
         fcntl.ioctl(self.fd, KVM_GET_ONE_REG, struct.pack("<QQ", reg_id, ctypes.addressof(value)))
         return int.from_bytes(value.raw, "little")
 
     def set_one_reg(self, reg_id: int, val: int) -> None:
+        import ctypes
+
         size = reg_size(reg_id)
         value = ctypes.create_string_buffer(val.to_bytes(size, "little"), size)
         fcntl.ioctl(self.fd, KVM_SET_ONE_REG, struct.pack("<QQ", reg_id, ctypes.addressof(value)))

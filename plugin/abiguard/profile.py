@@ -16,14 +16,13 @@ every JSON reader.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
-import time
-from typing import Any
 
 from .errors import ProfileError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMAT = "abiguard-host-profile"
 VERSION = 1
@@ -33,15 +32,21 @@ _UNDIGESTED = ("digest", "meta")
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:
+    import json
+
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
 def digest_of(doc: dict[str, Any]) -> str:
+    import hashlib
+
     body = {k: v for k, v in doc.items() if k not in _UNDIGESTED}
     return "sha256:" + hashlib.sha256(_canonical(body)).hexdigest()
 
 
 def finalize(doc: dict[str, Any], probe_seconds: float, hostname: str) -> dict[str, Any]:
+    import time
+
     from . import __version__
 
     doc = dict(doc, format=FORMAT, version=VERSION)
@@ -54,16 +59,20 @@ def finalize(doc: dict[str, Any], probe_seconds: float, hostname: str) -> dict[s
 
 def render(doc: dict[str, Any]) -> str:
     """Deterministic text: sorted keys, one-space indent, trailing newline."""
+    import json
+
     return json.dumps(doc, sort_keys=True, indent=1) + "\n"
 
 
-def atomic_write(path: str, text: str, mode: int = 0o644) -> None:
+def atomic_write(path: str, text: str | bytes, mode: int = 0o644) -> None:
     """Write a file so that a reader sees the old content or the new one, never a torn one."""
+    import tempfile
+
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".abiguard-", dir=directory)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
@@ -76,8 +85,34 @@ def atomic_write(path: str, text: str, mode: int = 0o644) -> None:
         raise
 
 
+HOOKVIEW_SUFFIX = ".hookview"
+
+
 def save(doc: dict[str, Any], path: str) -> None:
+    """The JSON profile, then its hook view: the same dict in marshal form, which the hook
+    loads in well under a millisecond (json would pull in re, and the digest check a
+    canonical re-encoding). The view is written second, so it is never newer than the
+    JSON it came from; the hook uses it only when that holds."""
+    import marshal
+
     atomic_write(path, render(doc))
+    atomic_write(path + HOOKVIEW_SUFFIX, marshal.dumps(doc))
+
+
+def load_for_hook(path: str) -> dict[str, Any]:
+    """The profile at ``path``, from its hook view when that is current, else validated JSON."""
+    import marshal
+
+    view = path + HOOKVIEW_SUFFIX
+    try:
+        if os.stat(view).st_mtime_ns >= os.stat(path).st_mtime_ns:
+            with open(view, "rb") as f:
+                doc = marshal.loads(f.read(MAX_BYTES + 1))
+            if isinstance(doc, dict) and doc.get("format") == FORMAT and doc.get("version") == VERSION:
+                return doc
+    except (OSError, EOFError, ValueError, TypeError):
+        pass
+    return load(path)
 
 
 def _require(cond: bool, source: str, detail: str) -> None:
@@ -108,6 +143,8 @@ def validate(doc: Any, source: str) -> dict[str, Any]:
 
 
 def loads(text: str | bytes, source: str) -> dict[str, Any]:
+    import json
+
     _require(len(text) <= MAX_BYTES, source, f"larger than {MAX_BYTES} bytes: not a host profile")
     try:
         doc = json.loads(text)

@@ -11,21 +11,25 @@ features and the host CPU expansion.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from ._record import record
+from .arch import arm64
 
-from .arch import arm64, arm64_idregs
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 
-class Problem(NamedTuple):
-    register: str          #: register, feature or item name
-    reg_id: str | None     #: raw id, when a register
-    field: str | None
-    source: str            #: what the VM has
-    destination: str       #: what the destination can accept
-    why: str
-    fix: str
-    kind: str = "refuse"   #: "refuse" (KVM/QEMU would fail) or "widen" (the guest would gain)
-    pinnable: bool = False  #: pinning the VM to a contract both hosts realise removes it
+class Problem(record("Problem", "register reg_id field source destination why fix kind pinnable",
+                     defaults=("refuse", False))):
+    """One reason a move cannot keep the ABI.
+
+    register: register, feature or item name; reg_id: raw id when a register; source: what
+    the VM has; destination: what the destination can accept; kind: "refuse" (KVM/QEMU
+    would fail) or "widen" (the guest would gain); pinnable: pinning the VM to a contract
+    both hosts realise removes it.
+    """
+
+    __slots__ = ()
 
     def line(self) -> str:
         what = self.register + (f" ({self.reg_id})" if self.reg_id else "")
@@ -34,14 +38,13 @@ class Problem(NamedTuple):
         return f"{what}: VM has {self.source}, destination {self.destination}: {self.why}; {self.fix}"
 
 
-class Policy(NamedTuple):
-    #: allow a move where the destination adds guest-visible registers the stream lacks
-    allow_widening: bool = False
+#: allow_widening: allow a move where the destination adds guest-visible registers the
+#: stream lacks
+Policy = record("Policy", "allow_widening", defaults=(False,))
 
 
-class Verdict(NamedTuple):
-    problems: list[Problem]
-    notes: list[str]
+class Verdict(record("Verdict", "problems notes")):
+    __slots__ = ()
 
     @property
     def allow(self) -> bool:
@@ -52,14 +55,8 @@ class Verdict(NamedTuple):
                 "notes": self.notes}
 
 
-class _Dest(NamedTuple):
-    """What the destination's profile says, for one vCPU configuration."""
-
-    name: str
-    registers: dict[str, str | None]
-    acceptance: dict[str, Any]
-    masks: dict[str, str] | None
-    qemu_version: tuple[int, ...] | None
+#: what the destination's profile says, for one vCPU configuration
+_Dest = record("_Dest", "name registers acceptance masks qemu_version")
 
 
 def _h(v: int) -> str:
@@ -114,6 +111,8 @@ def _rule_bitmap(reg_id: str, name: str, value: int, dest: _Dest) -> list[Proble
 
 def _field_problems(name: str, reg_id: str, src: int, dst: int, mask: int, masked_by: str
                     ) -> list[Problem]:
+    from .arch import arm64_idregs
+
     fields = arm64_idregs.FIELDS_BY_REG.get(name, ())
     if not fields:
         # no cpufeature table (CLIDR_EL1, implementation registers): KVM's own set_user

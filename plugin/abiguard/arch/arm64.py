@@ -8,18 +8,12 @@ Kernel versions are first mainline releases; the arm64 lab measures the Debian b
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from .. import kvm
-from . import arm64_idregs
+from .._record import record
 
-
-class FwReg(NamedTuple):
-    id: int
-    name: str
-    kind: str           #: "psci" | "workaround" | "bitmap": selects the compatibility rule
-    since: str          #: first mainline kernel that lists it in KVM_GET_REG_LIST
-    bits: dict[int, tuple[str, str]]  #: bitmap bit -> (name, first kernel)
+#: kind: "psci" | "workaround" | "bitmap", selects the compatibility rule; since: first
+#: mainline kernel that lists it in KVM_GET_REG_LIST; bits: bitmap bit -> (name, first kernel)
+FwReg = record("FwReg", "id name kind since bits")
 
 
 FW_REGS: tuple[FwReg, ...] = (
@@ -131,6 +125,8 @@ OTHER_SYSREG_NAMES: dict[int, str] = {kvm.arm64_sysreg_id(*enc): name for enc, n
 
 def reg_name(reg_id: int) -> str:
     """Canonical name of an arm64 ONE_REG id; an unnamed system register by its encoding."""
+    from . import arm64_idregs
+
     fw = FW_BY_ID.get(reg_id)
     if fw:
         return fw.name
@@ -204,26 +200,22 @@ IMPLEMENTATION_ID_REGS = frozenset({"MIDR_EL1", "REVIDR_EL1", "AIDR_EL1"})
 NEUTRAL_VALUE = 0
 
 
-class QemuCpregRule(NamedTuple):
+class QemuCpregRule(record("QemuCpregRule", "name since length_check drops_tail tolerated")):
     """How a destination QEMU loads the cpreg list of an incoming arm64 stream.
 
     Both lists are sorted by id (kvm_arm_init_cpreg_list sorts with compare_u64) and
     merged in target/arm/machine.c ``cpu_post_load``; every value is then written with
     KVM_SET_ONE_REG and one failed write fails the load (write_list_to_kvmstate).
+
+    length_check: VMSTATE_INT32_POSITIVE_LE(cpreg_vmstate_array_len) refuses a stream
+    longer than the destination's own list first ("Invalid value N expecting positive
+    value <= M"). drops_tail: the merge loop stops at the end of the destination's list,
+    so stream-only ids above its largest id are dropped instead of failing. tolerated:
+    stream-only registers the destination accepts: id -> (mask, value) the incoming value
+    must match, or None for any value (ToleranceNotOnBothEnds).
     """
 
-    name: str
-    since: tuple[int, ...]
-    #: VMSTATE_INT32_POSITIVE_LE(cpreg_vmstate_array_len): a stream longer than the
-    #: destination's own list fails before anything else ("Invalid value N expecting
-    #: positive value <= M")
-    length_check: bool
-    #: the merge loop stops at the end of the destination's list, so stream-only ids above
-    #: the destination's largest id are dropped silently instead of failing
-    drops_tail: bool
-    #: stream-only registers the destination tolerates: id -> (mask, value) the incoming
-    #: value must match, or None for "tolerated whatever its value" (ToleranceNotOnBothEnds)
-    tolerated: dict[int, tuple[int, int] | None]
+    __slots__ = ()
 
 
 #: oldest first. "exact model" is what the lab replays (any stream-only register fails);
@@ -251,10 +243,9 @@ def qemu_cpreg_rule(version: tuple[int, ...] | None) -> QemuCpregRule:
     return released[-1] if released else QEMU_CPREG_RULES[1]
 
 
-class StreamOutcome(NamedTuple):
-    failing: list[int]      #: stream-only ids that fail the load
-    dropped: list[int]      #: stream-only ids QEMU drops (their value is lost)
-    length_fails: bool      #: the stream is longer than the destination's list
+#: failing: stream-only ids that fail the load; dropped: stream-only ids QEMU drops (their
+#: value is lost); length_fails: the stream is longer than the destination's list
+StreamOutcome = record("StreamOutcome", "failing dropped length_fails")
 
 
 def stream_outcome(rule: QemuCpregRule, stream: list[int], dest_ids: set[int],

@@ -7,10 +7,11 @@ Documentation/virt/kvm/x86/cpuid.rst (KVM_CPUID_FEATURES bits).
 """
 from __future__ import annotations
 
-import re
-from typing import Any
-
 from ..errors import ContractError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: libvirt feature name -> QEMU property name, where '_' -> '-' is not the whole story
 LIBVIRT_TO_QEMU_FEATURE: dict[str, str] = {"pclmuldq": "pclmulqdq"}
@@ -32,9 +33,6 @@ PER_CPU_CPUID_BITS: dict[tuple[int, str], int] = {
     (0x1F, "edx"): 0xFFFFFFFF,   # x2APIC id (v2 topology leaf)
 }
 
-_FEATURE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}\Z")
-_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-_HEX = re.compile(r"0x[0-9a-f]{1,16}\Z")
 POLICIES = ("require", "disable", "force", "forbid", "optional")
 
 
@@ -66,14 +64,16 @@ def contract_body(profile: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_body(body: dict[str, Any], source: str) -> None:
+    from ..contract import is_hex, is_name
+
     model = body.get("cpu_model")
-    if model is not None and not (isinstance(model, str) and _MODEL.match(model)):
+    if model is not None and not is_name(model):
         raise ContractError(source, "member 'cpu_model' must be a CPU model name or null")
     pv = body.get("pv_features")
-    if pv is not None and not (isinstance(pv, str) and _HEX.match(pv)):
+    if pv is not None and not is_hex(pv, 16):
         raise ContractError(source, "member 'pv_features' must be a hex string or null")
     feats = body.get("features")
     if not isinstance(feats, dict) or len(feats) > 1024 or not all(
-            isinstance(k, str) and _FEATURE.match(k) and v in POLICIES for k, v in feats.items()):
+            is_name(k) and k.lower() == k and v in POLICIES for k, v in feats.items()):
         raise ContractError(source, "member 'features' must map feature names to one of "
                             + ", ".join(POLICIES))
