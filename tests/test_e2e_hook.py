@@ -83,9 +83,26 @@ def refused(cp: subprocess.CompletedProcess, *needles: str) -> str:
     return line[0]
 
 
+def wait_for_daemon_refresh(lab: TwoHost, host: str, timeout: float = 60) -> None:
+    """The daemon hook refreshes the profile in the background when libvirtd starts."""
+    import time
+
+    log = state(lab, host, "abiguard-log", "hook.log")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and "daemon start: host profile refreshed" in log.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no profile refresh by the daemon hook on {host}: "
+                         f"{log.read_text() if log.exists() else 'no log'}")
+
+
 @pytest.fixture(scope="module")
 def hosts(lab: TwoHost):
-    # the install-time probe ran before libvirtd existed: refresh with libvirt answering
+    for host in ("a", "b"):
+        wait_for_daemon_refresh(lab, host)
+        doc = real_profile(lab, host)
+        assert doc["stack"]["libvirt"]["domcapabilities"]["host_model"]["model"], doc["unavailable"]
     for host in ("a", "b"):
         abiguard(lab, host, "probe", "-o", "/var/lib/abiguard/host-profile.json")
         set_policy(lab, host, "warn")
@@ -95,7 +112,9 @@ def hosts(lab: TwoHost):
 
 def test_installed_by_the_projects_own_install(lab: TwoHost, hosts):
     hook = state(lab, "b", "etc", "hooks", "qemu.d", "abiguard").read_text()
-    assert hook.startswith(f"#!{PY} -I\n") and "abiguard-hook-id" in hook
+    assert hook.startswith(f"#!{PY} -IS\n") and "abiguard-hook-id" in hook
+    daemon = state(lab, "b", "etc", "hooks", "daemon.d", "abiguard").read_text()
+    assert daemon.startswith(f"#!{PY} -I\n") and "daemon_main" in daemon
     assert hosts["b"]["host"]["machine"] == "x86_64"
     assert hosts["b"]["stack"]["libvirt"]["version"].startswith(("9.", "1"))
     assert not Path("/etc/libvirt/hooks/qemu.d/abiguard").exists(), "the real host was touched"

@@ -45,10 +45,13 @@ class Probe(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from .probe import probe_host
-        from .profile import render
+        from .profile import render, save
 
         doc = probe_host(with_stack=not args.kvm_only, device=args.device)
-        _write(render(doc), args.output)
+        if args.output in (None, "-"):
+            sys.stdout.write(render(doc))
+        else:
+            save(doc, args.output)  # with the hook's view of it
         for item in doc["unavailable"]:
             print(f"abiguard probe: not available: {item['what']}: {item['error']} {item['detail']}".rstrip(),
                   file=sys.stderr)

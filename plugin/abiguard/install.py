@@ -48,7 +48,9 @@ def render(kind: str, python: str, path: str | None = None) -> str:
     """
     _path, entry = HOOKS[kind]
     path = path or package_parent()
-    return (f"#!{python} -IS\n{_PURPOSE[kind]}\n# {HOOK_ID}-{kind}\nimport sys\n\n"
+    # the daemon hook's profile refresh needs site-packages (qemu.qmp, libvirt, lxml)
+    flags = "-IS" if kind == "qemu" else "-I"
+    return (f"#!{python} {flags}\n{_PURPOSE[kind]}\n# {HOOK_ID}-{kind}\nimport sys\n\n"
             f"sys.path.insert(0, {path!r})\n"
             f"from abiguard.hook import {entry}  # noqa: E402\n\nsys.exit({entry}(sys.argv))\n")
 

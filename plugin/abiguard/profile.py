@@ -88,28 +88,33 @@ def atomic_write(path: str, text: str | bytes, mode: int = 0o644) -> None:
 HOOKVIEW_SUFFIX = ".hookview"
 
 
+def _stat_key(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def save(doc: dict[str, Any], path: str) -> None:
     """The JSON profile, then its hook view: the same dict in marshal form, which the hook
     loads in well under a millisecond (json would pull in re, and the digest check a
-    canonical re-encoding). The view is written second, so it is never newer than the
-    JSON it came from; the hook uses it only when that holds."""
+    canonical re-encoding). The view records the inode, size and mtime of the JSON it
+    was made from (every save replaces the JSON, so the inode changes); the hook uses it
+    only while they still match, and otherwise reads and validates the JSON."""
     import marshal
 
     atomic_write(path, render(doc))
-    atomic_write(path + HOOKVIEW_SUFFIX, marshal.dumps(doc))
+    atomic_write(path + HOOKVIEW_SUFFIX, marshal.dumps((_stat_key(path), doc)))
 
 
 def load_for_hook(path: str) -> dict[str, Any]:
     """The profile at ``path``, from its hook view when that is current, else validated JSON."""
     import marshal
 
-    view = path + HOOKVIEW_SUFFIX
     try:
-        if os.stat(view).st_mtime_ns >= os.stat(path).st_mtime_ns:
-            with open(view, "rb") as f:
-                doc = marshal.loads(f.read(MAX_BYTES + 1))
-            if isinstance(doc, dict) and doc.get("format") == FORMAT and doc.get("version") == VERSION:
-                return doc
+        with open(path + HOOKVIEW_SUFFIX, "rb") as f:
+            key, doc = marshal.loads(f.read(MAX_BYTES + 1))
+        if (tuple(key) == _stat_key(path) and isinstance(doc, dict)
+                and doc.get("format") == FORMAT and doc.get("version") == VERSION):
+            return doc
     except (OSError, EOFError, ValueError, TypeError):
         pass
     return load(path)

@@ -147,7 +147,8 @@ def probe_libvirt(machine: str, unavailable: list[dict[str, Any]], uri: str = "q
         return None
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     try:
-        conn = libvirt.openReadOnly(uri)
+        # domain capabilities need a read-write connection; fall back for non-root callers
+        conn = libvirt.open(uri) if os.geteuid() == 0 else libvirt.openReadOnly(uri)
     except libvirt.libvirtError as e:
         _note(unavailable, f"libvirt {uri}", errno.ECONNREFUSED, str(e))
         return None
