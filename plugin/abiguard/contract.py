@@ -49,8 +49,18 @@ def is_digest(v: object) -> bool:
             and _HEXDIGITS.issuperset(v[7:]))
 
 
+#: arm64 ONE_REG groups (arch/arm64/include/uapi/asm/kvm.h KVM_REG_ARM_*: core, demux,
+#: sysreg, fw, sve, fw_bmap) and sizes (KVM_REG_SIZE_U32 .. U2048)
+_ARM64_COPROCS = frozenset({0x10, 0x11, 0x13, 0x14, 0x15, 0x16})
+_ARM64_SIZES = frozenset(range(2, 9))
+
+
 def is_arm64_reg(v: object) -> bool:
-    return isinstance(v, str) and len(v) == 18 and v.startswith("0x60") and _HEXDIGITS.issuperset(v[2:])
+    """A well-formed arm64 ONE_REG id of a group KVM defines (hex string, 0x60...)."""
+    if not (isinstance(v, str) and len(v) == 18 and v.startswith("0x60") and _HEXDIGITS.issuperset(v[2:])):
+        return False
+    reg = int(v, 16)
+    return (reg >> 16) & 0xFFF in _ARM64_COPROCS and (reg >> 52) & 0xF in _ARM64_SIZES
 
 
 def _canonical(obj: object) -> str:
@@ -185,7 +195,9 @@ def validate(doc: Any, source: str) -> dict[str, Any]:
         stream = body.get("stream")
         _need(isinstance(stream, list) and len(stream) <= MAX_REGISTERS
               and all(is_arm64_reg(r) for r in stream), source,
-              f"member 'stream' must list at most {MAX_REGISTERS} arm64 register ids (0x60...)")
+              f"member 'stream' must list at most {MAX_REGISTERS} arm64 register ids (0x60...) of groups "
+              "KVM defines: " + ", ".join(r for r in stream if not is_arm64_reg(r))[:120]
+              if isinstance(stream, list) else "member 'stream' must be a list")
         values = body.get("values")
         in_stream = set(stream)
         _need(isinstance(values, dict) and len(values) <= MAX_REGISTERS and all(

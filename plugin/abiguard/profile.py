@@ -135,6 +135,8 @@ def validate(doc: Any, source: str) -> dict[str, Any]:
              "probe the host again with this abiguard")
     _require(isinstance(doc.get("host"), dict) and isinstance(doc["host"].get("machine"), str), source,
              "member 'host' must be an object with a string 'machine'")
+    _require(doc["host"]["machine"] in ("aarch64", "x86_64"), source,
+             f"architecture {doc['host']['machine']!r}: abiguard knows aarch64 and x86_64")
     _require(doc.get("kvm") is None or isinstance(doc["kvm"], dict), source,
              "member 'kvm' must be a JSON object or null")
     _require(isinstance(doc.get("unavailable"), list), source, "member 'unavailable' must be a JSON array")

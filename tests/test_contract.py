@@ -1,0 +1,97 @@
+"""Contracts: derived from real profiles, JSON and XML forms round-trip exactly, and
+hostile input is refused with a message naming what is wrong."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from lxml import etree
+
+from abiguard import contract, domxml, profile
+from abiguard.cli import builtin_profiles
+from abiguard.errors import ContractError
+
+PROFILES = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
+
+
+@pytest.fixture(scope="module", params=sorted(PROFILES))
+def sealed(request):
+    return contract.from_profile(profile.load(PROFILES[request.param]))
+
+
+def parse_lxml(text: str):
+    return etree.fromstring(text.encode(), etree.XMLParser(resolve_entities=False, no_network=True))
+
+
+def parse_expat(text: str):
+    facts = domxml.parse(f"<domain><metadata>{text}</metadata></domain>".encode())
+    return facts.contract
+
+
+def test_json_round_trip(sealed):
+    text = json.dumps(sealed)
+    assert contract.loads(text, "x") == sealed
+
+
+@pytest.mark.parametrize("parse", [parse_lxml, parse_expat], ids=["lxml", "expat"])
+def test_xml_round_trip_is_exact(sealed, parse):
+    xml = contract.to_xml_text(sealed)
+    assert contract.from_element(parse(xml), "x") == sealed
+    assert len(xml) < 16 * 1024
+
+
+def test_own_canonical_form_equals_json_canonical_form(sealed):
+    body = {k: v for k, v in sealed.items() if k != "digest"}
+    assert contract._canonical(body) == json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def test_default_config_is_what_cpu_host_enables():
+    p = profile.load(PROFILES["7.2.13+deb14-arm64"])
+    assert contract.from_profile(p)["aarch64"]["config"] == "psci+pmu+sve+ptrauth"
+    a72 = profile.load(PROFILES["7.2.13+deb14-arm64-cortex-a72"])
+    assert contract.from_profile(a72)["aarch64"]["config"] == "psci+pmu"
+
+
+def test_values_are_only_abi_registers():
+    c = contract.from_profile(profile.load(PROFILES["6.1.0-50-arm64"]), "psci")
+    body = c["aarch64"]
+    assert body["values"]["0x6030000000140000"] == "0x10001"  # PSCI 1.1
+    sctlr = "0x603000000013c080"                                # SCTLR_EL1 (3,0,1,0,0)
+    assert sctlr in body["stream"] and sctlr not in body["values"]  # guest state, not ABI
+    assert set(body["values"]) <= set(body["stream"])
+
+
+def tamper(sealed, mutate):
+    doc = json.loads(json.dumps(sealed))
+    mutate(doc)
+    return doc
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["aarch64"]["values"].update({"0x6030000000140000": "0x10001"}), "does not match its digest"),
+    (lambda d: d.update(version=2), "contract version 2"),
+    (lambda d: d.update(arch="riscv64"), "member 'arch'"),
+    (lambda d: d["aarch64"].update(config="psci+rootkit"), "unknown vCPU configuration"),
+    (lambda d: d["aarch64"]["stream"].append("0x6030000000140000; rm -rf /"), "arm64 register ids"),
+    (lambda d: d["aarch64"]["values"].update({"0x6030000000999999": "0x1"}), "register ids of the stream"),
+    (lambda d: d.update(machine_type="virt-7.2 -device evil"), "machine type name"),
+    (lambda d: d["origin"]["hosts"].append({"kernel": "x", "profile": "md5:0"}), "origin"),
+])
+def test_hostile_contracts_are_refused(mutate, message):
+    sealed = contract.from_profile(profile.load(PROFILES["7.2.13+deb14-arm64"]))
+    with pytest.raises(ContractError) as err:
+        contract.validate(tamper(sealed, mutate), "metadata")
+    assert message in str(err.value)
+    assert str(err.value).startswith("abiguard: metadata: ")
+
+
+def test_x86_contract_from_this_machines_profile_validates(tmp_path):
+    body = {"cpu_model": "qemu64", "pv_features": "0x1007efb",
+            "features": {"pni": "disable", "sse2": "require"}}
+    sealed = contract.seal({"arch": "x86_64", "machine_type": "pc-i440fx-7.2",
+                            "origin": {"kind": "profile", "hosts": []}, "x86_64": body})
+    assert contract.from_element(parse_lxml(contract.to_xml_text(sealed)), "x") == sealed
+    bad = tamper(sealed, lambda d: d["x86_64"]["features"].update({"sse2": "sometimes"}))
+    with pytest.raises(ContractError, match="one of require, disable"):
+        contract.validate(bad, "x")

@@ -1,0 +1,152 @@
+"""The hook as libvirt runs it (a subprocess: argv, XML on stdin, exit code, stderr), on a
+fake root (ABIGUARD_ROOT) holding a real arm64 kernel's profile."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from abiguard import contract, domxml, install, profile
+from abiguard.cli import builtin_profiles
+
+P = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
+UUID = "6f1c0d2e-8a51-4d8e-9d53-2b1f8c3e7a10"
+
+
+def domain(meta: str = "", machine: str = "virt") -> bytes:
+    return (f"<domain type='kvm'><name>vm</name><uuid>{UUID}</uuid><metadata>{meta}</metadata>"
+            f"<os><type arch='aarch64' machine='{machine}'>hvm</type></os></domain>").encode()
+
+
+@pytest.fixture
+def host(tmp_path):
+    root = tmp_path
+    os.makedirs(root / "var/lib/abiguard")
+    shim = root / "hook"
+    shim.write_text(install.render("qemu", sys.executable))
+    shim.chmod(0o755)
+
+    def run(*args: str, xml: bytes = b"", profile_name: str | None = "7.2.13+deb14-arm64",
+            config: str | None = None):
+        if profile_name:
+            profile.save(profile.load(P[profile_name]), str(root / "var/lib/abiguard/host-profile.json"))
+        if config is not None:
+            os.makedirs(root / "etc/abiguard", exist_ok=True)
+            (root / "etc/abiguard/abiguard.toml").write_text(config)
+        return subprocess.run([str(shim), *args], input=xml, capture_output=True, timeout=30,
+                              env={"ABIGUARD_ROOT": str(root), "PATH": "/usr/bin:/bin", "LC_ALL": "C"})
+    run.root = root
+    return run
+
+
+def sealed(name: str, config: str | None = None) -> dict:
+    return contract.from_profile(profile.load(P[name]), config)
+
+
+def test_other_operations_exit_at_once(host):
+    for op in (["vm", "start", "begin", "-"], ["vm", "stopped", "end", "-"], ["vm", "release", "end", "-"]):
+        cp = host(*op, xml=domain())
+        assert (cp.returncode, cp.stdout, cp.stderr) == (0, b"", b"")
+
+
+def test_allow_prints_the_same_xml_plus_a_stamp(host):
+    c = sealed("7.2.13+deb14-arm64")
+    xml = domain(contract.to_xml_text(c))
+    cp = host("vm", "migrate", "begin", "-", xml=xml)
+    assert cp.returncode == 0, cp.stderr
+    f = domxml.parse(cp.stdout)
+    assert cp.stdout[:f.stamp_spans[0].start] + cp.stdout[f.stamp_spans[0].end:] == xml
+    assert f.stamp.get("contract") == c["digest"]
+    assert (host.root / "var/lib/abiguard/incoming" / UUID).exists()
+
+
+def test_refusal_is_one_line_naming_register_and_values(host):
+    xml = domain(contract.to_xml_text(sealed("7.2.13+deb14-arm64")))
+    cp = host("vm", "migrate", "begin", "-", xml=xml, profile_name="6.12.117+deb13-arm64")
+    assert cp.returncode == 1 and cp.stdout == b""
+    line = cp.stderr.decode().strip()
+    assert "\n" not in line
+    assert line.startswith("abiguard: refusing migrate of 'vm' to this host: PSCI_VERSION (0x6030000000140000): "
+                           "VM has PSCI 1.3, destination accepts 0.2, 1.0, 1.1")
+    assert "(+1 more: abiguard check)" in line
+
+
+def test_restore_uses_the_same_rules(host):
+    xml = domain(contract.to_xml_text(sealed("7.2.13+deb14-arm64")))
+    cp = host("vm", "restore", "begin", "-", xml=xml, profile_name="6.12.117+deb13-arm64")
+    assert cp.returncode == 1 and b"refusing restore of 'vm'" in cp.stderr
+
+
+def test_stamp_of_the_last_hop_gives_the_stream(host):
+    """A VM booted on 6.1 that then ran on 7.2 carries 7.2's stream: rolling it back to 6.1
+    now fails on what 7.2 added, which the contract alone would not show."""
+    c = sealed("6.1.0-50-arm64", "psci")
+    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)))
+    assert cp.returncode == 0, cp.stderr
+    stamped = cp.stdout
+    cp = host("vm", "migrate", "begin", "-", xml=stamped, profile_name="6.1.0-50-arm64")
+    assert cp.returncode == 1
+    assert b"VENDOR_HYP_BMAP_2" in cp.stderr or b"DEMUX_CCSIDR" in cp.stderr
+
+
+def test_machine_type_must_match_the_contract(host):
+    c = contract.seal({**{k: v for k, v in sealed("7.2.13+deb14-arm64").items() if k not in ("digest",)},
+                       "machine_type": "virt-7.2"})
+    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c), machine="virt-8.0"))
+    assert cp.returncode == 1 and b"runs machine type virt-8.0 but its contract pins virt-7.2" in cp.stderr
+
+
+@pytest.mark.parametrize("policy, rc, stderr", [
+    ("allow", 0, b""), ("warn", 0, b"abiguard: warning: VM 'vm' has no guest ABI contract"),
+    ("refuse", 1, b"abiguard: VM 'vm' has no guest ABI contract and this host refuses unpinned VMs"),
+])
+def test_unpinned_policy(host, policy, rc, stderr):
+    cp = host("vm", "migrate", "begin", "-", xml=domain(), config=f'[policy]\nunpinned = "{policy}"\n')
+    assert cp.returncode == rc and cp.stderr.startswith(stderr)
+
+
+def test_config_errors_fail_closed_with_the_file_named(host):
+    cp = host("vm", "migrate", "begin", "-", xml=domain(), config="[policy]\nunpinned = 'sometimes'\n")
+    assert cp.returncode == 1
+    assert cp.stderr.decode().startswith(f"abiguard: {host.root}/etc/abiguard/abiguard.toml: [policy] unpinned")
+
+
+def test_missing_profile_fails_closed(host):
+    c = sealed("7.2.13+deb14-arm64")
+    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)), profile_name=None)
+    assert cp.returncode == 1 and b"cannot read" in cp.stderr and b"abiguard probe -o" in cp.stderr
+
+
+def test_internal_error_fails_closed_and_logs_the_traceback(host):
+    os.makedirs(host.root / "var/lib/abiguard", exist_ok=True)
+    (host.root / "var/lib/abiguard/host-profile.json").write_text("{}")
+    (host.root / "var/lib/abiguard/host-profile.json.hookview").write_bytes(b"\x00garbage")
+    c = sealed("7.2.13+deb14-arm64")
+    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)), profile_name=None)
+    assert cp.returncode == 1 and cp.stderr.startswith(b"abiguard: ")
+
+
+def test_prepare_refuses_a_start_the_host_cannot_realise(host):
+    xml = domain(contract.to_xml_text(sealed("7.2.13+deb14-arm64")))
+    cp = host("vm", "prepare", "begin", "-", xml=xml, profile_name="6.12.117+deb13-arm64")
+    assert cp.returncode == 1 and b"this host cannot start 'vm' with its contract" in cp.stderr
+    assert host("vm", "prepare", "begin", "-", xml=xml).returncode == 0
+
+
+def test_prepare_after_migrate_begin_is_incoming(host):
+    """prepare runs for incoming migrations too; with the marker and stamp nonce left by
+    migrate begin it does not demand that this host realise the contract by itself."""
+    c = sealed("6.1.0-50-arm64", "psci")
+    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)))
+    assert cp.returncode == 0
+    assert host("vm", "prepare", "begin", "-", xml=cp.stdout).returncode == 0
+    # the marker is used up: a later plain start of the same XML is judged as a start
+    later = host("vm", "prepare", "begin", "-", xml=cp.stdout)
+    assert later.returncode == 1 and b"cannot start" in later.stderr
+
+
+def test_stdin_is_bounded(host):
+    cp = host("vm", "migrate", "begin", "-", xml=b"<domain>" + b" " * (5 * 1024 * 1024) + b"</domain>")
+    assert cp.returncode == 1 and b"larger than" in cp.stderr

@@ -1,0 +1,101 @@
+"""Every value rule, both ways: for each row of the tables a value the destination must
+accept and one it must refuse, against a real kernel's profile (7.2, writable masks)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from abiguard import contract, profile, verdict
+from abiguard.arch import arm64, arm64_idregs
+from abiguard.cli import builtin_profiles
+
+P = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
+DEST = profile.load(P["7.2.13+deb14-arm64"])
+BASE = contract.from_profile(DEST, "psci")
+REGS = DEST["kvm"]["aarch64"]["configs"]["psci"]["registers"]
+MASKS = DEST["kvm"]["aarch64"]["writable_masks"]
+ACCEPT = DEST["kvm"]["aarch64"]["firmware_acceptance"]
+EXERCISED: set[str] = set()
+
+
+def judge(reg_id: str, value: int) -> verdict.Verdict:
+    doc = json.loads(json.dumps(BASE))
+    doc["aarch64"]["values"][reg_id] = f"{value:#x}"
+    EXERCISED.add(arm64.value_rule(int(reg_id, 16)))
+    return verdict.check(contract.seal({k: v for k, v in doc.items() if k != "digest"}), DEST)
+
+
+def test_unchanged_contract_is_allowed():
+    assert verdict.check(BASE, DEST).allow
+
+
+@pytest.mark.parametrize("version", sorted(arm64.PSCI_VERSIONS))
+def test_psci(version):
+    v = judge("0x6030000000140000", arm64.PSCI_VERSIONS[version][0])
+    assert v.allow == (ACCEPT["PSCI_VERSION"][version] == "accepted")
+
+
+@pytest.mark.parametrize("reg", [r for r in arm64.FW_REGS if r.kind == "workaround"], ids=lambda r: r.name)
+@pytest.mark.parametrize("level", range(5))
+def test_workarounds(reg, level):
+    v = judge(f"{reg.id:#x}", level)
+    assert v.allow == (ACCEPT[reg.name][str(level)] == "accepted")
+    if not v.allow:
+        assert v.problems[0].register == reg.name and not v.problems[0].pinnable
+
+
+@pytest.mark.parametrize("reg", [r for r in arm64.FW_REGS if r.kind == "bitmap"], ids=lambda r: r.name)
+@pytest.mark.parametrize("bit", range(0, 64, 1))
+def test_bitmaps(reg, bit):
+    v = judge(f"{reg.id:#x}", 1 << bit)
+    assert v.allow == bool(int(ACCEPT[reg.name]["known_bits"], 16) >> bit & 1)
+
+
+def _field_cases():
+    for name, fields in sorted(arm64_idregs.FIELDS_BY_REG.items()):
+        reg = arm64_idregs.REG_BY_NAME[name]
+        rid = f"{reg.id:#x}"
+        if rid not in REGS or name in arm64.IMPLEMENTATION_ID_REGS:
+            continue
+        mask = int(MASKS.get(name, "0x0"), 16)
+        for f in fields:
+            yield pytest.param(rid, name, f, mask, id=f"{name}.{f.name}")
+
+
+@pytest.mark.parametrize("rid, name, field, mask", list(_field_cases()))
+def test_id_register_fields(rid, name, field, mask):
+    width_mask = (1 << field.width) - 1
+    fmask = width_mask << field.shift
+    own = int(REGS[rid], 16)
+    cur = (own >> field.shift) & width_mask
+    writable = fmask & mask == fmask
+    for new in range(1 << field.width):
+        if new == cur:
+            continue
+        v = judge(rid, (own & ~fmask) | new << field.shift)
+        safe = writable and arm64_idregs.safe_value(field, new, cur) == new
+        assert v.allow == safe, (name, field.name, cur, new, v.problems[:1])
+        if not v.allow:
+            assert v.problems[0].field == field.name and v.problems[0].reg_id == rid
+
+
+def test_ccsidr_line_size():
+    rid = "0x6020000000110000"
+    own = int(REGS[rid], 16)
+    assert judge(rid, own).allow
+    assert judge(rid, own + 1).allow                  # a larger line than the host's: accepted
+    smaller = judge(rid, own & ~7 | max((own & 7) - 1, 0))
+    assert smaller.allow == ((own & 7) == 0)
+
+
+def test_a_register_the_destination_does_not_list():
+    doc = json.loads(json.dumps(BASE))
+    doc["aarch64"]["stream"].append("0x603000000013c103")          # TCR2_EL1, gone in 7.2
+    v = verdict.check(contract.seal({k: v for k, v in doc.items() if k != "digest"}), DEST)
+    assert [p.register for p in v.problems] == ["TCR2_EL1"]
+
+
+def test_every_rule_kind_was_exercised():
+    assert set(verdict.ARM64_RULES) - {"unknown_fw"} <= EXERCISED | {"ccsidr"}
