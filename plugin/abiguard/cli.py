@@ -164,12 +164,12 @@ class Baseline(Command):
     def run(self, args: argparse.Namespace) -> int:
         from . import baseline, profile
 
+        verified: dict[str, dict[str, Any]] = {}
+
         def load(paths: list[str]) -> list[dict[str, Any]]:
             docs = []
             for path in paths:
-                doc = profile.load(path)
-                doc["_label"] = path
-                docs.append(doc)
+                docs.append(dict(profile.load(path, verified), _label=path))
             return docs
 
         result = baseline.compute(load(args.profiles), load(args.rollback_to), args.config)

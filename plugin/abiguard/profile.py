@@ -125,7 +125,7 @@ def _require(cond: bool, source: str, detail: str) -> None:
         raise ProfileError(source, detail)
 
 
-def validate(doc: Any, source: str) -> dict[str, Any]:
+def validate(doc: Any, source: str, verified: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Check the members every consumer relies on; name the member that is wrong."""
     _require(isinstance(doc, dict), source, "a host profile must be a JSON object")
     _require(doc.get("format") == FORMAT, source,
@@ -142,14 +142,23 @@ def validate(doc: Any, source: str) -> dict[str, Any]:
     _require(isinstance(doc.get("unavailable"), list), source, "member 'unavailable' must be a JSON array")
     digest = doc.get("digest")
     _require(isinstance(digest, str), source, "member 'digest' must be a string")
+    if verified is not None:
+        # a fleet has few kinds of host: content equal to a profile already verified under
+        # this digest needs no second canonical encoding
+        twin = verified.get(digest)
+        if twin is not None and all(twin.get(k) == doc.get(k) for k in set(twin) | set(doc)
+                                    if k not in _UNDIGESTED):
+            return doc
     actual = digest_of(doc)
     _require(digest == actual, source,
              f"content does not match its digest ({digest} recorded, {actual} computed): "
              "the file was edited or damaged; probe the host again")
+    if verified is not None:
+        verified[digest] = doc
     return doc
 
 
-def loads(text: str | bytes, source: str) -> dict[str, Any]:
+def loads(text: str | bytes, source: str, verified: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     import json
 
     _require(len(text) <= MAX_BYTES, source, f"larger than {MAX_BYTES} bytes: not a host profile")
@@ -157,13 +166,13 @@ def loads(text: str | bytes, source: str) -> dict[str, Any]:
         doc = json.loads(text)
     except ValueError as e:
         raise ProfileError(source, f"not valid JSON ({e})") from e
-    return validate(doc, source)
+    return validate(doc, source, verified)
 
 
-def load(path: str) -> dict[str, Any]:
+def load(path: str, verified: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             text = f.read(MAX_BYTES + 1)
     except OSError as e:
         raise ProfileError(path, f"cannot read: {e.strerror}") from e
-    return loads(text, path)
+    return loads(text, path, verified)
