@@ -135,6 +135,10 @@ def test_x86_pinned_vm_migrates_and_carries_the_stamp(lab: TwoHost, hosts):
         assert "urn:abiguard:contract:1" in xml and "urn:abiguard:stamp:1" in xml
         assert f'profile="{hosts["b"]["digest"]}"' in xml
         assert lab.domstate("b", name) == "running"
+        status = json.loads(abiguard(lab, "b", "status", "--json", "/var/lib/abiguard/host-profile.json").stdout)
+        row = [r for r in status if r["domain"] == name][0]
+        assert row["contract"].startswith("sha256:") and row["running_on_profile"] == hosts["b"]["digest"]
+        assert row["may_move_to"] == ["/var/lib/abiguard/host-profile.json"]
         # and back: the stamp is replaced, not duplicated
         lab.migrate("b", "a", name, *MOVE)
         xml = live_xml(lab, "a", name)

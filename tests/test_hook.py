@@ -150,3 +150,30 @@ def test_prepare_after_migrate_begin_is_incoming(host):
 def test_stdin_is_bounded(host):
     cp = host("vm", "migrate", "begin", "-", xml=b"<domain>" + b" " * (5 * 1024 * 1024) + b"</domain>")
     assert cp.returncode == 1 and b"larger than" in cp.stderr
+
+
+def test_concurrent_refresh_never_shows_a_torn_profile(tmp_path):
+    """A refresh replaces the JSON and its hook view atomically; a reader racing it gets
+    one whole profile or the other, from the view or from validated JSON."""
+    import threading
+
+    path = str(tmp_path / "host-profile.json")
+    docs = [profile.load(P["6.1.0-50-arm64"]), profile.load(P["7.2.13+deb14-arm64"])]
+    digests = {d["digest"] for d in docs}
+    profile.save(docs[0], path)
+    stop = threading.Event()
+
+    def refresh() -> None:
+        i = 0
+        while not stop.is_set():
+            profile.save(docs[i % 2], path)
+            i += 1
+
+    writer = threading.Thread(target=refresh)
+    writer.start()
+    try:
+        seen = [profile.load_for_hook(path)["digest"] for _ in range(300)]
+    finally:
+        stop.set()
+        writer.join()
+    assert set(seen) <= digests and len(seen) == 300

@@ -27,10 +27,28 @@ def _note(unavailable: list[dict[str, Any]], what: str, err: int, detail: str) -
                         "detail": detail})
 
 
+#: where the Debian/RPM packages put QEMU's qemu.qmp library, which the distributions do
+#: not package (yet); a pip install finds it in site-packages instead
+VENDOR_DIR = "/usr/share/abiguard/vendor"
+
+
+def _qmp_class() -> Any:
+    try:
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+    except ImportError:
+        import sys
+
+        if VENDOR_DIR in sys.path or not os.path.isdir(VENDOR_DIR):
+            raise
+        sys.path.append(VENDOR_DIR)
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+    return QEMUMonitorProtocol
+
+
 def _qmp_session(binary: str, commands: list[tuple[str, dict[str, Any] | None]]
                  ) -> dict[str, Any]:
     """Run QMP commands against a throw-away ``-machine none -accel kvm`` QEMU."""
-    from qemu.qmp.legacy import QEMUMonitorProtocol
+    QEMUMonitorProtocol = _qmp_class()
 
     with tempfile.TemporaryDirectory(prefix="abiguard-qmp-") as tmp:
         sock = os.path.join(tmp, "qmp.sock")
