@@ -1,7 +1,6 @@
 """The bundled arm64 host profiles are real: each shows what its kernel measured."""
 from __future__ import annotations
 
-import glob
 import os
 
 import pytest

@@ -55,7 +55,8 @@ def test_fresh_profiles_show_the_kernel_facts(fresh):
     profiles, _ = fresh
     for name, doc in profiles.items():
         if name not in FACTS:
-            warnings.warn(f"lab host {name} is not a bundled kernel (a newer Debian build?): facts not checked")
+            warnings.warn(f"lab host {name} is not a bundled kernel (a newer Debian build?): facts not checked",
+                          stacklevel=1)
             continue
         check_profile(name, doc)
 

@@ -218,7 +218,7 @@ class Matrix(Command):
     def run(self, args: argparse.Namespace) -> int:
         import os
 
-        from . import contract, profile, verdict
+        from . import profile, verdict
 
         paths = args.profiles or [p for p in builtin_profiles()
                                   if args.all_builtin or p.endswith("-arm64.json")]

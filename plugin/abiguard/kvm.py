@@ -166,6 +166,24 @@ def errno_name(err: int) -> str:
     return errno.errorcode.get(err, str(err))
 
 
+def _counted_list(fd: int, request: int, item: str) -> list[int]:
+    """A "count, then items" ioctl: asked with count 0, KVM fails with E2BIG and writes
+    the count it needs; asked again with room for that many, it fills them in."""
+    size = struct.calcsize(item)
+    head = bytearray(size)
+    try:
+        fcntl.ioctl(fd, request, head, True)
+    except OSError as e:
+        if e.errno != errno.E2BIG:
+            raise
+    n = struct.unpack("<" + item, head)[0]
+    buf = bytearray(size + size * n)
+    struct.pack_into("<" + item, buf, 0, n)
+    fcntl.ioctl(fd, request, buf, True)
+    n = struct.unpack_from("<" + item, buf, 0)[0]
+    return list(struct.unpack_from(f"<{n}{item}", buf, size))
+
+
 class _Fd:
     """An owned file descriptor; closing twice is harmless."""
 
@@ -217,19 +235,8 @@ class KvmSystem(_Fd):
             return [struct.unpack_from("<7I", buf, 8 + 40 * i) for i in range(count)]
 
     def msr_feature_indices(self) -> list[int]:
-        """KVM_GET_MSR_FEATURE_INDEX_LIST (asks for the length first, as the API wants)."""
-        head = bytearray(4)
-        try:
-            fcntl.ioctl(self.fd, KVM_GET_MSR_FEATURE_INDEX_LIST, head, True)
-        except OSError as e:
-            if e.errno != errno.E2BIG:
-                raise
-        n = struct.unpack("<I", head)[0]
-        buf = bytearray(4 + 4 * n)
-        struct.pack_into("<I", buf, 0, n)
-        fcntl.ioctl(self.fd, KVM_GET_MSR_FEATURE_INDEX_LIST, buf, True)
-        n = struct.unpack_from("<I", buf, 0)[0]
-        return list(struct.unpack_from(f"<{n}I", buf, 4))
+        """KVM_GET_MSR_FEATURE_INDEX_LIST (struct kvm_msr_list: u32 count, u32 indices[])."""
+        return _counted_list(self.fd, KVM_GET_MSR_FEATURE_INDEX_LIST, "I")
 
     def feature_msr(self, index: int) -> int | None:
         """One feature MSR through KVM_GET_MSRS on the system fd; None if KVM reads 0 MSRs."""
@@ -274,18 +281,8 @@ class KvmVcpu(_Fd):
         fcntl.ioctl(self.fd, KVM_ARM_VCPU_FINALIZE, struct.pack("<i", what))
 
     def reg_list(self) -> list[int]:
-        head = bytearray(8)
-        try:
-            fcntl.ioctl(self.fd, KVM_GET_REG_LIST, head, True)
-        except OSError as e:
-            if e.errno != errno.E2BIG:
-                raise
-        n = struct.unpack("<Q", head)[0]
-        buf = bytearray(8 + 8 * n)
-        struct.pack_into("<Q", buf, 0, n)
-        fcntl.ioctl(self.fd, KVM_GET_REG_LIST, buf, True)
-        n = struct.unpack_from("<Q", buf, 0)[0]
-        return list(struct.unpack_from(f"<{n}Q", buf, 8))
+        """KVM_GET_REG_LIST (struct kvm_reg_list: u64 n, u64 reg[])."""
+        return _counted_list(self.fd, KVM_GET_REG_LIST, "Q")
 
     def get_one_reg(self, reg_id: int) -> int:
         """Read a register of any size as an unsigned little-endian integer."""

@@ -9,29 +9,19 @@ measures) and, separately, the whole command with every profile read from its ow
 """
 from __future__ import annotations
 
-import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "plugin"))
+from benchutil import HERE, median_ms  # noqa: E402  (puts the checkout on sys.path)
 
 from abiguard import baseline, contract, profile, verdict  # noqa: E402
 from abiguard.cli import builtin_profiles  # noqa: E402
 
 
-def median_ms(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
 
 
 def fleet_files(tmp: str, n: int, docs: list[dict]) -> list[str]:
