@@ -86,3 +86,22 @@ def test_device_that_is_not_kvm_is_refused_by_the_kernel(tmp_path):
         with kvm.KvmSystem("/dev/null") as system:
             system.api_version()
     assert err.value.errno == 25
+
+
+def test_qemu_part_over_qmp():
+    """QEMU's own answers over QMP, on -machine none -accel kvm: no libvirt needed."""
+    need_kvm()
+    from abiguard import stack
+    from helpers.realparts import need_commands
+
+    need_commands("qemu-system-x86_64")
+    unavailable: list = []
+    qemu = stack.probe_qemu("x86_64", unavailable)
+    assert not unavailable, unavailable
+    assert qemu["version"].count(".") == 2
+    names = {m["name"] for m in qemu["machines"]}
+    aliases = {m.get("alias") for m in qemu["machines"]}
+    assert {"pc", "q35"} <= aliases and any(n.startswith("pc-i440fx-") for n in names)
+    props = qemu["host_cpu_expansion"]["props"]
+    assert qemu["host_cpu_expansion"]["model"] == "host" and props["lm"] is True
+    assert "qemu64" in qemu["cpu_definitions"]
