@@ -177,3 +177,14 @@ def test_concurrent_refresh_never_shows_a_torn_profile(tmp_path):
         stop.set()
         writer.join()
     assert set(seen) <= digests and len(seen) == 300
+
+
+def test_x86_cpu_model_must_match_the_contract(host):
+    body = {"cpu_model": "Skylake-Client", "pv_features": None, "features": {}}
+    c = contract.seal({"arch": "x86_64", "machine_type": None,
+                       "origin": {"kind": "profile", "hosts": []}, "x86_64": body})
+    xml = (f"<domain type='kvm'><name>vm</name><uuid>{UUID}</uuid><metadata>{contract.to_xml_text(c)}</metadata>"
+           "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
+           "<cpu mode='custom'><model>qemu64</model></cpu></domain>").encode()
+    cp = host("vm", "migrate", "begin", "-", xml=xml)
+    assert cp.returncode == 1 and b"runs CPU model qemu64 but its contract pins Skylake-Client" in cp.stderr

@@ -188,6 +188,10 @@ def _check_domain_matches(facts, sealed: dict, dom: str) -> None:
     if want and facts.machine and facts.machine != want:
         raise Refusal(f"abiguard: VM '{dom}' runs machine type {facts.machine} but its contract pins {want}; "
                       "re-pin it (abiguard pin) before moving it")
+    model = (sealed.get("x86_64") or {}).get("cpu_model")
+    if model and facts.cpu_model != model:
+        raise Refusal(f"abiguard: VM '{dom}' runs CPU model {facts.cpu_model or facts.cpu_mode} but its contract "
+                      f"pins {model}; re-pin it (abiguard pin) before moving it")
 
 
 def _stamp(profile: dict, sealed: dict, nonce: str) -> bytes:
