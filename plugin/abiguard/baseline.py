@@ -122,21 +122,46 @@ def _machine_types(profiles: list[dict[str, Any]], family: str) -> str | None:
 
 
 def x86_baseline(profiles: list[dict[str, Any]]) -> dict[str, Any]:
+    """A named CPU model every host's QEMU (and libvirt) can run, the features it cannot
+    give somewhere disabled, plus the host-model features every host gives migratably.
+
+    The model: the first hosts' host-model model every QEMU knows (the oldest host usually
+    names the smallest), else qemu64. A feature is required only when every host's
+    host-model requires it, every QEMU's migratable host expansion offers it, and no
+    host's libvirt drops it on an incoming migration (x86.LIBVIRT_DROPS_ON_INCOMING).
+    """
     from .arch import x86
 
     bodies = [x86.contract_body(p) for p in profiles]
-    models = {b.get("cpu_model") for b in bodies}
-    features: dict[str, str] = {}
-    names = set().union(*(b["features"] for b in bodies))
-    for name in sorted(names):
-        pols = [b["features"].get(name) for b in bodies]
-        features[name] = "require" if all(p in ("require", "force") for p in pols) else "disable"
+    qemus = [((p.get("stack") or {}).get("qemu") or {}) for p in profiles]
+    customs = [(((p.get("stack") or {}).get("libvirt") or {}).get("domcapabilities") or {}).get("custom_models")
+               or {} for p in profiles]
+    candidates = [b["cpu_model"] for b in bodies if b.get("cpu_model")] + ["qemu64"]
+    model = next((m for m in candidates if all(m in (q.get("cpu_definitions") or {}) for q in qemus)), None)
+    conflicts: list[str] = []
+    if model is None:
+        conflicts.append("no CPU model every host's QEMU knows: the baseline names features only")
+    # QEMU speaks of features by its own names; the contract uses libvirt's
+    libvirt_name = {x86.qemu_feature_name(f): f for b in bodies for f in b["features"]}
+    disable: set[str] = set()
+    if model:
+        for q, custom in zip(qemus, customs):
+            disable |= {libvirt_name.get(f, f) for f in q["cpu_definitions"][model]}
+            disable |= set((custom.get(model) or {}).get("blockers", []))
+    dropped: set[str] = set()
+    for p in profiles:
+        version = ((p.get("stack") or {}).get("libvirt") or {}).get("version")
+        dropped |= set(x86.dropped_on_incoming(tuple(int(x) for x in version.split("."))) if version else {})
+    common = set.intersection(*({f for f, pol in b["features"].items() if pol in ("require", "force")}
+                                for b in bodies))
+    require = {f for f in common
+               if all(((q.get("host_cpu_expansion") or {}).get("props") or {}).get(x86.qemu_feature_name(f)) is True
+                      for q in qemus)} - disable - dropped
+    features = {f: "disable" for f in disable} | {f: "require" for f in require}
     pvs = [int(b["pv_features"], 16) for b in bodies if b.get("pv_features")]
     pv = f"{reduce(lambda a, b: a & b, pvs):#x}" if len(pvs) == len(bodies) and pvs else None
-    model = models.pop() if len(models) == 1 else None
-    return {"body": {"cpu_model": model, "pv_features": pv, "features": features},
-            "conflicts": [] if model or len(bodies) == 1 else
-            ["hosts offer different host-model CPU models: the baseline names features only"]}
+    return {"body": {"cpu_model": model, "pv_features": pv, "features": dict(sorted(features.items()))},
+            "conflicts": conflicts}
 
 
 def compute(profiles: list[dict[str, Any]], rollback: list[dict[str, Any]] | None = None,

@@ -170,13 +170,15 @@ def _counted_list(fd: int, request: int, item: str) -> list[int]:
     """A "count, then items" ioctl: asked with count 0, KVM fails with E2BIG and writes
     the count it needs; asked again with room for that many, it fills them in."""
     size = struct.calcsize(item)
-    head = bytearray(size)
+    # bigger than 1024 bytes: fcntl.ioctl then hands the kernel this very buffer instead of
+    # a copy; Python 3.14 no longer copies a failed ioctl's copy back, which lost the count
+    head = bytearray(2048)
     try:
         fcntl.ioctl(fd, request, head, True)
     except OSError as e:
         if e.errno != errno.E2BIG:
             raise
-    n = struct.unpack("<" + item, head)[0]
+    n = struct.unpack_from("<" + item, head)[0]
     buf = bytearray(size + size * n)
     struct.pack_into("<" + item, buf, 0, n)
     fcntl.ioctl(fd, request, buf, True)

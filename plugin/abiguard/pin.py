@@ -40,6 +40,13 @@ def x86_body_from_domain(root: Any) -> dict[str, Any] | None:
             "features": {f.get("name"): f.get("policy", "require") for f in cpu.findall("feature")}}
 
 
+def machine_family(name: str) -> str:
+    """pc-q35-7.2 -> pc-q35, virt-7.2 -> virt; an alias stands for its family."""
+    head, _, tail = name.rpartition("-")
+    family = head if tail.replace(".", "").isdigit() and head else name
+    return {"pc": "pc-i440fx", "q35": "pc-q35"}.get(family, family)
+
+
 def _set_machine(root: Any, machine: str | None, notes: list[str]) -> None:
     if not machine:
         notes.append("machine type: the contract names none; left as it is")
@@ -47,7 +54,12 @@ def _set_machine(root: Any, machine: str | None, notes: list[str]) -> None:
     os_type = root.find("os/type")
     if os_type is None:
         raise InputError("domain XML", "no <os><type> element")
-    if os_type.get("machine") != machine:
+    current = os_type.get("machine")
+    if current and machine_family(current) != machine_family(machine):
+        raise UsageError(f"the domain runs machine type {current}, the contract pins {machine}: another "
+                         f"chipset is other virtual hardware; define the VM on {machine_family(machine)} "
+                         "first, then pin it")
+    if current != machine:
         notes.append(f"machine type: {os_type.get('machine')} -> {machine}")
         os_type.set("machine", machine)
 
@@ -158,7 +170,10 @@ def pin(uri: str | None, name: str, sealed: dict[str, Any] | None, profile_path:
                 unsealed = {k: v for k, v in sealed.items() if k not in ("digest", "format", "version")}
                 sealed = contract_mod.seal(unsealed | {"x86_64": body, "machine_type": machine or sealed["machine_type"]})
         new_xml, notes, cannot = apply(xml, sealed)
-        conn.defineXML(new_xml)
+        try:
+            conn.defineXML(new_xml)
+        except libvirt.libvirtError as e:
+            raise UsageError(f"libvirt refused the pinned definition of {name!r}: {e}") from None
         return {"domain": name, "contract": sealed["digest"], "arch": sealed["arch"],
                 "pinned": notes, "cannot_pin": cannot,
                 "note": "takes effect at the next start" if dom.isActive() else "takes effect at start"}
@@ -171,7 +186,10 @@ def status(uri: str | None, profiles: list[dict[str, Any]]) -> list[dict[str, An
 
     from . import domxml, verdict
 
-    conn = _connect(uri, readonly=True)
+    import os
+
+    # the migratable XML of a running domain needs a read-write connection (secure flag)
+    conn = _connect(uri, readonly=os.geteuid() != 0)
     try:
         rows = []
         for dom in sorted(conn.listAllDomains(), key=lambda d: d.name()):

@@ -153,6 +153,12 @@ def _domcaps_summary(xml: str) -> dict[str, Any]:
         }
     out["cpu_modes"] = sorted(m.get("name") for m in root.findall("cpu/mode")
                               if m.get("supported") == "yes")
+    custom = root.find("cpu/mode[@name='custom']")
+    if custom is not None and custom.get("supported") == "yes":
+        blockers = {b.get("model"): sorted(f.get("name") for f in b.findall("feature"))
+                    for b in custom.findall("blockers")}
+        out["custom_models"] = {m.text: {"usable": m.get("usable", "unknown"), "blockers": blockers.get(m.text, [])}
+                                for m in sorted(custom.findall("model"), key=lambda m: m.text or "") if m.text}
     return out
 
 

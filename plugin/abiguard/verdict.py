@@ -323,7 +323,9 @@ def check_x86(contract: dict[str, Any], dest_profile: dict[str, Any], policy: Po
                                 "(abiguard baseline)", pinnable=True))
     props = (qemu.get("host_cpu_expansion") or {}).get("props", {})
     policies = body["features"]
+    off = {x86.qemu_feature_name(f) for f, p in policies.items() if p in ("disable", "forbid")}
     model = body.get("cpu_model")
+    libvirt = (dest_profile.get("stack") or {}).get("libvirt") or {}
     if model:
         defs = qemu.get("cpu_definitions") or {}
         if model not in defs:
@@ -331,11 +333,16 @@ def check_x86(contract: dict[str, Any], dest_profile: dict[str, Any], policy: Po
                                     "QEMU cannot create this CPU model", "pin an older CPU model",
                                     pinnable=True))
         else:
-            for feat in defs[model]:
-                if policies.get(feat) not in ("disable", "forbid"):
-                    problems.append(Problem("CPU model", None, feat, f"{model} with {feat}",
-                                            "cannot provide it", f"{model} needs {feat}, which this host lacks",
-                                            "pin an older CPU model or disable the feature", pinnable=True))
+            # QEMU names the model's features it cannot give (query-cpu-definitions), and
+            # libvirt its own blockers (domcapabilities): each must be disabled by the pin
+            custom = ((libvirt.get("domcapabilities") or {}).get("custom_models") or {}).get(model) or {}
+            missing = set(defs[model]) | {x86.qemu_feature_name(f) for f in custom.get("blockers", [])}
+            for feat in sorted(missing - off):
+                problems.append(Problem("CPU model", None, feat, f"{model} with {feat}",
+                                        "cannot provide it", f"{model} needs {feat}, which this host lacks",
+                                        "pin an older CPU model or disable the feature", pinnable=True))
+    libvirt_version = _version(libvirt.get("version"))
+    dropped = x86.dropped_on_incoming(libvirt_version)
     for feat, pol in policies.items():
         if pol not in ("require", "force"):
             continue
@@ -345,6 +352,10 @@ def check_x86(contract: dict[str, Any], dest_profile: dict[str, Any], policy: Po
                                     "cannot provide it" if qname in props else "does not know it",
                                     "the host CPU or its KVM lacks it", "pin a baseline without it",
                                     pinnable=True))
+        elif feat in dropped:
+            problems.append(Problem("CPU feature", None, feat, "it required",
+                                    f"runs libvirt {libvirt.get('version')}", dropped[feat],
+                                    "pin a baseline without it", pinnable=True))
     pv = body.get("pv_features")
     dest_pv = ((dest_profile.get("kvm") or {}).get("x86_64") or {}).get("pv_features") or {}
     if pv and dest_pv.get("eax") is not None:

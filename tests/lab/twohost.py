@@ -120,8 +120,21 @@ class TwoHost:
     """Two libvirt hosts "a" and "b" on this machine (see twohost.sh for what each one is)."""
 
     def __init__(self, prefix: str = "abg", state: str | os.PathLike | None = None,
-                 script: str | os.PathLike = SCRIPT, timeout: float = DEFAULT_TIMEOUT):
+                 script: str | os.PathLike = SCRIPT, timeout: float = DEFAULT_TIMEOUT,
+                 rootfs: dict[str, str | os.PathLike | None] | None = None,
+                 chroot_binds: Sequence[str] = ()):
+        """rootfs: per host ("a"/"b") a root filesystem (tests/lab/rootfs.sh) whose
+        libvirtd/virtlogd/QEMU that host runs chrooted into (TWOHOST_ROOTFS_A/B); None or
+        missing: this machine's own. chroot_binds: "SRC:DST" directories bound read-only
+        into every chrooted host (TWOHOST_CHROOT_BINDS)."""
         self.prefix = prefix
+        self.rootfs = {h: str(p) for h, p in (rootfs or {}).items() if p}
+        for h in self.rootfs:
+            self._host(h)
+        for b in chroot_binds:
+            if not re.fullmatch(r"/[^\s:]*:/[^\s:]*", b):
+                raise ValueError(f"chroot bind must be SRC:DST (absolute, no blanks): {b!r}")
+        self.chroot_binds = list(chroot_binds)
         self.state: Path | None = Path(state) if state else None
         self.script = Path(script)
         self.timeout = timeout
@@ -140,6 +153,13 @@ class TwoHost:
         env.pop("TWOHOST_PRESTART", None)
         if prestart:
             env["TWOHOST_PRESTART"] = prestart
+        for h in HOSTS:  # only what this TwoHost was given, never the caller's environment
+            env.pop(f"TWOHOST_ROOTFS_{h.upper()}", None)
+            if h in self.rootfs:
+                env[f"TWOHOST_ROOTFS_{h.upper()}"] = self.rootfs[h]
+        env.pop("TWOHOST_CHROOT_BINDS", None)
+        if self.chroot_binds:
+            env["TWOHOST_CHROOT_BINDS"] = " ".join(self.chroot_binds)
         return env
 
     def _timed(self, label: str, t0: float) -> float:
@@ -221,9 +241,14 @@ class TwoHost:
         return run(["virsh", "-q", "-c", self.uri(host), *args], timeout=timeout or self.timeout,
                    check=check)
 
+    def chrooted(self, host: str) -> bool:
+        """Does host run another userspace (rootfs) chrooted?"""
+        return self._host(host) in self.rootfs
+
     def exec(self, host: str, *cmd: str, check: bool = True, timeout: float | None = None,
              input: str | None = None) -> subprocess.CompletedProcess:
-        """Run *cmd* inside host's namespaces (net, mount, UTS, cgroup; caller's env, cwd /)."""
+        """Run *cmd* inside host's namespaces (net, mount, UTS, cgroup; caller's env, cwd /);
+        for a chrooted host inside its chroot."""
         self._need_up()
         if not cmd:
             raise ValueError("exec: no command")

@@ -47,7 +47,21 @@
 #      TWOHOST_PRESTART  command run in each host before its daemons start (see above)
 #      TWOHOST_KEEP=1  `down` keeps the state dir (logs, configs)
 #      TWOHOST_COLD=1  do not seed the qemu capabilities cache (cold `up` ~4.5 s, warm <1 s)
-#      TWOHOST_CAPCACHE (/var/cache/abiguard-lab/twohost-capcache)
+#      TWOHOST_CAPCACHE (/var/cache/abiguard-lab/twohost-capcache); a chrooted host (below)
+#                      uses $TWOHOST_CAPCACHE-<basename of its rootfs> instead
+#      TWOHOST_ROOTFS_A / TWOHOST_ROOTFS_B  run that host's virtlogd, libvirtd (and so QEMU)
+#                      chrooted into another Debian release's userspace (a root filesystem
+#                      made by rootfs.sh). Inside the host's mount namespace an overlay of it
+#                      (upper/work in $ST/X, so the cached rootfs is never written) is mounted
+#                      at $ST/X/root with proc, the host's fresh /sys (+ its cgroup mounts),
+#                      /dev (+ /dev/kvm), tmpfs /run and /tmp, the private dirs listed above
+#                      bound at the same paths INSIDE the chroot, and /etc/hosts. Everything
+#                      lives in that mount namespace only and disappears with the host. The
+#                      unix socket stays $ST/X/run/libvirt-sock (reachable from outside);
+#                      prestart, `exec` and `restart` run inside the chroot for such a host
+#                      (prestart also gets TWOHOST_ROOTFS=<the rootfs>).
+#      TWOHOST_CHROOT_BINDS  "SRC:DST ..." directories bound read-only at DST inside every
+#                      chrooted host (e.g. a source tree for a hook)
 set -euo pipefail
 
 PREFIX=${TWOHOST_PREFIX:-abg}
@@ -93,11 +107,13 @@ waitgone() { local p=$1 n=${2:-100} i; for ((i=0; i<n; i++)); do alive "$p" || r
 # a process that lives in host X's namespaces (libvirtd, else virtlogd)
 anchor()   { lvpid "$1" || vlpid "$1" || die "host $1 not running"; }
 # (the command also joins host X's cgroups, so /proc/self/cgroup looks like the daemons')
+# (a chrooted host: also its root and cwd, i.e. the chroot)
 inhost()   {
   local h=$1 p; shift; p=$(anchor "$h")
   ( cg_join "$h" "$BASHPID" || { log "FATAL: cannot join host $h cgroups"; exit 125; }
-    exec nsenter -t "$p" -m -n -u -C -- "$@" )
+    exec nsenter -t "$p" -m -n -u -C $(chroot_opts "$h") -- "$@" )
 }
+chroot_opts() { if [ -n "$(rootfs_of "$1")" ]; then echo "--root --wd"; fi; }
 # is this absolute path a mountpoint in ANY process's mount namespace?
 mounted_anywhere() { cat /proc/[0-9]*/mountinfo 2>/dev/null | awk -v m="$1" '$5==m {f=1} END{exit !f}'; }
 
@@ -152,20 +168,30 @@ cg_cleanup() {
 }
 
 # ---------------------------------------------------------------- capabilities cache
+# the rootfs host X runs chrooted into ("" = this machine's own userspace)
+rootfs_of() { local v; v=TWOHOST_ROOTFS_${1^^}; if [ -n "$ST" ] && [ -f "$ST/$1/rootfs" ]; then cat "$ST/$1/rootfs"; else echo "${!v:-}"; fi; }
+# capabilities cache of host X's libvirt/QEMU (one per userspace: the emulator path is the same)
+capcache_of() { local r; r=$(rootfs_of "$1"); if [ -n "$r" ]; then echo "$CAPCACHE-$(basename "$r")"; else echo "$CAPCACHE"; fi; }
 capcache_seed() {  # $1 = host
-  [ "${TWOHOST_COLD:-0}" != 1 ] && [ -d "$CAPCACHE/qemu/capabilities" ] || return 0
-  mkdir -p "$ST/$1/cache/qemu"; cp -a "$CAPCACHE/qemu/capabilities" "$ST/$1/cache/qemu/"
+  local cc; cc=$(capcache_of "$1")
+  [ "${TWOHOST_COLD:-0}" != 1 ] && [ -d "$cc/qemu/capabilities" ] || return 0
+  mkdir -p "$ST/$1/cache/qemu"; cp -a "$cc/qemu/capabilities" "$ST/$1/cache/qemu/"
 }
-capcache_save() {  # keep the most complete copy (libvirt re-validates entries on use)
-  local src=$ST/a/cache/qemu/capabilities n_src n_dst tmp
+capcache_save() {  # $1 = host (default a). Keep the most complete copy (libvirt re-validates entries on use)
+  local h=${1:-a} src n_src n_dst tmp cc
+  src=$ST/$h/cache/qemu/capabilities; cc=$(capcache_of "$h")
   [ -d "$src" ] || return 0
   n_src=$(find "$src" -name '*.xml' | wc -l)
-  n_dst=$( { find "$CAPCACHE/qemu/capabilities" -name '*.xml' 2>/dev/null || true; } | wc -l)
+  n_dst=$( { find "$cc/qemu/capabilities" -name '*.xml' 2>/dev/null || true; } | wc -l)
   [ "$n_src" -gt "$n_dst" ] || return 0
-  mkdir -p "$CAPCACHE/qemu"; tmp=$(mktemp -d "$CAPCACHE/qemu/.new.XXXXXX")
+  mkdir -p "$cc/qemu"; tmp=$(mktemp -d "$cc/qemu/.new.XXXXXX")
   cp -a "$src/." "$tmp/"
-  rm -rf "$CAPCACHE/qemu/capabilities"; mv "$tmp" "$CAPCACHE/qemu/capabilities"
-  log "saved qemu capabilities cache ($n_src entries) to $CAPCACHE"
+  rm -rf "$cc/qemu/capabilities"; mv "$tmp" "$cc/qemu/capabilities"
+  log "saved qemu capabilities cache ($n_src entries) to $cc"
+}
+capcache_save_all() {  # host a as before; a chrooted b has a cache of its own
+  capcache_save a
+  if [ "$(capcache_of b)" != "$(capcache_of a)" ]; then capcache_save b; fi
 }
 
 # ---------------------------------------------------------------- files
@@ -230,6 +256,14 @@ stdio_handler = "logd"
 EOF
   echo 'log_outputs = "3:file:/var/log/libvirt/virtlogd.log"' > "$d/etc/virtlogd.conf"
   : > "$d/etc/libvirt.conf"
+  local v r; v=TWOHOST_ROOTFS_${h^^}; r=${!v:-}
+  if [ -n "$r" ]; then
+    [ -x "$r/usr/sbin/libvirtd" ] && [ -x "$r/usr/sbin/virtlogd" ] || die "host $h: $r has no libvirtd/virtlogd (build it with rootfs.sh)"
+    echo "$r" > "$d/rootfs"
+    # libvirt 11.3/12.8 chrooted here build each QEMU's private /dev (mount namespace)
+    # without /dev/kvm ("Could not access KVM kernel module"): no per-VM namespace
+    printf '%s\n' '# chrooted host: per-VM mount namespace would lose /dev/kvm' 'namespaces = []' >> "$d/etc/qemu.conf"
+  fi
   printf '127.0.0.1 localhost\n%s %s\n%s %s\n' "${IP[a]}" "$PREFIX-a" "${IP[b]}" "$PREFIX-b" > "$d/hosts"
   capcache_seed "$h"
 }
@@ -247,22 +281,44 @@ INNER='
   while read -r mp fs opts; do
     mkdir -p "$mp"; mount -t "$fs" -o "$opts" cgroup "$mp"
   done < "$cgm"
-  for b in "$@"; do mount --bind "$d/${b%%:*}" "${b#*:}"; done
-  mount --bind "$d/hosts" /etc/hosts
+  if [ -n "${TWOHOST_ROOTFS:-}" ]; then
+    # another release'"'"'s userspace: an overlay of it, chrooted into (see TWOHOST_ROOTFS_A)
+    R=$d/root; mkdir -p "$R" "$d/rootfs-upper" "$d/rootfs-work"
+    mount -t overlay -o "lowerdir=$TWOHOST_ROOTFS,upperdir=$d/rootfs-upper,workdir=$d/rootfs-work" twohost-rootfs "$R"
+    mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
+    mount --rbind /sys "$R/sys"
+    mount --rbind /dev "$R/dev"
+    mount -t tmpfs -o mode=755,nosuid,nodev run "$R/run"
+    mount -t tmpfs -o mode=1777,nosuid,nodev tmp "$R/tmp"
+    for b in "$@"; do mkdir -p "$R${b#*:}"; mount --bind "$d/${b%%:*}" "$R${b#*:}"; done
+    mount --bind "$d/hosts" "$R/etc/hosts"
+    for b in ${TWOHOST_CHROOT_BINDS:-}; do
+      [ -d "${b%%:*}" ] || { echo "TWOHOST_CHROOT_BINDS: ${b%%:*} is not a directory"; exit 4; }
+      mkdir -p "$R${b#*:}"; mount --bind "${b%%:*}" "$R${b#*:}"; mount -o remount,bind,ro "$R${b#*:}"
+    done
+    set -- chroot "$R"
+    echo "chroot $R (overlay of $TWOHOST_ROOTFS)"
+  else
+    for b in "$@"; do mount --bind "$d/${b%%:*}" "${b#*:}"; done
+    mount --bind "$d/hosts" /etc/hosts
+    set --
+  fi
   if [ -n "${TWOHOST_PRESTART:-}" ]; then
     echo "prestart: $TWOHOST_PRESTART"
-    TWOHOST_HOST=$h TWOHOST_HOST_STATE=$d timeout 300 sh -c "$TWOHOST_PRESTART" \
+    TWOHOST_HOST=$h TWOHOST_HOST_STATE=$d timeout 300 "$@" sh -c "$TWOHOST_PRESTART" \
       || { echo "prestart failed with rc=$?"; exit 3; }
     echo "prestart done"
   fi
-  env -i PATH="$dpath" HOME=/root LC_ALL=C virtlogd -d -p /run/libvirt/virtlogd.pid
-  env -i PATH="$dpath" HOME=/root LC_ALL=C libvirtd -d -l -p /run/libvirt/libvirtd.pid
+  "$@" env -i PATH="$dpath" HOME=/root LC_ALL=C virtlogd -d -p /run/libvirt/virtlogd.pid
+  "$@" env -i PATH="$dpath" HOME=/root LC_ALL=C libvirtd -d -l -p /run/libvirt/libvirtd.pid
 '
 start_host() {
   local h=$1 ns; ns=$(ns_of "$1")
   (
     cg_enter "$h" "$BASHPID" || exit 1    # the new cgroup namespace is rooted here
     export TWOHOST_PREFIX=$PREFIX
+    TWOHOST_ROOTFS=$(rootfs_of "$h"); export TWOHOST_ROOTFS
+    [ -n "$TWOHOST_ROOTFS" ] || unset TWOHOST_ROOTFS
     exec setsid "$PY" -I "$ST/reaper.py" "$ST/$h/reaper.pid" "$ST/$h/starter.rc" \
       nsenter --net="/run/netns/$ns" -- \
       unshare --cgroup --mount --uts --propagation private -- \
@@ -358,8 +414,8 @@ cmd_up() {
   # cross-host TCP check over the veth: virsh inside netns a -> libvirtd b and back
   [ "$(ip netns exec "$(ns_of a)" virsh -q -c "$(uri_tcp b)" hostname)" = "$PREFIX-b" ] || die "a cannot reach b's libvirtd over tcp"
   [ "$(ip netns exec "$(ns_of b)" virsh -q -c "$(uri_tcp a)" hostname)" = "$PREFIX-a" ] || die "b cannot reach a's libvirtd over tcp"
-  for h in "${HOSTS[@]}"; do log "host $h: libvirtd $(lvpid "$h"), $(uri_unix "$h")"; done
-  capcache_save
+  for h in "${HOSTS[@]}"; do log "host $h: libvirtd $(lvpid "$h"), $(uri_unix "$h")$( [ -z "$(rootfs_of "$h")" ] || echo ", chroot $(rootfs_of "$h")")"; done
+  capcache_save_all
   trap - EXIT
   log "up done in $(since "$t0") s"
 }
@@ -378,7 +434,7 @@ cmd_restart() {
     cg_join "$h" "$BASHPID" || exit 1
     exec setsid env -i PATH="$DPATH" HOME=/root LC_ALL=C \
       "$PY" -I "$ST/reaper.py" "$ST/$h/reaper.$n.pid" "$ST/$h/restart.$n.rc" \
-      nsenter -t "$vl" -m -n -u -C -- libvirtd -d -l -p /run/libvirt/libvirtd.pid \
+      nsenter -t "$vl" -m -n -u -C $(chroot_opts "$h") -- libvirtd -d -l -p /run/libvirt/libvirtd.pid \
       </dev/null >>"$ST/$h/starter.log" 2>&1 &
   ) || die "host $h: could not join its cgroups"
   echo "$ST/$h/reaper.$n.pid" >> "$ST/reapers.list"
@@ -469,7 +525,7 @@ cmd_down() {
     done < "$ST/reapers.list"
   fi
   cg_cleanup
-  [ -n "$ST" ] && [ -d "$ST/a/cache/qemu/capabilities" ] && capcache_save
+  [ -n "$ST" ] && [ -d "$ST/a/cache/qemu/capabilities" ] && capcache_save_all
   remove_mountpoints
   left=$(leftovers)
   if [ -n "$left" ]; then

@@ -36,6 +36,21 @@ PER_CPU_CPUID_BITS: dict[tuple[int, str], int] = {
 POLICIES = ("require", "disable", "force", "forbid", "optional")
 
 
+#: features a destination libvirt drops from an incoming CPU definition, from the first
+#: version seen doing it (measured by the x86 fleet lab: bookworm 9.0 and trixie 11.3 keep
+#: it, sid 12.8 drops it; versions in between were not tried)
+LIBVIRT_DROPS_ON_INCOMING: tuple[tuple[tuple[int, ...], str, str], ...] = (
+    ((12, 8), "cmp_legacy", "libvirt 12.8 drops cmp_legacy from the incoming CPU definition and "
+     "QEMU then clears CPUID 0x80000001 ECX[1]: the guest would lose it"),
+)
+
+
+def dropped_on_incoming(libvirt_version: tuple[int, ...] | None) -> dict[str, str]:
+    if libvirt_version is None:
+        return {}
+    return {feat: why for since, feat, why in LIBVIRT_DROPS_ON_INCOMING if libvirt_version >= since}
+
+
 def qemu_feature_name(libvirt_name: str) -> str:
     return LIBVIRT_TO_QEMU_FEATURE.get(libvirt_name, libvirt_name.replace("_", "-"))
 
@@ -51,10 +66,14 @@ def contract_body(profile: dict[str, Any]) -> dict[str, Any]:
     host_model = domcaps.get("host_model")
     kvm = (profile.get("kvm") or {}).get("x86_64") or {}
     pv = (kvm.get("pv_features") or {}).get("eax")
-    if host_model:
-        return {"cpu_model": host_model["model"], "pv_features": pv,
-                "features": dict(sorted(host_model["features"].items()))}
     expansion = (stack.get("qemu") or {}).get("host_cpu_expansion")
+    if host_model:
+        # a running host-model VM is migratable: features QEMU's migratable host expansion
+        # leaves out (invtsc) are not in it, whatever domcapabilities lists
+        props = (expansion or {}).get("props") or {}
+        features = {f: pol for f, pol in host_model["features"].items()
+                    if not (pol in ("require", "force") and props.get(qemu_feature_name(f)) is False)}
+        return {"cpu_model": host_model["model"], "pv_features": pv, "features": dict(sorted(features.items()))}
     if expansion:
         return {"cpu_model": None, "pv_features": pv,
                 "features": {k: ("require" if v else "disable")

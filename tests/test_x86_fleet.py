@@ -1,0 +1,269 @@
+"""abiguard's x86 verdict against a real mixed-version fleet: libvirt 9.0 + QEMU 7.2
+(bookworm, this machine), libvirt 11.3 + QEMU 10.0 (trixie) and libvirt 12.8 + QEMU 11.1
+(sid), the latter two chrooted hosts of the two-host lab (tests/lab/x86fleet.py).
+
+Pure part: on the committed ground truth (tests/data/x86/groundtruth.json, recorded by
+``tests/lab/x86fleet.py record``), for every ordered pair and both VMs, ``verdict.check`` of
+the VM's contract (as ``abiguard pin`` makes it) against the destination's real profile:
+
+- every move that failed, or changed the CPUID the guest itself reads, is refused, and the
+  refusal names the machine type or a CPU feature;
+- the VM pinned to the three-host baseline is allowed both ways (it really migrated with
+  identical CPUID everywhere).
+
+Real part (marker lab; root, /dev/kvm, debootstrap, network for the first rootfs build):
+re-run the whole fleet and hold it to the committed ground truth, then the rollback
+newest -> oldest (sid -> bookworm) through the real hook installed in both hosts, with and
+without a pin. Measured: 78 s warm on 2 cores (fleet 59 s, hook lab ~15 s); the first rootfs
+build adds ~50 s per suite.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers.realparts import need, need_kvm
+from lab import x86fleet as xf
+
+DATA = xf.DATA
+VERSIONS = xf.VERSIONS
+PAIRS = [(s, d) for s in VERSIONS for d in VERSIONS if s != d]
+
+
+# ---------------------------------------------------------------------------- pure part
+@pytest.fixture(scope="module")
+def truth() -> dict:
+    return json.loads((DATA / "groundtruth.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def profiles() -> dict:
+    return xf.load_profiles(DATA)
+
+
+@pytest.fixture(scope="module")
+def verdicts(truth, profiles) -> dict:
+    return xf.verdicts(truth, profiles)
+
+
+def case_of(truth: dict, vm: str, src: str, dst: str) -> dict:
+    found = [c for c in truth["cases"] if (c["vm"], c["source"], c["dest"]) == (vm, src, dst)]
+    assert len(found) == 1, f"{vm} {src}->{dst}: {len(found)} cases recorded"
+    return found[0]
+
+
+def test_groundtruth_covers_the_fleet(truth, profiles):
+    assert set(truth["versions"]) == set(VERSIONS)
+    seen = {(v["libvirt"].split(".")[0], v["qemu"].split(".")[0]) for v in truth["versions"].values()}
+    assert seen == {("9", "7"), ("11", "10"), ("12", "11")}, seen
+    for vm in ("unpinned", "pinned"):
+        for s, d in PAIRS:
+            case = case_of(truth, vm, s, d)
+            assert case["outcome"] in ("kept", "changed", "failed"), case["outcome"]
+            if case["outcome"] != "failed":
+                assert case["before"]["cpuid"] in truth["cpuid_dumps"] and case["after"]["cpuid"] in truth["cpuid_dumps"]
+    for v, p in profiles.items():
+        assert p["digest"] == truth["versions"][v]["digest"], f"{v}: profile and ground truth disagree"
+
+
+def test_baseline_machine_type_exists_on_every_host(profiles):
+    fleet = json.loads((DATA / "fleet.json").read_text())
+    machine = fleet["contract"]["machine_type"]
+    assert machine, "the baseline names no machine type"
+    for v, p in profiles.items():
+        assert machine in {m["name"] for m in p["stack"]["qemu"]["machines"]}, f"{machine} not on {v}"
+
+
+def test_pinned_vm_really_kept_its_cpuid_everywhere(truth):
+    """The ground truth the verdict is held to: the baseline-pinned VM migrates between all
+    three versions, both ways, and the guest reads the same CPUID after every move."""
+    for s, d in PAIRS:
+        case = case_of(truth, "pinned", s, d)
+        assert case["outcome"] == "kept", (s, d, case.get("migrate", {}).get("error"), case.get("cpuid_diff"))
+
+
+@pytest.mark.parametrize("src, dst", PAIRS, ids=[f"{s}-{d}" for s, d in PAIRS])
+@pytest.mark.parametrize("vm", ["unpinned", "pinned"])
+def test_verdict_agrees_with_ground_truth(truth, verdicts, vm, src, dst):
+    case = case_of(truth, vm, src, dst)
+    v = verdicts[(vm, src, dst)]
+    lines = [p.line() for p in v.problems]
+    if case["outcome"] == "failed":
+        assert not v.allow, f"abiguard allows {vm} {src}->{dst}, but it failed: {case['migrate']['error']}"
+        if "machine type" in case["migrate"]["error"]:
+            assert any(p.register == "machine type" and p.source == case["machine"] for p in v.problems), lines
+    elif case["outcome"] == "changed":
+        assert not v.allow, f"abiguard allows {vm} {src}->{dst}, but the guest's CPUID changed: {case['cpuid_diff']}"
+        assert any(p.register.startswith("CPU") or p.register == "machine type" for p in v.problems), lines
+    if vm == "pinned":
+        assert case["outcome"] == "kept"
+        assert v.allow, f"abiguard refuses the baseline-pinned VM {src}->{dst}, which really kept its CPUID: {lines}"
+
+
+def test_changed_cpuid_is_named(truth, verdicts):
+    """A move that changed CPUID bits: the refusal should name the feature that changed
+    (e.g. cmp_legacy for CPUID 0x80000001 ECX bit 1), not only unrelated ones."""
+    named = {"0x80000001.0 ecx": {0x2: "cmp_legacy"}}
+    misses = []
+    for case in truth["cases"]:
+        if case["outcome"] != "changed":
+            continue
+        v = verdicts[(case["vm"], case["source"], case["dest"])]
+        fields = {p.field for p in v.problems}
+        for line in case["cpuid_diff"]:
+            key = line.split(":")[0]
+            lost = int(line.split("-")[-1].rstrip(")"), 16)
+            for bit, feat in named.get(key, {}).items():
+                if lost & bit and feat not in fields:
+                    misses.append(f"{case['vm']} {case['source']}->{case['dest']}: {feat} changed, abiguard names {sorted(f for f in fields if f)[:6]}")
+    assert not misses, "\n".join(misses)
+
+
+# ---------------------------------------------------------------------------- real part
+@pytest.fixture(scope="module")
+def real_parts():
+    from lab.conftest_twohost import lab_problems
+
+    need(not lab_problems(), "two-host libvirt lab: " + "; ".join(lab_problems()))
+    need_kvm()
+    need(not xf.problems(), "x86 fleet lab: " + "; ".join(xf.problems()))
+    cp = subprocess.run(["env", "-i", sys.executable, "-I", "-c", "import abiguard, qemu.qmp"],
+                        check=False, capture_output=True, text=True, timeout=30)
+    need(cp.returncode == 0, f"abiguard and qemu.qmp installed in {sys.executable} (packaging/setup-dev test)")
+    try:
+        rootfs = xf.build_rootfs()
+    except Exception as e:  # noqa: BLE001 - a missing mirror is a missing real part
+        need(False, f"Debian trixie/sid root filesystems (tests/lab/rootfs.sh build trixie sid): {e}")
+    return rootfs
+
+
+@pytest.fixture(scope="module")
+def fresh(real_parts, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("x86fleet")
+    xf.record(out)
+    sys.stderr.write("\n" + xf.matrix(json.loads((out / "groundtruth.json").read_text())) + "\n")
+    return out
+
+
+@pytest.mark.lab
+def test_real_fleet_reproduces_the_ground_truth(fresh, truth):
+    now = json.loads((fresh / "groundtruth.json").read_text())
+    assert {v: (x["libvirt"], x["qemu"]) for v, x in now["versions"].items()} == \
+        {v: (x["libvirt"], x["qemu"]) for v, x in truth["versions"].items()}, "the rootfs moved on: re-record"
+    diffs = []
+    for vm in ("unpinned", "pinned"):
+        for s, d in PAIRS:
+            a, b = case_of(truth, vm, s, d), case_of(now, vm, s, d)
+            if (a["outcome"], a.get("cpuid_diff")) != (b["outcome"], b.get("cpuid_diff")):
+                diffs.append(f"{vm} {s}->{d}: committed {a['outcome']} {a.get('cpuid_diff')}, "
+                             f"now {b['outcome']} {b.get('cpuid_diff')} {b.get('migrate', {}).get('error', '')[:200]}")
+    assert not diffs, "\n".join(diffs)
+
+
+@pytest.fixture(scope="module")
+def hooked(real_parts, fresh):
+    """sid (a) and bookworm (b), abiguard installed into both by its own install (inside
+    the chroot for sid), each host's profile probed by itself."""
+    xf.build_guest()
+    fl = xf.FleetLab("sid", "bookworm", "abgfh", real_parts, hook=True)
+    try:
+        fl.up()
+        for h in ("a", "b"):
+            assert (fl.lab.host_state(h) / "etc" / "hooks" / "qemu.d" / "abiguard").exists()
+            fl.probe(h)
+        yield fl
+    finally:
+        fl.down()
+        import shutil
+
+        shutil.rmtree(xf.SHARED, ignore_errors=True)
+
+
+def set_policy(fl, host: str, unpinned: str) -> None:
+    (fl.lab.host_state(host) / "abiguard-etc" / "abiguard.toml").write_text(
+        f'[policy]\nunpinned = "{unpinned}"\nallow_widening = false\n')
+
+
+def hook_line(cp: subprocess.CompletedProcess) -> str:
+    return next((ln for ln in cp.stderr.splitlines() if "abiguard:" in ln), "")
+
+
+@pytest.mark.lab
+def test_rollback_sid_to_bookworm_unpinned_through_the_hook(hooked, truth):
+    fl, name = hooked, "x86-hook-unpinned"
+    truth_case = case_of(truth, "unpinned", "sid", "bookworm")
+    machine = truth_case["machine"]
+    try:
+        fl.define("a", name, machine, truth_case["cpu"])
+        assert fl.start("a", name).returncode == 0
+        pid = fl.lab.qemu_pid("a", name)
+        # policy refuse: abiguard says no before anything moves
+        set_policy(fl, "b", "refuse")
+        cp = fl.lab.migrate("a", "b", name, *xf.MOVE, p2p=True, check=False)
+        assert cp.returncode != 0 and "has no guest ABI contract" in cp.stderr, cp.stderr
+        assert fl.lab.domstate("a", name) == "running" and fl.lab.qemu_pid("a", name) == pid
+        # policy warn: abiguard lets it through; what happens is the ground truth's outcome
+        set_policy(fl, "b", "warn")
+        cp = fl.lab.migrate("a", "b", name, *xf.MOVE, p2p=True, check=False)
+        sys.stderr.write(f"\nunpinned sid->bookworm, policy warn: rc={cp.returncode} {cp.stderr.strip()}\n")
+        assert (cp.returncode == 0) == truth_case["migrate"]["ok"], cp.stderr
+        if not truth_case["migrate"]["ok"]:
+            assert truth_case["migrate"]["error"].split(":", 1)[-1].strip()[:60] in cp.stderr, cp.stderr
+            assert fl.lab.domstate("a", name) == "running" and fl.lab.qemu_pid("a", name) == pid
+    finally:
+        set_policy(fl, "b", "warn")
+        fl.cleanup(name)
+
+
+@pytest.mark.lab
+def test_rollback_sid_to_bookworm_pinned_to_its_boot_host_is_refused(hooked):
+    """Pinned to what it has on sid (``abiguard pin VM`` inside sid): the hook on bookworm
+    refuses up front, naming the machine type, and the VM stays on sid."""
+    fl, name = hooked, "x86-hook-ownpin"
+    try:
+        fl.define("a", name, "q35", "host-model")
+        out = fl.abiguard("a", "pin", name).stdout
+        sys.stderr.write(f"\npin on sid: {out.strip()}\n")
+        cp = fl.start("a", name)
+        assert cp.returncode == 0, f"sid cannot start a VM pinned to sid's own profile: {cp.stderr}"
+        pid = fl.lab.qemu_pid("a", name)
+        cp = fl.lab.migrate("a", "b", name, *xf.MOVE, p2p=True, check=False)
+        assert cp.returncode != 0 and "abiguard: refusing migrate" in hook_line(cp), cp.stderr
+        assert "machine type" in cp.stderr and "pc-q35-" in cp.stderr, cp.stderr
+        assert fl.lab.domstate("a", name) == "running" and fl.lab.qemu_pid("a", name) == pid
+    finally:
+        fl.cleanup(name)
+
+
+@pytest.mark.lab
+def test_rollback_sid_to_bookworm_and_back_pinned_to_the_baseline(hooked, fresh):
+    """Pinned to the three-host baseline: the hook allows sid -> bookworm -> sid, the guest
+    reads the same CPUID on both, and the stamp names the host it runs on."""
+    fl, name = hooked, "x86-hook-pinned"
+    try:
+        fl.define("a", name, "q35", "prepin")
+        subprocess.run([sys.executable, "-m", "abiguard", "pin", name, "--baseline", str(fresh / "fleet.json"),
+                        "-c", fl.lab.uri("a")], check=True, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(xf.PLUGIN)))
+        cp = fl.start("a", name)
+        assert cp.returncode == 0, f"sid refuses to start the baseline-pinned VM: {cp.stderr}"
+        before = fl.wait_dump("a", name, 1)
+        assert before
+        cp = fl.lab.migrate("a", "b", name, *xf.MOVE, p2p=True, check=False)
+        assert cp.returncode == 0, f"sid -> bookworm refused for the baseline-pinned VM: {cp.stderr}"
+        xml = fl.lab.virsh("b", "dumpxml", name).stdout
+        assert "urn:abiguard:stamp:1" in xml
+        fl.lab.virsh("b", "inject-nmi", name)
+        after = fl.wait_dump("b", name, 2)
+        assert after == before, xf.cpuid_diff(before, after)
+        cp = fl.lab.migrate("b", "a", name, *xf.MOVE, p2p=True, check=False)
+        assert cp.returncode == 0, f"bookworm -> sid refused for the baseline-pinned VM: {cp.stderr}"
+        fl.lab.virsh("a", "reset", name)  # one NMI per boot (see CPUID_ASM): read again after a reset
+        again = fl.wait_dump("a", name, 1)
+        assert again == before, xf.cpuid_diff(before, again)
+    finally:
+        fl.cleanup(name)
