@@ -306,7 +306,10 @@ def check_arm64(contract: dict[str, Any], dest_profile: dict[str, Any], policy: 
 
 # -- x86 ------------------------------------------------------------------------------
 
-def check_x86(contract: dict[str, Any], dest_profile: dict[str, Any], policy: Policy) -> Verdict:
+def check_x86(contract: dict[str, Any], dest_profile: dict[str, Any], policy: Policy,
+              incoming: bool = True) -> Verdict:
+    """``incoming``: the VM arrives by migration or restore (not a plain start), so what the
+    destination's libvirt does to an incoming CPU definition applies too."""
     from .arch import x86
 
     body = contract["x86_64"]
@@ -342,7 +345,7 @@ def check_x86(contract: dict[str, Any], dest_profile: dict[str, Any], policy: Po
                                         "cannot provide it", f"{model} needs {feat}, which this host lacks",
                                         "pin an older CPU model or disable the feature", pinnable=True))
     libvirt_version = _version(libvirt.get("version"))
-    dropped = x86.dropped_on_incoming(libvirt_version)
+    dropped = x86.dropped_on_incoming(libvirt_version) if incoming else {}
     for feat, pol in policies.items():
         if pol not in ("require", "force"):
             continue
@@ -412,6 +415,8 @@ def realise(contract: dict[str, Any], profile: dict[str, Any]) -> list[Problem]:
     for firmware or ID registers, so a VM starts with this host's defaults: the host's
     register stream and values must already be the contract's.
     """
+    if contract["arch"] == "x86_64" and profile["host"]["machine"] == "x86_64":
+        return check_x86(contract, profile, Policy(), incoming=False).problems
     if contract["arch"] != "aarch64" or profile["host"]["machine"] != "aarch64":
         return check(contract, profile).problems
     body = contract["aarch64"]
