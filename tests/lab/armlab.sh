@@ -51,16 +51,9 @@ APT_SEED=${ARMLAB_APT_SEED:-}
 APTDIR=$CACHE/apt
 PY_SUITE=bookworm
 PY_PKGS="busybox-static python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libffi8 libc6 zlib1g libexpat1"
-# the Debian mirror this machine already uses: first non-security ".../debian" URI
-# of its apt sources (deb822 *.sources and one-line *.list files)
-host_mirror() {
-    { grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | sed 's/^URIs://' | tr ' ' '\n'
-      grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-          sed -E 's/\[[^]]*\]//' | awk '{print $2}'
-    } | grep -E '^(https?|file)://.*/debian/?$' | grep -v security | head -n 1 || true
-}
-MIRROR=${ARMLAB_MIRROR:-$(host_mirror)}
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
+# shellcheck source=debian-mirror.sh
+. "$(dirname "${BASH_SOURCE[0]}")/debian-mirror.sh"
+MIRROR=$(debian_mirror "${ARMLAB_MIRROR:-}")
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 log() { printf '[armlab] %s\n' "$*" >&2; }

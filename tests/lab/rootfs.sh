@@ -35,14 +35,9 @@ PKGS="libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
       python3 python3-libvirt python3-lxml iproute2 ca-certificates ${ROOTFS_EXTRA_PKGS:-}"
 STAMP=.abiguard-rootfs
 
-host_mirror() {  # identical to armlab.sh
-    { grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | sed 's/^URIs://' | tr ' ' '\n'
-      grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-          sed -E 's/\[[^]]*\]//' | awk '{print $2}'
-    } | grep -E '^(https?|file)://.*/debian/?$' | grep -v security | head -n 1 || true
-}
-MIRROR=${ROOTFS_MIRROR:-$(host_mirror)}
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
+# shellcheck source=debian-mirror.sh
+. "$(dirname "${BASH_SOURCE[0]}")/debian-mirror.sh"
+MIRROR=$(debian_mirror "${ROOTFS_MIRROR:-}")
 
 log() { printf '[rootfs %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
