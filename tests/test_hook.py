@@ -24,6 +24,9 @@ def domain(meta: str = "", machine: str = "virt") -> bytes:
 def host(tmp_path):
     root = tmp_path
     os.makedirs(root / "var/lib/abiguard")
+    # the register-pinning library abiguard install builds (its presence is all the hook checks)
+    os.makedirs(root / "usr/lib/abiguard")
+    (root / "usr/lib/abiguard/abiguard_pin.so").write_bytes(b"")
     shim = root / "hook"
     shim.write_text(install.render("qemu", sys.executable))
     shim.chmod(0o755)
@@ -188,3 +191,58 @@ def test_x86_cpu_model_must_match_the_contract(host):
            "<cpu mode='custom'><model>qemu64</model></cpu></domain>").encode()
     cp = host("vm", "migrate", "begin", "-", xml=xml)
     assert cp.returncode == 1 and b"runs CPU model qemu64 but its contract pins Skylake-Client" in cp.stderr
+
+
+# -- register enforcement (abiguard.enforce, abiguard_pin.so) ---------------------------
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+
+def test_incoming_adds_the_pins_the_destination_needs(host):
+    """6.1's contract arriving on 7.2: PSCI 1.1 pinned so every reset here keeps it"""
+    import xml.etree.ElementTree as ET
+
+    c = sealed("6.1.0-50-arm64", "psci")
+    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)))
+    assert cp.returncode == 0, cp.stderr
+    env = {e.get("name"): e.get("value") for e in ET.fromstring(cp.stdout).iter(f"{{{QEMU_NS}}}env")}
+    assert env["LD_PRELOAD"] == "/usr/lib/abiguard/abiguard_pin.so"
+    # PSCI 1.1 (7.2 defaults to 1.3), and 6.1's ID_AA64DFR0/ID_AA64MMFR1 fields, all inside
+    # 7.2's writable masks and safe by the kernel's rule
+    assert env["ABIGUARD_PINS"] == ("0x603000000013c028=0x10305006,0x603000000013c039=0x1010211122,"
+                                    "0x6030000000140000=0x10001")
+    # the next hop from this XML replaces the values instead of adding a second set
+    cp2 = host("vm", "migrate", "begin", "-", xml=cp.stdout)
+    assert cp2.returncode == 0, cp2.stderr
+    assert cp2.stdout.count(b"ABIGUARD_PINS") == 1
+
+
+def test_incoming_refuses_without_the_library(host):
+    os.unlink(host.root / "usr/lib/abiguard/abiguard_pin.so")
+    c = sealed("6.1.0-50-arm64", "psci")
+    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)))
+    assert cp.returncode == 1 and b"abiguard_pin.so is missing" in cp.stderr
+
+
+def test_incoming_refuses_a_foreign_ld_preload(host):
+    c = sealed("6.1.0-50-arm64", "psci")
+    xml = domain(contract.to_xml_text(c)).replace(
+        b"</domain>", f"<qemu:commandline xmlns:qemu='{QEMU_NS}'><qemu:env name='LD_PRELOAD' "
+                      f"value='/opt/x.so'/></qemu:commandline></domain>".encode())
+    cp = host("vm", "migrate", "begin", "-", xml=xml)
+    assert cp.returncode == 1 and b"LD_PRELOAD" in cp.stderr
+
+
+def test_prepare_demands_the_pins_in_the_definition(host):
+    """a 7.2 VM pinned to PSCI 1.1 (the fleet can roll back to 6.12) starting on 7.2"""
+    body = sealed("7.2.13+deb14-arm64", "psci")
+    body["aarch64"]["values"]["0x6030000000140000"] = "0x10001"
+    c = contract.seal({k: v for k, v in body.items() if k not in ("digest", "format", "version")})
+    cp = host("vm", "prepare", "begin", "-", xml=domain(contract.to_xml_text(c)))
+    assert cp.returncode == 1 and b"run abiguard pin vm here" in cp.stderr
+    xml = domain(contract.to_xml_text(c)).replace(
+        b"</domain>", f"<qemu:commandline xmlns:qemu='{QEMU_NS}'><qemu:env name='LD_PRELOAD' "
+                      f"value='/usr/lib/abiguard/abiguard_pin.so'/><qemu:env name='ABIGUARD_PINS' "
+                      f"value='0x6030000000140000=0x10001'/></qemu:commandline></domain>".encode())
+    cp = host("vm", "prepare", "begin", "-", xml=xml)
+    assert cp.returncode == 0, cp.stderr

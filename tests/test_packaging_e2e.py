@@ -47,7 +47,7 @@ HOOKS = {"qemu": "hooks/qemu.d/abiguard", "daemon": "hooks/daemon.d/abiguard"}  
 PROFILE = "/var/lib/abiguard/host-profile.json"
 MOVE = ("--persistent", "--undefinesource")
 VM = "pkg-x86"
-VERSION_RE = re.compile(r"abiguard_([^_]+)_all\.deb$")
+VERSION_RE = re.compile(r"abiguard_([^_]+)_[a-z0-9]+\.deb$")
 
 
 # ------------------------------------------------------------------------------ fixtures

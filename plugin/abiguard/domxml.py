@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 MAX_BYTES = 4 * 1024 * 1024
 CONTRACT_NS = "urn:abiguard:contract:1"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 STAMP_NS = "urn:abiguard:stamp:1"
 _OURS = (CONTRACT_NS, STAMP_NS)
 
@@ -59,7 +60,8 @@ class DomainFacts:
     """What the hook reads from a domain XML (plain attributes: no typing on this path)."""
 
     __slots__ = ("name", "uuid", "domain_type", "arch", "machine", "cpu_mode", "cpu_model",
-                 "cpu_features", "contract", "stamp", "stamp_spans", "metadata_end", "domain_end")
+                 "cpu_features", "contract", "stamp", "stamp_spans", "metadata_end", "domain_end",
+                 "qemu_env", "qemu_commandline_end")
 
     def __init__(self, **values: object) -> None:
         for key in self.__slots__:
@@ -94,7 +96,8 @@ def parse(data: bytes, source: str = "domain XML") -> DomainFacts:
     path: list[str] = []
     stack: list[Element] = []
     facts: dict = {"cpu_features": {}, "stamp_spans": [], "contract": None, "stamp": None,
-                   "metadata_end": None, "domain_end": None}
+                   "metadata_end": None, "domain_end": None, "qemu_env": {}, "qemu_commandline_end": None}
+    env_start: list[tuple[str, str, int]] = []
     text_target: list[str] = []
     stamp_start: list[int] = []
 
@@ -126,6 +129,8 @@ def parse(data: bytes, source: str = "domain XML") -> DomainFacts:
                 else:
                     facts["stamp"] = el
                     stamp_start.append(parser.CurrentByteIndex)
+        elif depth == 3 and path[1] == "{%s}commandline" % QEMU_NS and tag == "{%s}env" % QEMU_NS:
+            env_start.append((attrs.get("name", ""), attrs.get("value", ""), parser.CurrentByteIndex))
         elif path[1:] == ["os", "type"]:
             facts["arch"], facts["machine"] = attrs.get("arch"), attrs.get("machine")
         elif path[1:] == ["cpu"]:
@@ -151,6 +156,13 @@ def parse(data: bytes, source: str = "domain XML") -> DomainFacts:
             key = {"name": "name", "uuid": "uuid", "model": "cpu_model"}[tag]
             facts[key] = text_target[0].strip()
             text_target.clear()
+        if depth == 3 and tag == "{%s}env" % QEMU_NS and env_start:
+            name, value, begin = env_start.pop()
+            here = parser.CurrentByteIndex
+            stop = data.index(b">", here) + 1 if data.startswith(b"</", here) else _start_tag_end(data, begin)
+            facts["qemu_env"][name] = (value, Span(begin, stop))
+        if depth == 2 and tag == "{%s}commandline" % QEMU_NS:
+            facts["qemu_commandline_end"] = parser.CurrentByteIndex
         if depth == 2 and tag == "metadata":
             facts["metadata_end"] = parser.CurrentByteIndex
         if depth == 1:
@@ -194,6 +206,47 @@ def stamp_xml(attrs: dict[str, str], stream: list[str] | None) -> bytes:
             + "</abiguard-stamp:stream></abiguard-stamp:stamp>").encode()
 
 
+PIN_ENV = "ABIGUARD_PINS"
+
+
+def _env_el(name: str, value: str) -> bytes:
+    if not _safe_attr(value):
+        raise ValueError(f"unsafe qemu:env value {value!r}")
+    return f'<abiguard-q:env xmlns:abiguard-q="{QEMU_NS}" name="{name}" value="{value}"/>'.encode()
+
+
+def _pin_cuts(facts: DomainFacts, pins: str | None, library: str) -> Iterator[tuple[int, int, bytes]]:
+    """The destination's ABIGUARD_PINS (abiguard.enforce): None leaves the XML as it is, ""
+    removes abiguard's two qemu:env elements, a value replaces or adds them."""
+    if pins is None:
+        return
+    env = facts.qemu_env
+    preload = env.get("LD_PRELOAD")
+    if preload is not None and preload[0] != library:
+        raise InputError("domain XML", f"it sets LD_PRELOAD={preload[0]!r} itself; abiguard cannot add "
+                         "its register pinning library")
+    if not pins:
+        for name in ("LD_PRELOAD", PIN_ENV):
+            if name in env:
+                yield env[name][1].start, env[name][1].end, b""
+        return
+    new = {"LD_PRELOAD": _env_el("LD_PRELOAD", library), PIN_ENV: _env_el(PIN_ENV, pins)}
+    missing = b""
+    for name, el in new.items():
+        if name in env:
+            yield env[name][1].start, env[name][1].end, el
+        else:
+            missing += el
+    if missing:
+        if facts.qemu_commandline_end is not None:
+            yield facts.qemu_commandline_end, facts.qemu_commandline_end, missing
+        elif facts.domain_end is not None:
+            yield facts.domain_end, facts.domain_end, (
+                b'<abiguard-q:commandline xmlns:abiguard-q="' + QEMU_NS.encode() + b'">'
+                + missing.replace(b' xmlns:abiguard-q="' + QEMU_NS.encode() + b'"', b"")
+                + b"</abiguard-q:commandline>")
+
+
 def _cuts(facts: DomainFacts, new: bytes) -> Iterator[tuple[int, int, bytes]]:
     for span in facts.stamp_spans:
         yield span.start, span.end, b""
@@ -205,10 +258,12 @@ def _cuts(facts: DomainFacts, new: bytes) -> Iterator[tuple[int, int, bytes]]:
         raise InputError("domain XML", "no </domain> end tag")
 
 
-def with_stamp(data: bytes, facts: DomainFacts, stamp: bytes) -> bytes:
-    """The same bytes, with old stamps removed and ``stamp`` added at the end of <metadata>."""
+def with_stamp(data: bytes, facts: DomainFacts, stamp: bytes, pins: str | None = None,
+               library: str = "/usr/lib/abiguard/abiguard_pin.so") -> bytes:
+    """The same bytes, with old stamps removed and ``stamp`` added at the end of <metadata>;
+    with ``pins``, abiguard's qemu:env elements set to them (see _pin_cuts)."""
     out, pos = [], 0
-    for start, end, insert in sorted(_cuts(facts, stamp)):
+    for start, end, insert in sorted(list(_cuts(facts, stamp)) + list(_pin_cuts(facts, pins, library))):
         out += [data[pos:start], insert]
         pos = end
     out.append(data[pos:])

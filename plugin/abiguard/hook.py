@@ -229,9 +229,24 @@ def incoming(dom: str, op: str, data: bytes) -> int:
         log(f"{op} {dom}: REFUSE " + " | ".join(p.line() for p in v.problems))
         raise Refusal(f"abiguard: refusing {op} of '{dom}' to this host: {first}"
                       + (f" (+{more} more: abiguard check)" if more else ""))
+    pins = None
+    if sealed["arch"] == "aarch64":
+        # pin what this host has and the incoming stream lacks (kept off), and the contract's
+        # firmware/ID values so that every reset here re-applies them (abiguard_pin.so)
+        from . import enforce
+
+        try:
+            pins = enforce.env_value(enforce.plan(sealed, profile, stream, carried=True))
+        except enforce.EnforceError as e:
+            log(f"{op} {dom}: REFUSE " + " | ".join(e.problems))
+            raise Refusal(f"abiguard: refusing {op} of '{dom}' to this host: {e.problems[0]}"
+                          + (f" (+{len(e.problems) - 1} more)" if len(e.problems) > 1 else "")) from None
+        if pins and not os.path.exists(os.path.join(_ROOT, enforce.LIBRARY_PATH.lstrip("/"))):
+            raise Refusal(f"abiguard: refusing {op} of '{dom}' to this host: its contract needs register "
+                          f"pins and {enforce.LIBRARY_PATH} is missing (abiguard install builds it)")
     nonce = os.urandom(8).hex()
     _mark_incoming(facts.uuid, nonce)
-    out = domxml.with_stamp(data, facts, _stamp(profile, sealed, nonce))
+    out = domxml.with_stamp(data, facts, _stamp(profile, sealed, nonce), pins)
     log(f"{op} {dom}: allow, contract {sealed['digest'][:19]}, notes: {'; '.join(v.notes) or '-'}")
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
@@ -282,7 +297,25 @@ def prepare(dom: str, op: str, data: bytes) -> int:
         return 0
     _check_domain_matches(facts, sealed, dom)
     profile = _load_profile()
-    gaps = verdict.realise(sealed, profile)
+    pinned: dict[int, int] = {}
+    if sealed["arch"] == "aarch64":
+        from . import enforce
+
+        try:
+            want = enforce.env_value(enforce.plan(sealed, profile))
+        except enforce.EnforceError as e:
+            log(f"{op} {dom}: REFUSE start " + " | ".join(e.problems))
+            raise Refusal(f"abiguard: this host cannot start '{dom}' with its contract: {e.problems[0]}"
+                          + (f" (+{len(e.problems) - 1} more)" if len(e.problems) > 1 else "")) from None
+        have = facts.qemu_env.get(domxml.PIN_ENV, ("", None))[0]
+        if want and (have != want or facts.qemu_env.get("LD_PRELOAD", ("", None))[0] != enforce.LIBRARY_PATH):
+            raise Refusal(f"abiguard: '{dom}' needs {domxml.PIN_ENV}={want} on this host and its definition "
+                          f"has {have or 'none'}: run abiguard pin {dom} here")
+        if want and not os.path.exists(os.path.join(_ROOT, enforce.LIBRARY_PATH.lstrip("/"))):
+            raise Refusal(f"abiguard: '{dom}' needs register pins and {enforce.LIBRARY_PATH} is missing "
+                          "(abiguard install builds it)")
+        pinned = {int(k, 16): int(v, 16) for k, v in (kv.split("=") for kv in want.split(",") if kv)}
+    gaps = verdict.realise(sealed, profile, pinned)
     if gaps:
         log(f"{op} {dom}: REFUSE start " + " | ".join(p.line() for p in gaps))
         raise Refusal(f"abiguard: this host cannot start '{dom}' with its contract: {gaps[0].line()}"

@@ -87,6 +87,22 @@ def install(root: str = "/", python: str | None = None, probe: bool = True) -> l
         done.append(config)
     for d in ("var/lib/abiguard", "var/log/abiguard"):
         os.makedirs(os.path.join(root, d), mode=0o750, exist_ok=True)
+    # arm64 register enforcement: the preload library, built with this host's compiler
+    # unless the distribution package shipped it already
+    from . import enforce
+
+    lib = os.path.join(root, enforce.LIBRARY_PATH.lstrip("/"))
+    if not os.path.exists(lib) or os.path.getmtime(lib) < os.path.getmtime(enforce.SOURCE_PATH):
+        import shutil
+
+        if shutil.which(os.environ.get("CC", "cc")) is None:
+            print(f"abiguard: warning: no C compiler: {enforce.LIBRARY_PATH} not built; arm64 VMs whose "
+                  "contract needs register pins will be refused at start", file=sys.stderr)
+        else:
+            os.makedirs(os.path.dirname(lib), exist_ok=True)
+            enforce.build_library(lib + ".tmp")
+            os.replace(lib + ".tmp", lib)
+            done.append(lib)
     if probe:
         from . import probe as probe_mod
         from . import profile

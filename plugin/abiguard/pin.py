@@ -87,7 +87,8 @@ def _set_x86_cpu(root: Any, body: dict[str, Any], notes: list[str]) -> None:
                  "check=partial")
 
 
-def _set_arm64(root: Any, body: dict[str, Any], notes: list[str], cannot: list[str]) -> None:
+def _set_arm64(root: Any, body: dict[str, Any], notes: list[str], cannot: list[str],
+               profile: dict[str, Any] | None = None) -> None:
     from lxml import etree
 
     from .arch import arm64
@@ -111,12 +112,36 @@ def _set_arm64(root: Any, body: dict[str, Any], notes: list[str], cannot: list[s
     notes.append(f"SVE: {'on' if 'SVE' in features else 'off'}")
     if "PTRAUTH_ADDRESS" not in features:
         cannot.append("pointer authentication off: libvirt has no element for QEMU's pauth property")
-    values = body["values"]
-    cannot.append(f"{len(values)} firmware/ID register values: released QEMU has no property for them; "
-                  "the VM starts only where they are the host's defaults (checked at every start)")
+    if profile is None:
+        cannot.append(f"{len(body['values'])} firmware/ID register values: no host profile to plan "
+                      "their pins with")
+        return
+    from . import enforce
+
+    for env in root.findall(f"{{{enforce.QEMU_XMLNS}}}commandline/{{{enforce.QEMU_XMLNS}}}env"):
+        if env.get("name") == "LD_PRELOAD" and env.get("value") != enforce.LIBRARY_PATH:
+            raise UsageError(f"the domain sets LD_PRELOAD={env.get('value')} itself: abiguard cannot add "
+                             f"{enforce.LIBRARY_NAME}")
+        if env.get("name") in ("LD_PRELOAD", enforce.ENV_PINS):
+            env.getparent().remove(env)
+    try:
+        pins = enforce.plan({"aarch64": body}, profile)
+    except enforce.EnforceError as e:
+        cannot.extend(e.problems)
+        return
+    notes.extend(enforce.describe(pins))
+    text = enforce.commandline_xml(pins)
+    if text:
+        cmdline = root.find(f"{{{enforce.QEMU_XMLNS}}}commandline")
+        if cmdline is None:
+            cmdline = etree.SubElement(root, f"{{{enforce.QEMU_XMLNS}}}commandline",
+                                       nsmap={"qemu": enforce.QEMU_XMLNS})
+        for env in etree.fromstring(text.encode()):
+            cmdline.append(env)
 
 
-def apply(xml: str, sealed: dict[str, Any]) -> tuple[str, list[str], list[str]]:
+def apply(xml: str, sealed: dict[str, Any], profile: dict[str, Any] | None = None
+          ) -> tuple[str, list[str], list[str]]:
     """Return the definition with the contract (and what realises it) written in."""
     from lxml import etree
 
@@ -130,7 +155,7 @@ def apply(xml: str, sealed: dict[str, Any]) -> tuple[str, list[str], list[str]]:
     if sealed["arch"] == "x86_64":
         _set_x86_cpu(root, sealed["x86_64"], notes)
     else:
-        _set_arm64(root, sealed["aarch64"], notes, cannot)
+        _set_arm64(root, sealed["aarch64"], notes, cannot, profile)
     metadata = root.find("metadata")
     if metadata is None:
         metadata = etree.Element("metadata")
@@ -157,8 +182,8 @@ def pin(uri: str | None, name: str, sealed: dict[str, Any] | None, profile_path:
         if not dom.isPersistent():
             raise UsageError(f"domain {name!r} is transient: define it first (virsh define) so the pin persists")
         xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        host = profile_mod.load(profile_path)
         if sealed is None:
-            host = profile_mod.load(profile_path)
             root = etree.fromstring(xml.encode(), _parser())
             body = x86_body_from_domain(root) if host["host"]["machine"] == "x86_64" else None
             sealed = contract_mod.from_profile(host)
@@ -169,7 +194,7 @@ def pin(uri: str | None, name: str, sealed: dict[str, Any] | None, profile_path:
                 machine = contract_mod.resolve_machine(host, os_type.get("machine") if os_type is not None else None)
                 unsealed = {k: v for k, v in sealed.items() if k not in ("digest", "format", "version")}
                 sealed = contract_mod.seal(unsealed | {"x86_64": body, "machine_type": machine or sealed["machine_type"]})
-        new_xml, notes, cannot = apply(xml, sealed)
+        new_xml, notes, cannot = apply(xml, sealed, host)
         try:
             conn.defineXML(new_xml)
         except libvirt.libvirtError as e:
@@ -211,9 +236,17 @@ def status(uri: str | None, profiles: list[dict[str, Any]]) -> list[dict[str, An
             row["arch"] = sealed["arch"]
             if facts.stamp is not None:
                 row["running_on_profile"] = facts.stamp.get("profile")
-            row["enforced"] = ("machine type and CPU model/features by libvirt" if sealed["arch"] == "x86_64"
-                               else "PMU/SVE by libvirt; firmware and ID registers by refusal only "
-                                    "(no QEMU knob)")
+            if sealed["arch"] == "x86_64":
+                row["enforced"] = "machine type and CPU model/features by libvirt"
+            else:
+                from .arch import arm64
+
+                pins = facts.qemu_env.get(domxml.PIN_ENV, ("", None))[0]
+                regs = [f"{arm64.reg_name(int(k, 16))}={v}" for k, v in
+                        (kv.split("=") for kv in pins.split(",") if "=" in kv)]
+                row["enforced"] = ("PMU/SVE by libvirt; " + (f"{len(regs)} registers by abiguard_pin.so "
+                                   f"(LD_PRELOAD): {', '.join(regs)}" if regs else
+                                   "firmware and ID registers by refusal only (no pins)"))
             row["may_move_to"] = [p["_label"] for p in profiles
                                   if verdict.check(sealed, p).allow]
             rows.append(row)

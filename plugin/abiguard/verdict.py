@@ -407,7 +407,8 @@ def check_pair(source_profile: dict[str, Any], dest_profile: dict[str, Any],
     return Verdict(config_problems + narrower.problems, narrower.notes)
 
 
-def realise(contract: dict[str, Any], profile: dict[str, Any]) -> list[Problem]:
+def realise(contract: dict[str, Any], profile: dict[str, Any], pinned: dict[int, int] | None = None
+            ) -> list[Problem]:
     """What stands between this host and starting a VM with exactly this contract.
 
     x86: QEMU realises the pinned CPU model and features itself (libvirt passes them on
@@ -433,8 +434,11 @@ def realise(contract: dict[str, Any], profile: dict[str, Any]) -> list[Problem]:
         problems.append(Problem(arm64.reg_name(int(reg_id, 16)), reg_id, None, "it in its contract",
                                 "does not list it", "this kernel lacks the register",
                                 "boot the VM on a host of its contract's generation"))
+    pinned = pinned or {}
     for reg_id, value in body["values"].items():
         have = own.get(reg_id)
+        if pinned.get(int(reg_id, 16)) == int(value, 16):
+            continue      # written at every vCPU init by abiguard_pin.so (abiguard.enforce)
         if have is not None and int(have, 16) != int(value, 16):
             problems.append(Problem(arm64.reg_name(int(reg_id, 16)), reg_id, None, value,
                                     f"would start it with {have}", "released QEMU has no property to "
