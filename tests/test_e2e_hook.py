@@ -284,3 +284,34 @@ def test_unpinned_vm_follows_the_destination_policy(lab: TwoHost, hosts, policy)
         set_policy(lab, "b", "warn")
         for h in ("a", "b"):
             lab.destroy_guest(h, name)
+
+
+def test_destination_pins_travel_through_libvirt_into_qemu(lab: TwoHost, hosts):
+    """A VM booted on 6.1 arrives on a 7.2 host: the hook adds the pins that keep 7.2's
+    own defaults away from it on every reset (PSCI 1.1, 6.1's ID fields) as
+    <qemu:commandline> environment, and libvirt really hands them to the destination
+    QEMU with the preload library (a TCG guest: the library loads, KVM is not involved)."""
+    name = "e2e-arm-pins"
+    p61, p72 = profile.load(ARM["6.1.0-50-arm64"]), profile.load(ARM72)
+    set_profile(lab, "a", p61)
+    set_profile(lab, "b", p72)
+    try:
+        arm_guest(lab, "a", name, contract.from_profile(p61))
+        lab.start_guest("a", name)
+        lab.migrate("a", "b", name, *MOVE)
+        xml = live_xml(lab, "b", name)
+        assert "ABIGUARD_PINS" in xml and "/usr/lib/abiguard/abiguard_pin.so" in xml
+        pid = lab.qemu_pid("b", name)
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        pins = [e for e in environ if e.startswith(b"ABIGUARD_PINS=")]
+        assert pins and b"0x6030000000140000=0x10001" in pins[0], environ
+        assert b"LD_PRELOAD=/usr/lib/abiguard/abiguard_pin.so" in environ
+        assert "/usr/lib/abiguard/abiguard_pin.so" in Path(f"/proc/{pid}/maps").read_text()
+        status = json.loads(abiguard(lab, "b", "status", "--json").stdout)
+        row = [r for r in status if r["domain"] == name][0]
+        assert "PSCI_VERSION" in json.dumps(row), row
+    finally:
+        set_profile(lab, "a", hosts["a"])
+        set_profile(lab, "b", hosts["b"])
+        for h in ("a", "b"):
+            lab.destroy_guest(h, name)

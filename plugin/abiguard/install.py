@@ -113,13 +113,31 @@ def install(root: str = "/", python: str | None = None, probe: bool = True) -> l
     return done
 
 
+def _is_our_library(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return b"abiguard-pin:" in f.read(1 << 20)
+    except FileNotFoundError:
+        return False
+
+
 def uninstall(root: str = "/", purge: bool = False) -> list[str]:
+    from . import enforce
+
     removed = []
     for rel, _entry in HOOKS.values():
         path = os.path.join(root, rel)
         if is_ours(path):
             os.unlink(path)
             removed.append(path)
+    lib = os.path.join(root, enforce.LIBRARY_PATH.lstrip("/"))
+    if _is_our_library(lib):
+        os.unlink(lib)
+        removed.append(lib)
+        try:
+            os.rmdir(os.path.dirname(lib))
+        except OSError:
+            pass  # not empty: someone else's files stay
     if purge:
         import shutil
 

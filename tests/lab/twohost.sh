@@ -11,6 +11,7 @@
 #       $ST/X/{etc,run,lib,log,cache}  over /etc/libvirt /run/libvirt /var/lib/libvirt
 #                                           /var/log/libvirt /var/cache/libvirt
 #       $ST/X/abiguard-{etc,lib,log}    over /etc/abiguard /var/lib/abiguard /var/log/abiguard
+#       $ST/X/abiguard-usrlib           over /usr/lib/abiguard (the preload library install builds)
 #       $ST/X/hosts                     over /etc/hosts
 #     plus a fresh sysfs (netns-correct /sys/class/net). Missing mountpoints on the real
 #     machine are created by `up`, listed in $ST/created-mountpoints and removed by `down`
@@ -77,7 +78,7 @@ declare -A HUUID=([a]=7f3c2a10-5b1e-4d0a-9c51-2a0c0fa0000a [b]=7f3c2a10-5b1e-4d0
 # private dir (under $ST/X) -> mountpoint inside host X's mount namespace
 BINDS=(etc:/etc/libvirt run:/run/libvirt lib:/var/lib/libvirt log:/var/log/libvirt
        cache:/var/cache/libvirt abiguard-etc:/etc/abiguard abiguard-lib:/var/lib/abiguard
-       abiguard-log:/var/log/abiguard)
+       abiguard-log:/var/log/abiguard abiguard-usrlib:/usr/lib/abiguard)
 
 log()   { printf '[twohost %s] %s\n' "$(date +%T.%3N)" "$*" >&2; }
 die()   { log "FATAL: $*"; exit 1; }
