@@ -182,8 +182,13 @@ def pin(uri: str | None, name: str, sealed: dict[str, Any] | None, profile_path:
         if not dom.isPersistent():
             raise UsageError(f"domain {name!r} is transient: define it first (virsh define) so the pin persists")
         xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-        host = profile_mod.load(profile_path)
+        # this host's profile: to derive a contract, and for arm64 to plan register pins;
+        # an x86 contract given as a file needs none (libvirt and QEMU realise it)
+        host = None
+        if sealed is None or sealed["arch"] == "aarch64":
+            host = profile_mod.load(profile_path)
         if sealed is None:
+            assert host is not None
             root = etree.fromstring(xml.encode(), _parser())
             body = x86_body_from_domain(root) if host["host"]["machine"] == "x86_64" else None
             sealed = contract_mod.from_profile(host)
