@@ -140,7 +140,7 @@ poweroff -f
 """)
     os.chmod(os.path.join(r, "init"), 0o755)
     out = os.path.join(BUILD, f"initramfs-{tag}.cpio.gz")
-    sh(sys.executable, os.path.join(ND, "mkcpio.py"), r, out, stderr=subprocess.DEVNULL)
+    sh(sys.executable, os.path.join(ND, "..", "mkcpio.py"), r, out, stderr=subprocess.DEVNULL)
     shutil.rmtree(r)
     return out
 

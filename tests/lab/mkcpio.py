@@ -1,10 +1,9 @@
 #!/usr/bin/env python3
-# minimal, deterministic cpio "newc" writer (no cpio binary needed, no mknod)
-import gzip
-import os
-import stat
-import sys
-
+"""mkcpio.py ROOT OUT: a minimal, deterministic cpio "newc" initramfs (no cpio binary, no
+mknod): sorted names, fixed inode numbers, uid/gid 0, mtime 0, gzip mtime 0; /dev/console
+and /dev/null added as nodes. ARMLAB_INITRD_COMPRESS=none writes it uncompressed.
+Used by armlab.sh and nested/nested_lab.py."""
+import gzip, os, stat, sys
 root, out = sys.argv[1], sys.argv[2]
 entries = []
 for dp, dns, fns in os.walk(root):
@@ -16,7 +15,8 @@ ino = [1000]
 def rec(name, mode, data=b"", rdev=(0, 0), nlink=1):
     ino[0] += 1
     nb = name.encode() + b"\0"
-    hdr = f"070701{ino[0]:08X}{mode:08X}{0:08X}{0:08X}{nlink:08X}{0:08X}{len(data):08X}{0:08X}{0:08X}{rdev[0]:08X}{rdev[1]:08X}{len(nb):08X}{0:08X}"
+    hdr = "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X" % (
+        ino[0], mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(nb), 0)
     b = hdr.encode() + nb
     b += b"\0" * (-len(b) % 4)
     b += data + b"\0" * (-len(data) % 4)
@@ -40,5 +40,5 @@ raw = b"".join(parts)
 with open(out, "wb") as f:   # ARMLAB_INITRD_COMPRESS=none: plain cpio (the kernel accepts both)
     f.write(raw if os.environ.get("ARMLAB_INITRD_COMPRESS", "gzip") == "none"
             else gzip.compress(raw, compresslevel=6, mtime=0))
-print(f"initramfs: {len(parts)} entries, {len(raw) / 2**20:.1f} MiB raw, "
-      f"{os.path.getsize(out) / 2**20:.1f} MiB written -> {out}", file=sys.stderr)
+print("initramfs: %d entries, %.1f MiB raw, %.1f MiB written" % (
+    len(parts), len(raw) / 2**20, os.path.getsize(out) / 2**20), file=sys.stderr)
