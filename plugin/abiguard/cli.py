@@ -94,6 +94,15 @@ def _print_verdict(v: Any, as_json: bool, header: str) -> None:
         print(f"  note: {n}")
 
 
+def _qemu_version(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split("."))
+    except ValueError:
+        raise UsageError(f"--qemu {text!r}: expected a version such as 7.2 or 11.1") from None
+
+
 class Check(Command):
     name = "check"
     help = "will a VM keep its guest ABI when it moves from S to D? (exit 0 allow, 1 refuse)"
@@ -106,6 +115,8 @@ class Check(Command):
                             "every feature the source offers, as -cpu host does)")
         parser.add_argument("--allow-widening", action="store_true",
                             help="accept a destination that adds guest-visible registers")
+        parser.add_argument("--qemu", metavar="VERSION",
+                            help="destination QEMU version where its profile does not name one, e.g. 7.2")
         parser.add_argument("--json", action="store_true")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -113,7 +124,8 @@ class Check(Command):
 
         source = load_contract_or_profile(args.source, args.config)
         dest = profile.load(args.dest)
-        v = verdict.check(source, dest, verdict.Policy(allow_widening=args.allow_widening))
+        v = verdict.check(source, dest, verdict.Policy(allow_widening=args.allow_widening,
+                                                       qemu=_qemu_version(args.qemu)))
         _print_verdict(v, args.json, f"{args.source} -> {args.dest}")
         return 0 if v.allow else 1
 
@@ -213,12 +225,16 @@ class Matrix(Command):
                             help="host profiles (default: the bundled real arm64 kernels, -cpu max)")
         parser.add_argument("--all-builtin", action="store_true",
                             help="include the bundled hosts with other emulated CPUs")
+        parser.add_argument("--qemu", metavar="VERSION",
+                            help="destination QEMU version where a profile does not name one "
+                                 "(the bundled arm64 profiles do not), e.g. 7.2 or 11.1")
         parser.add_argument("--json", action="store_true")
 
     def run(self, args: argparse.Namespace) -> int:
         import os
 
-        from . import profile, verdict
+        from . import profile
+        from .arch import arm64
 
         paths = args.profiles or [p for p in builtin_profiles()
                                   if args.all_builtin or p.endswith("-arm64.json")]
@@ -226,29 +242,57 @@ class Matrix(Command):
             raise UsageError("matrix needs at least two host profiles")
         hosts = [profile.load(p) for p in paths]
         names = [os.path.basename(p).removesuffix(".json") for p in paths]
+        # profiles without a QEMU version (the lab's KVM-only ones) get one table per
+        # released QEMU rule: whether a move works depends on the destination's QEMU
+        unnamed = any(not ((h.get("stack") or {}).get("qemu") or {}).get("version") for h in hosts)
+        if args.qemu:
+            versions = [(f"destination QEMU {args.qemu}", _qemu_version(args.qemu))]
+        elif unnamed and all(h["host"]["machine"] == "aarch64" for h in hosts):
+            versions = [(f"destination {r.name}", r.since) for r in arm64.QEMU_CPREG_RULES[1:]]
+        else:
+            versions = [("destination QEMU as profiled", None)]
+        tables = {label: self._cells(names, hosts, version) for label, version in versions}
+        if args.json:
+            print_json({label: {f"{s} -> {d}": c for (s, d), c in cells.items()}
+                        for label, cells in tables.items()})
+            return 0
+        print("Can a VM booted on SOURCE (QEMU -cpu host defaults) move to DEST with its guest ABI unchanged?")
+        print("  keeps     = yes, exactly")
+        print("  pin first = only after pinning the VM to a contract both hosts realise (abiguard baseline + pin)")
+        print("  cannot    = no pin helps: the register named is why")
+        reasons: dict[str, str] = {}
+        for label, cells in tables.items():
+            print(f"\n{label}:")
+            self._print(names, cells, reasons)
+        print()
+        for line in reasons.values():
+            print(f"  {line}")
+        return 0
+
+    @staticmethod
+    def _cells(names: list[str], hosts: list[dict[str, Any]], qemu: tuple[int, ...] | None
+               ) -> dict[tuple[str, str], dict[str, Any]]:
+        from . import verdict
+
         cells: dict[tuple[str, str], dict[str, Any]] = {}
         for sname, src in zip(names, hosts):
             for dname, dst in zip(names, hosts):
                 if sname == dname:
                     continue
-                v = verdict.check_pair(src, dst)
+                v = verdict.check_pair(src, dst, verdict.Policy(qemu=qemu))
                 blockers = [p for p in v.problems if not p.pinnable]
                 state = "keeps" if v.allow else ("pin first" if not blockers else "cannot")
                 first = (blockers or v.problems or [None])[0]
                 cells[(sname, dname)] = {"state": state, "problems": len(v.problems),
                                          "reason": first.line() if first else None,
                                          "register": first.register if first else None}
-        if args.json:
-            print_json({f"{s} -> {d}": c for (s, d), c in cells.items()})
-            return 0
+        return cells
+
+    @staticmethod
+    def _print(names: list[str], cells: dict[tuple[str, str], dict[str, Any]], reasons: dict[str, str]) -> None:
         short = [n.split("-arm64")[0].split("+")[0] + n.split("-arm64")[1] for n in names]
         width = max(24, *(len(x) + 2 for x in short))
-        print("Can a VM booted on SOURCE (QEMU -cpu host defaults) move to DEST with its guest ABI unchanged?")
-        print("  keeps     = yes, exactly")
-        print("  pin first = only after pinning the VM to a contract both hosts realise (abiguard baseline + pin)")
-        print("  cannot    = no pin helps: the register named is why\n")
         print("source \\ dest".ljust(width) + "".join(x.ljust(width) for x in short))
-        reasons: dict[str, str] = {}
         for sname, sshort in zip(names, short):
             row = sshort.ljust(width)
             for dname in names:
@@ -261,10 +305,6 @@ class Matrix(Command):
                     reasons.setdefault(f"{c['register']}", c["reason"])
                 row += text[:width - 1].ljust(width)
             print(row)
-        print()
-        for line in reasons.values():
-            print(f"  {line}")
-        return 0
 
 
 class Install(Command):
