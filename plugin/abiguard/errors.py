@@ -7,9 +7,10 @@
      +-- InputError               exit 2   a file or XML that is not what it claims to be
      |    +-- ProfileError                 a host profile failed validation
      |    +-- ContractError                a contract failed validation
-     +-- IncompatibleError        exit 1   the guest ABI cannot be kept (a refusal)
+     +-- EnforceError (enforce)   exit 1   a pin this host cannot realise
 
-``str(err)`` is the single ``abiguard: ...`` line a ``virsh`` user sees.
+``str(err)`` is the single ``abiguard: ...`` line a ``virsh`` user sees. A refused move is
+not an exception: it is a :class:`abiguard.verdict.Verdict` with problems (exit 1).
 """
 from __future__ import annotations
 
@@ -51,21 +52,3 @@ class ProfileError(InputError):
 
 class ContractError(InputError):
     pass
-
-
-class IncompatibleError(AbiguardError):
-    """The destination cannot give the guest the ABI it has.
-
-    :param problems: the verdict's problems, first one shown, the rest counted
-    """
-
-    exit_code = 1
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(*problems)
-        self.problems = problems
-
-    def __str__(self) -> str:
-        more = len(self.problems) - 1
-        tail = f" (+{more} more problem{'s' if more > 1 else ''}: run 'abiguard check' for all)" if more > 0 else ""
-        return f"abiguard: {self.problems[0]}{tail}"
