@@ -65,12 +65,9 @@ mkdir_or_die() {
     mkdir -p "$@" 2>/dev/null || die "cannot create $* (run as root, or set ARMLAB_CACHE / ARMLAB_BUILD)"
 }
 
-APTO=(-o "Dir::Etc::SourceList=$APTDIR/etc/sources.list" -o Dir::Etc::SourceParts=/dev/null
-      -o "Dir::State::Lists=$APTDIR/lists" -o "Dir::State::status=$APTDIR/status"
-      -o "Dir::Cache=$APTDIR/cache" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
-      -o "Dir::Cache::Archives=$APTDIR/archives"
-      -o APT::Architecture=arm64 -o APT::Architectures=arm64
-      -o APT::Sandbox::User=root -o Acquire::Languages=none)
+# shellcheck source=apt-private.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt-private.sh"
+private_apt_options "$APTDIR"
 
 # ----------------------------------------------------------------------------
 # private apt state (the seed at $APT_SEED, if any, is only read)

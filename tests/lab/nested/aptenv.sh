@@ -6,12 +6,9 @@ ND=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ARMLAB_CACHE=${ARMLAB_CACHE:-/var/cache/abiguard-lab/armlab}
 NESTED_CACHE=${NESTED_CACHE:-/var/cache/abiguard-lab/nested}
 APTDIR=$NESTED_CACHE/apt
-APTO=(-o "Dir::Etc::SourceList=$APTDIR/etc/sources.list" -o Dir::Etc::SourceParts=/dev/null
-      -o "Dir::State::Lists=$APTDIR/lists" -o "Dir::State::status=$APTDIR/status"
-      -o "Dir::Cache=$APTDIR/cache" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
-      -o "Dir::Cache::Archives=$APTDIR/archives"
-      -o APT::Architecture=arm64 -o APT::Architectures=arm64
-      -o APT::Sandbox::User=root -o Acquire::Languages=none)
+# shellcheck source=apt-private.sh
+. "$ND/../apt-private.sh"
+private_apt_options "$APTDIR"
 # first use: copy the armlab's private apt state (read only) and make one sources file per suite
 if [ ! -d "$APTDIR" ]; then
     [ -d "$ARMLAB_CACHE/apt" ] || { echo "nested: no $ARMLAB_CACHE/apt: run tests/lab/armlab.sh fetch first" >&2; exit 1; }
