@@ -3,7 +3,7 @@
 - ``packaging/build-deb`` builds the .deb; lintian reports no error; the hooks, the conffile,
   the command, the manual page and the bundled qemu.qmp are where libvirt and abiguard
   look for them, with the right modes and the content abiguard itself renders.
-- ``packaging/build-rpm`` builds the noarch .rpm with Debian's rpm; it has the same
+- ``packaging/build-rpm`` builds the .rpm with Debian's rpm; it has the same
   layout; rpmlint (with packaging/rpm/abiguard.rpmlintrc) reports no error.
 - A clean Debian 12 chroot (debootstrap, cached in /var/cache/abiguard-lab, copied for
   every run) goes from the .deb to a working hook in one ``apt install ./abiguard_*.deb``:
