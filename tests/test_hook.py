@@ -246,3 +246,21 @@ def test_prepare_demands_the_pins_in_the_definition(host):
                       f"value='0x6030000000140000=0x10001'/></qemu:commandline></domain>".encode())
     cp = host("vm", "prepare", "begin", "-", xml=xml)
     assert cp.returncode == 0, cp.stderr
+
+
+def test_a_register_the_destination_adds_is_pinned_off_instead_of_refused(host):
+    """A VM whose stream lacks STD_BMAP (booted where TRNG was not offered) arriving on a
+    host that lists it with TRNG on: without a pin the guest would gain TRNG; the hook pins
+    the register to 0 on this host and lets the VM in."""
+    c = sealed("6.1.0-50-arm64", "psci")
+    body = c["aarch64"]
+    body["stream"] = [r for r in body["stream"] if r != "0x6030000000160000"]
+    body["values"].pop("0x6030000000160000")
+    c = contract.seal({k: v for k, v in c.items() if k != "digest"})
+    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)))
+    assert cp.returncode == 0, cp.stderr
+    env = domxml.parse(cp.stdout).qemu_env
+    assert "0x6030000000160000=0x0" in env["ABIGUARD_PINS"][0]
+    os.unlink(host.root / "usr/lib/abiguard/abiguard_pin.so")
+    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)))
+    assert cp.returncode == 1 and b"abiguard_pin.so is missing" in cp.stderr

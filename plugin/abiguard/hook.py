@@ -210,6 +210,13 @@ def _stamp(profile: dict, sealed: dict, nonce: str) -> bytes:
     return domxml.stamp_xml(attrs, stream)
 
 
+def _refuse(op: str, dom: str, problems: list) -> None:
+    more = len(problems) - 1
+    log(f"{op} {dom}: REFUSE " + " | ".join(p.line() for p in problems))
+    raise Refusal(f"abiguard: refusing {op} of '{dom}' to this host: {problems[0].line()}"
+                  + (f" (+{more} more: abiguard check)" if more else ""))
+
+
 def incoming(dom: str, op: str, data: bytes) -> int:
     """migrate begin / restore begin: allow (and stamp) or refuse."""
     from . import domxml, verdict
@@ -223,12 +230,12 @@ def incoming(dom: str, op: str, data: bytes) -> int:
     stream = _stamp_stream(facts, sealed, dom)
     profile = _load_profile()
     v = verdict.check(sealed, profile, verdict.Policy(allow_widening=config.allow_widening), stream)
-    if not v.allow:
-        first = v.problems[0].line()
-        more = len(v.problems) - 1
-        log(f"{op} {dom}: REFUSE " + " | ".join(p.line() for p in v.problems))
-        raise Refusal(f"abiguard: refusing {op} of '{dom}' to this host: {first}"
-                      + (f" (+{more} more: abiguard check)" if more else ""))
+    # registers this host adds and the stream lacks widen the ABI unless they are pinned off
+    # here; anything else refuses at once
+    widen = [p for p in v.problems if p.kind == "widen"]
+    hard = [p for p in v.problems if p.kind != "widen"]
+    if hard:
+        _refuse(op, dom, hard + widen)
     pins = None
     if sealed["arch"] == "aarch64":
         # pin what this host has and the incoming stream lacks (kept off), and the contract's
@@ -236,14 +243,19 @@ def incoming(dom: str, op: str, data: bytes) -> int:
         from . import enforce
 
         try:
-            pins = enforce.env_value(enforce.plan(sealed, profile, stream, carried=True))
+            planned = enforce.plan(sealed, profile, stream, carried=True)
         except enforce.EnforceError as e:
             log(f"{op} {dom}: REFUSE " + " | ".join(e.problems))
             raise Refusal(f"abiguard: refusing {op} of '{dom}' to this host: {e.problems[0]}"
                           + (f" (+{len(e.problems) - 1} more)" if len(e.problems) > 1 else "")) from None
+        pinned = {f"{p.id:#x}" for p in planned}
+        widen = [p for p in widen if p.reg_id not in pinned]
+        pins = enforce.env_value(planned)
         if pins and not os.path.exists(os.path.join(_ROOT, enforce.LIBRARY_PATH.lstrip("/"))):
             raise Refusal(f"abiguard: refusing {op} of '{dom}' to this host: its contract needs register "
                           f"pins and {enforce.LIBRARY_PATH} is missing (abiguard install builds it)")
+    if widen:
+        _refuse(op, dom, widen)
     nonce = os.urandom(8).hex()
     _mark_incoming(facts.uuid, nonce)
     out = domxml.with_stamp(data, facts, _stamp(profile, sealed, nonce), pins)
