@@ -116,9 +116,7 @@ def _machine_types(profiles: list[dict[str, Any]], family: str) -> str | None:
         sets.append({m["name"] for m in qemu.get("machines", [])})
     if not sets or not all(sets):
         return None
-    common = set.intersection(*sets)
-    versioned = [m for m in common if m.startswith(family + "-") and m.rsplit("-", 1)[1].replace(".", "").isdigit()]
-    return max(versioned, key=lambda n: tuple(int(x) for x in n.rsplit("-", 1)[1].split(".")), default=None)
+    return contract_mod.newest_machine(set.intersection(*sets), family)
 
 
 def x86_baseline(profiles: list[dict[str, Any]]) -> dict[str, Any]:
@@ -151,7 +149,7 @@ def x86_baseline(profiles: list[dict[str, Any]]) -> dict[str, Any]:
     dropped: set[str] = set()
     for p in profiles:
         version = ((p.get("stack") or {}).get("libvirt") or {}).get("version")
-        dropped |= set(x86.dropped_on_incoming(tuple(int(x) for x in version.split("."))) if version else {})
+        dropped |= set(x86.dropped_on_incoming(verdict.parse_version(version)))
     common = set.intersection(*({f for f, pol in b["features"].items() if pol in ("require", "force")}
                                 for b in bodies))
     require = {f for f in common

@@ -97,10 +97,12 @@ def _print_verdict(v: Any, as_json: bool, header: str) -> None:
 def _qemu_version(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
-    try:
-        return tuple(int(x) for x in text.split("."))
-    except ValueError:
-        raise UsageError(f"--qemu {text!r}: expected a version such as 7.2 or 11.1") from None
+    from .verdict import parse_version
+
+    version = parse_version(text)
+    if version is None:
+        raise UsageError(f"--qemu {text!r}: expected a version such as 7.2 or 11.1")
+    return version
 
 
 class Check(Command):
@@ -177,15 +179,9 @@ class Baseline(Command):
         from . import baseline, profile
 
         verified: dict[str, dict[str, Any]] = {}
-
-        def load(paths: list[str]) -> list[dict[str, Any]]:
-            docs = []
-            for path in paths:
-                docs.append(dict(profile.load(path, verified), _label=path))
-            return docs
-
-        result = baseline.compute(load(args.profiles), load(args.rollback_to), args.config)
-        text = json.dumps({k: v for k, v in result.items()}, sort_keys=True, indent=1) + "\n"
+        result = baseline.compute(profile.load_labelled(args.profiles, verified),
+                                  profile.load_labelled(args.rollback_to, verified), args.config)
+        text = json.dumps(result, sort_keys=True, indent=1) + "\n"
         if args.output:
             _write(text, args.output)
         if args.json or not args.output:
@@ -387,11 +383,7 @@ class Status(Command):
     def run(self, args: argparse.Namespace) -> int:
         from . import pin, profile
 
-        hosts = []
-        for path in args.profiles:
-            doc = profile.load(path)
-            doc["_label"] = path
-            hosts.append(doc)
+        hosts = profile.load_labelled(args.profiles)
         rows = pin.status(args.connect, hosts)
         if args.json:
             print_json(rows)

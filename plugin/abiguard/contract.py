@@ -109,14 +109,18 @@ def default_arm64_config(profile: dict[str, Any]) -> str:
     return max(configs, key=lambda name: (len(configs[name]["features"]), name))
 
 
-def newest_machine_type(profile: dict[str, Any], family: str) -> str | None:
-    qemu = (profile.get("stack") or {}).get("qemu") or {}
+def newest_machine(names: Any, family: str) -> str | None:
+    """The newest versioned machine type of a family ("pc-q35-7.2" for "pc-q35")."""
     import re
 
-    versioned = [m["name"] for m in qemu.get("machines", [])
-                 if re.fullmatch(rf"{family}-\d+\.\d+", m["name"])]
+    versioned = [n for n in names if re.fullmatch(rf"{family}-\d+\.\d+", n)]
     return max(versioned, key=lambda n: tuple(int(x) for x in n.rsplit("-", 1)[1].split(".")),
                default=None)
+
+
+def newest_machine_type(profile: dict[str, Any], family: str) -> str | None:
+    qemu = (profile.get("stack") or {}).get("qemu") or {}
+    return newest_machine((m["name"] for m in qemu.get("machines", [])), family)
 
 
 def resolve_machine(profile: dict[str, Any], name: str | None) -> str | None:

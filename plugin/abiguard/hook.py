@@ -314,7 +314,8 @@ def prepare(dom: str, op: str, data: bytes) -> int:
         from . import enforce
 
         try:
-            want = enforce.env_value(enforce.plan(sealed, profile))
+            planned = enforce.plan(sealed, profile)
+            want = enforce.env_value(planned)
         except enforce.EnforceError as e:
             log(f"{op} {dom}: REFUSE start " + " | ".join(e.problems))
             raise Refusal(f"abiguard: this host cannot start '{dom}' with its contract: {e.problems[0]}"
@@ -326,7 +327,7 @@ def prepare(dom: str, op: str, data: bytes) -> int:
         if want and not os.path.exists(os.path.join(_ROOT, enforce.LIBRARY_PATH.lstrip("/"))):
             raise Refusal(f"abiguard: '{dom}' needs register pins and {enforce.LIBRARY_PATH} is missing "
                           "(abiguard install builds it)")
-        pinned = {int(k, 16): int(v, 16) for k, v in (kv.split("=") for kv in want.split(",") if kv)}
+        pinned = {p.id: p.value for p in planned if p.how == "preload"}
     gaps = verdict.realise(sealed, profile, pinned)
     if gaps:
         log(f"{op} {dom}: REFUSE start " + " | ".join(p.line() for p in gaps))

@@ -169,6 +169,11 @@ def loads(text: str | bytes, source: str, verified: dict[str, dict[str, Any]] | 
     return validate(doc, source, verified)
 
 
+def load_labelled(paths: list[str], verified: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Profiles named by their paths (``_label``, shown in reports); ``verified`` as in :func:`validate`."""
+    return [dict(load(path, verified), _label=path) for path in paths]
+
+
 def load(path: str, verified: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:

@@ -197,7 +197,8 @@ ARM64_RULES: dict[str, Callable[[str, str, int, _Dest], list[Problem]]] = {
 }
 
 
-def _version(text: str | None) -> tuple[int, ...] | None:
+def parse_version(text: str | None) -> tuple[int, ...] | None:
+    """"7.2.22" -> (7, 2, 22); None for anything else."""
     try:
         return tuple(int(x) for x in (text or "").split(".")[:3]) or None
     except ValueError:
@@ -219,7 +220,7 @@ def _dest_arm64(profile: dict[str, Any], config: str) -> tuple[_Dest | None, lis
                               pinnable=True)]
     qemu = ((profile.get("stack") or {}).get("qemu") or {}).get("version")
     return _Dest(name, probed["registers"], section.get("firmware_acceptance") or {},
-                 section.get("writable_masks"), _version(qemu)), []
+                 section.get("writable_masks"), parse_version(qemu)), []
 
 
 def check_arm64(contract: dict[str, Any], dest_profile: dict[str, Any], policy: Policy,
@@ -345,7 +346,7 @@ def check_x86(contract: dict[str, Any], dest_profile: dict[str, Any], policy: Po
                 problems.append(Problem("CPU model", None, feat, f"{model} with {feat}",
                                         "cannot provide it", f"{model} needs {feat}, which this host lacks",
                                         "pin an older CPU model or disable the feature", pinnable=True))
-    libvirt_version = _version(libvirt.get("version"))
+    libvirt_version = parse_version(libvirt.get("version"))
     dropped = x86.dropped_on_incoming(libvirt_version) if incoming else {}
     for feat, pol in policies.items():
         if pol not in ("require", "force"):
