@@ -41,15 +41,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
-ENV_PINS = "ABIGUARD_PINS"
-LIBRARY_NAME = "abiguard_pin.so"
-LIBRARY_DIR = "/usr/lib/abiguard"
-LIBRARY_PATH = f"{LIBRARY_DIR}/{LIBRARY_NAME}"
-SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "preload", "abiguard_pin.c")
+from .preload import (ENV_PINS, LIBRARY_DIR, LIBRARY_NAME, LIBRARY_PATH, MAX_ENV_CHARS,  # noqa: F401
+                      MAX_PINS, SOURCE_PATH, build_library)
 QEMU_XMLNS = "http://libvirt.org/schemas/domain/qemu/1.0"
-#: the library's own limits (MAX_PINS, 4096 characters)
-MAX_PINS = 64
-MAX_ENV_CHARS = 4096
 
 _FW_PREFIX = 0x6030000000140000
 _BMAP_PREFIX = 0x6030000000160000
@@ -294,16 +288,3 @@ def describe(pins: Iterable[Pin]) -> list[str]:
     """One line per pin, for ``abiguard status``."""
     return [f"{p.name} ({p.id:#x}) = {p.value:#x} via {'LD_PRELOAD ' + LIBRARY_NAME if p.how == 'preload' else '-cpu ' + ','.join(p.props)}: {p.why}"
             for p in pins]
-
-
-def build_library(out: str, cc: str | None = None, source: str = SOURCE_PATH) -> str:
-    """Compile the library with the system compiler (``abiguard install``, packaging)."""
-    import subprocess
-
-    cc = cc or os.environ.get("CC", "cc")
-    cmd = [cc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-D_FORTIFY_SOURCE=2",
-           "-fstack-protector-strong", "-shared", "-fPIC", "-Wl,-z,relro,-z,now", "-o", out, source, "-ldl"]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise AbiguardError(f"building {LIBRARY_NAME} failed ({' '.join(cmd)}): {r.stderr.strip()}")
-    return out
