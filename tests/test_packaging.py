@@ -3,6 +3,15 @@
 - ``packaging/build-deb`` builds the .deb; lintian reports no error; the hooks, the conffile,
   the command, the manual page and the bundled qemu.qmp are where libvirt and abiguard
   look for them, with the right modes and the content abiguard itself renders.
+- ``packaging/build-deb --arch arm64`` cross-builds the arm64 .deb: its abiguard_pin.so is
+  an aarch64 ELF, its Depends are an arm64 Debian system's (libc6 as dpkg-shlibdeps computes
+  it there, no *-cross package), it has the amd64 .deb's files; lintian reports no error
+  or warning for either .deb.
+- Both .debs ship the AppArmor snippet for libvirt's QEMU profile
+  (/etc/apparmor.d/abstractions/libvirt-qemu.d/abiguard), a conffile, and nothing in the
+  administrator's /etc/apparmor.d/local; Debian's apparmor_parser compiles libvirt's
+  per-VM profile with it, as Debian 12's libvirt 9.0 has it (snippet unused, the
+  library allowed by abstractions/base) and as libvirt >= 9.6 includes it.
 - ``packaging/build-rpm`` builds the .rpm with Debian's rpm; it has the same
   layout; rpmlint (with packaging/rpm/abiguard.rpmlintrc) reports no error.
 - A clean Debian 12 chroot (debootstrap, cached in /var/cache/abiguard-lab, copied for
@@ -20,7 +29,9 @@ this process; the ``finally`` blocks still check that nothing is mounted below t
 before removing it (and never cross into another file system).
 
 Real parts: root (apt, dpkg-buildpackage, chroot), debootstrap and Debian's archive for
-the first chroot build (~1-2 min, then cached), /dev/kvm for the probe.
+the first chroot build (~1-2 min, then cached), /dev/kvm for the probe; Debian's archive
+for the arm64 build's libc6 (once, then cached by build-deb) and for apparmor_parser
+(apt-get download, not installed).
 """
 from __future__ import annotations
 
@@ -46,6 +57,8 @@ SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 DEB_BUILD_PKGS = ["dpkg-dev", "make", "debhelper", "dh-python", "pybuild-plugin-pyproject",
                   "python3-all", "python3-setuptools", "python3-pip"]
+#: what build-deb --arch arm64 needs besides (on an amd64 machine)
+DEB_CROSS_PKGS = ["gcc-aarch64-linux-gnu", "binutils-aarch64-linux-gnu", "libc6-dev-arm64-cross"]
 RPM_BUILD_PKGS = ["rpm", "python3-pip", "python3-setuptools", "python3-wheel"]
 
 HOOKS = {"qemu": "etc/libvirt/hooks/qemu.d/abiguard", "daemon": "etc/libvirt/hooks/daemon.d/abiguard"}
@@ -62,6 +75,16 @@ LAYOUT = {
     "var/lib/abiguard": "d",
     "var/log/abiguard": "d",
 }
+
+LIBRARY = "usr/lib/abiguard/abiguard_pin.so"
+APPARMOR_SNIPPET = "etc/apparmor.d/abstractions/libvirt-qemu.d/abiguard"
+APPARMOR_SOURCE = os.path.join(PACKAGING, "debian", "apparmor", "libvirt-qemu.d", "abiguard")
+#: what the .deb ships besides LAYOUT (the .rpm: /usr/lib/abiguard/abiguard_pin.so 0755, no AppArmor)
+DEB_LAYOUT = {
+    LIBRARY: 0o644,
+    APPARMOR_SNIPPET: 0o644,
+}
+DEB_CONFFILES = (CONFIG, *HOOKS.values(), APPARMOR_SNIPPET)
 
 UNPINNED_XML = """<domain type='kvm'>
   <name>web1</name>
@@ -107,13 +130,13 @@ def ensure_packages(*pkgs: str) -> None:
     assert r.returncode == 0, f"apt-get install {' '.join(missing)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
 
 
-def build(script: str, out: str) -> str:
+def build(script: str, out: str, *args: str) -> str:
     started = time.monotonic()
-    r = run([os.path.join(PACKAGING, script), out], 1200)
-    assert r.returncode == 0, f"packaging/{script} failed ({r.returncode}):\n{r.stderr[-6000:]}"
+    r = run([os.path.join(PACKAGING, script), *args, out], 1200)
+    assert r.returncode == 0, f"packaging/{' '.join((script, *args))} failed ({r.returncode}):\n{r.stderr[-6000:]}"
     path = r.stdout.strip().splitlines()[-1]
     assert os.path.isfile(path), path
-    print(f"packaging/{script}: {time.monotonic() - started:.1f} s -> {path}")
+    print(f"packaging/{' '.join((script, *args))}: {time.monotonic() - started:.1f} s -> {path}")
     return path
 
 
@@ -125,6 +148,57 @@ def plugin_install():
 def pyproject_version() -> str:
     with open(os.path.join(REPO, "pyproject.toml")) as f:
         return re.search(r'(?m)^version\s*=\s*"([^"]+)"', f.read()).group(1)
+
+
+def deb_listing(deb: str) -> dict[str, tuple[int | str, str]]:
+    """path -> (mode, owner) of every entry of the .deb's data."""
+    r = run(["dpkg-deb", "-c", deb], 60)
+    assert r.returncode == 0, r.stderr
+    listing = {}
+    for line in r.stdout.splitlines():
+        fields = line.split(None, 5)
+        path = fields[5].split(" -> ")[0].removeprefix("./").rstrip("/")
+        listing[path] = (mode_of(fields[0]), fields[1])
+    return listing
+
+
+def deb_file(deb: str, path: str) -> bytes:
+    tar = run(["dpkg-deb", "--fsys-tarfile", deb], 60, text=False).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        return t.extractfile("./" + path).read()
+
+
+def deb_depends(deb: str) -> dict[str, str]:
+    """Depends of a .deb: package name (with any :qualifier) -> version restriction."""
+    field = run(["dpkg-deb", "-f", deb, "Depends"], 60).stdout.strip()
+    deps = {}
+    for dep in filter(None, (d.strip() for d in field.split(","))):
+        m = re.fullmatch(r"(\S+)(?:\s*\(([^)]*)\))?", dep)
+        assert m, f"unexpected dependency {dep!r} (alternatives?) in {field!r}"
+        deps[m.group(1)] = (m.group(2) or "").replace(" ", "")
+    return deps
+
+
+def elf_header(path: str) -> dict[str, str]:
+    r = run(["readelf", "-h", path], 60)
+    assert r.returncode == 0, r.stderr
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in r.stdout.splitlines()[1:] if ":" in line)}
+
+
+def glibc_needed(path: str) -> list[tuple[int, ...]]:
+    """The GLIBC_x.y version nodes the library needs (readelf -V)."""
+    r = run(["readelf", "-V", "-W", path], 60)
+    assert r.returncode == 0, r.stderr
+    return sorted({tuple(int(p) for p in v.split(".")) for v in re.findall(r"Name: GLIBC_([0-9.]+)", r.stdout)})
+
+
+def lintian(deb: str) -> None:
+    """No error and no warning; what --pedantic and --display-info add is printed."""
+    ensure_packages("lintian")
+    r = run(["lintian", "--fail-on", "error,warning", "--display-info", "--pedantic", deb], 600)
+    bad = [line for line in r.stdout.splitlines() if line[:2] in ("E:", "W:")]
+    assert not bad and r.returncode == 0, f"lintian {os.path.basename(deb)} ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+    print(f"lintian --pedantic {os.path.basename(deb)}:\n" + (r.stdout.strip() or "(clean)"))
 
 
 def mode_of(perms: str) -> int | str:
@@ -149,6 +223,14 @@ def out_dir(tmp_path_factory) -> str:
 def deb(out_dir) -> str:
     ensure_packages(*DEB_BUILD_PKGS)
     return build("build-deb", out_dir)
+
+
+@pytest.fixture(scope="module")
+def deb_arm64(out_dir) -> str:
+    """The arm64 .deb, cross-built on an amd64 machine (natively built on an arm64 one)."""
+    native = run(["dpkg", "--print-architecture"], 30).stdout.strip() == "arm64"
+    ensure_packages(*DEB_BUILD_PKGS, *([] if native else DEB_CROSS_PKGS), "binutils")  # binutils: readelf
+    return build("build-deb", out_dir, "--arch", "arm64")
 
 
 @pytest.fixture(scope="module")
@@ -180,15 +262,24 @@ def test_repo_hooks_are_the_rendered_ones():
             assert f.read() == install.render(kind, "/usr/bin/python3", "/usr/lib/python3/dist-packages")
 
 
+def test_apparmor_snippet_allows_the_library():
+    """The AppArmor snippet lets QEMU map and read the preload library at the path the
+    domain XML preloads it from (abiguard.preload.LIBRARY_PATH), and has rules only (it is
+    included into libvirt's profile)."""
+    from abiguard import preload
+    with open(APPARMOR_SOURCE) as f:
+        rules = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    assert f"{preload.LIBRARY_PATH} mr," in rules, rules
+    assert preload.LIBRARY_PATH == "/" + LIBRARY
+    for rule in rules:
+        assert rule.endswith(",") and not re.match(r"(profile|include|#include|abi)\b", rule), rule
+
+
 # --------------------------------------------------------------------------- the .deb
 
 @pytest.mark.lab
 def test_deb_lintian_has_no_errors(deb):
-    ensure_packages("lintian")
-    r = run(["lintian", "--fail-on", "error", "--display-info", deb], 600)
-    errors = [line for line in r.stdout.splitlines() if line.startswith("E:")]
-    assert not errors and r.returncode == 0, f"lintian ({r.returncode}):\n{r.stdout}\n{r.stderr}"
-    print("lintian:\n" + (r.stdout.strip() or "(clean)"))
+    lintian(deb)
 
 
 @pytest.mark.lab
@@ -200,18 +291,20 @@ def test_deb_layout(deb):
         fields = line.split(None, 5)
         path = fields[5].split(" -> ")[0].removeprefix("./").rstrip("/")
         listing[path] = mode_of(fields[0])
-    for path, mode in LAYOUT.items():
+    for path, mode in {**LAYOUT, **DEB_LAYOUT}.items():
         assert path in listing, f"{path} is not in the .deb"
         assert listing[path] == mode, f"{path}: mode {listing[path]!r}, expected {mode!r}"
     assert "usr/lib/python3/dist-packages/abiguard/hook.py" in listing
     assert any(p.startswith("usr/lib/python3/dist-packages/abiguard/data/arm64/") and p.endswith(".json")
                for p in listing), "the bundled arm64 profiles are missing"
+    # the preload library under the name QEMU preloads it by (not renamed as a Python extension)
+    assert [p for p in listing if p.startswith("usr/lib/abiguard/")] == [LIBRARY], listing.keys()
 
     conffiles = run(["dpkg-deb", "-I", deb, "conffiles"], 60).stdout.split()
     assert "/" + CONFIG in conffiles, conffiles
     # the hooks are conffiles too (every file in /etc of a .deb is); prerm takes their
     # execute bit on removal so that libvirt skips them until purge or reinstall
-    assert sorted(conffiles) == sorted("/" + p for p in (CONFIG, *HOOKS.values())), conffiles
+    assert sorted(conffiles) == sorted("/" + p for p in DEB_CONFFILES), conffiles
 
     control = run(["dpkg-deb", "-f", deb, "Depends"], 60).stdout
     for dep in ("python3-libvirt", "python3-lxml"):
@@ -229,6 +322,162 @@ def test_deb_layout(deb):
         assert content(CONFIG) == install.DEFAULT_CONFIG
         copyright_text = content("usr/share/doc/abiguard/copyright")
     assert "qemu.qmp" in copyright_text and "LGPL-2+" in copyright_text and "GPL-2+" in copyright_text
+
+
+@pytest.mark.lab
+def test_debs_ship_the_apparmor_snippet(deb, deb_arm64):
+    """Both .debs ship the snippet libvirt >= 9.6 includes into every QEMU's profile, as a
+    conffile, and nothing in /etc/apparmor.d/local (the administrator's: on Debian 12
+    libvirt's postinst creates local/abstractions/libvirt-qemu, empty, for the site)."""
+    with open(APPARMOR_SOURCE, "rb") as f:
+        source = f.read()
+    for pkg in (deb, deb_arm64):
+        name = os.path.basename(pkg)
+        listing = deb_listing(pkg)
+        assert listing.get(APPARMOR_SNIPPET) == (0o644, "root/root"), f"{name}: {listing.get(APPARMOR_SNIPPET)}"
+        assert deb_file(pkg, APPARMOR_SNIPPET) == source, f"{name}: the snippet differs from {APPARMOR_SOURCE}"
+        assert not [p for p in listing if p.startswith("etc/apparmor.d/local")], f"{name} ships into apparmor.d/local"
+        assert [p for p in listing if p.startswith("etc/apparmor.d/") and listing[p][0] != "d"] == [APPARMOR_SNIPPET]
+        conffiles = run(["dpkg-deb", "-I", pkg, "conffiles"], 60).stdout.split()
+        assert "/" + APPARMOR_SNIPPET in conffiles, f"{name}: {conffiles}"
+
+
+@pytest.mark.lab
+def test_deb_arm64_library_is_aarch64(deb_arm64, tmp_path):
+    lib = tmp_path / "abiguard_pin.so"
+    lib.write_bytes(deb_file(deb_arm64, LIBRARY))
+    header = elf_header(str(lib))
+    assert header["Machine"] == "AArch64", header
+    assert header["Class"] == "ELF64" and header["Type"].startswith("DYN"), header
+    # stripped (by the cross binutils: the build machine's strip does not know aarch64)
+    sections = run(["readelf", "-S", "-W", str(lib)], 60).stdout
+    assert ".symtab" not in sections and ".debug_info" not in sections, sections
+    r = run(["dpkg-deb", "-f", deb_arm64, "Architecture"], 60)
+    assert r.stdout.strip() == "arm64", r.stdout
+
+
+@pytest.mark.lab
+def test_deb_arm64_depends(deb, deb_arm64, tmp_path):
+    """An arm64 Debian system's dependencies: libc6 (>= X), X the newest GLIBC version node
+    the library needs (the libc6 symbols file maps GLIBC_x.y to x.y; dpkg-shlibdeps computes
+    it from Debian's libc6:arm64 symbols, as it would on arm64), no cross-toolchain package
+    and no architecture qualifier but python3's :any; otherwise what the amd64 .deb has."""
+    deps = {}
+    for arch, pkg in (("amd64", deb), ("arm64", deb_arm64)):
+        lib = tmp_path / f"{arch}.so"
+        lib.write_bytes(deb_file(pkg, LIBRARY))
+        newest = ".".join(map(str, glibc_needed(str(lib))[-1]))
+        deps[arch] = deb_depends(pkg)
+        assert deps[arch].get("libc6") == f">={newest}", f"{arch}: {deps[arch]}, the library needs GLIBC_{newest}"
+    arm64 = deps["arm64"]
+    print(f"arm64 Depends: {arm64}")
+    assert not [d for d in arm64 if "cross" in d or (":" in d and d != "python3:any")], arm64
+    for dep in ("python3-libvirt", "python3-lxml", "python3:any"):
+        assert dep in arm64, arm64
+    assert {k: v for k, v in arm64.items() if k != "libc6"} == {k: v for k, v in deps["amd64"].items() if k != "libc6"}
+
+
+@pytest.mark.lab
+def test_deb_arm64_lintian_is_clean(deb_arm64):
+    lintian(deb_arm64)
+
+
+@pytest.mark.lab
+def test_deb_arm64_has_the_amd64_files(deb, deb_arm64):
+    """The same paths, modes and owners, the same conffiles and control fields but for the
+    architecture (and the size); the same content for every file but the library."""
+    amd64, arm64 = deb_listing(deb), deb_listing(deb_arm64)
+    assert sorted(set(amd64) ^ set(arm64)) == [], sorted(set(amd64) ^ set(arm64))
+    assert {p: m for p, m in amd64.items() if amd64[p] != arm64[p]} == {}
+    conffiles = [run(["dpkg-deb", "-I", p, "conffiles"], 60).stdout for p in (deb, deb_arm64)]
+    assert conffiles[0] == conffiles[1], conffiles
+    fields = ["Package", "Version", "Maintainer", "Suggests", "Enhances", "Section", "Priority", "Description"]
+    for field in fields:
+        a, b = (run(["dpkg-deb", "-f", p, field], 60).stdout for p in (deb, deb_arm64))
+        assert a == b, f"{field}: {a!r} != {b!r}"
+    md5 = {}
+    for arch, pkg in (("amd64", deb), ("arm64", deb_arm64)):
+        md5[arch] = dict(reversed(line.split(None, 1)) for line in
+                         run(["dpkg-deb", "-I", pkg, "md5sums"], 60).stdout.splitlines())
+    differ = sorted(p for p in md5["amd64"] if md5["amd64"][p] != md5["arm64"].get(p))
+    assert differ == [LIBRARY], differ
+    # the maintainer scripts differ only in dh_python3's package:arch
+    for script in ("postinst", "prerm", "postrm"):
+        a, b = (run(["dpkg-deb", "-I", p, script], 60).stdout for p in (deb, deb_arm64))
+        assert a.replace("abiguard:amd64", "abiguard:arm64") == b, script
+
+
+#: the per-VM profile's name is libvirt-<the domain's UUID>
+UUID = "6f1c1a52-2b7e-4d0e-9d43-8a51f1e0c0de"
+#: how libvirt >= 9.6's abstractions/libvirt-qemu reads the snippet directory
+INCLUDE_D = "include if exists <abstractions/libvirt-qemu.d>"
+
+
+def apparmor_tree(root: str) -> tuple[str, str]:
+    """Debian's apparmor (abstractions, tunables, apparmor_parser), downloaded with apt and
+    unpacked, not installed; with this host's libvirt abstraction and per-VM template, an
+    empty local/abstractions/libvirt-qemu (as libvirt's postinst creates it) and abiguard's
+    snippet. Returns (apparmor.d, apparmor_parser)."""
+    for f in ("/etc/apparmor.d/abstractions/libvirt-qemu", "/etc/apparmor.d/libvirt/TEMPLATE.qemu"):
+        need(os.path.exists(f), f"{f} (libvirt-daemon-system)")
+    need(shutil.which("apt-get") is not None, "apt-get")
+    env = dict(os.environ, PATH=SYSTEM_PATH)
+    r = run(["apt-get", "download", "-q", "apparmor"], 300, cwd=root, env=env)
+    if r.returncode != 0 and is_root():
+        run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update", "-q"], 600, env=env)
+        r = run(["apt-get", "download", "-q", "apparmor"], 300, cwd=root, env=env)
+    need(r.returncode == 0, f"apt-get download apparmor (Debian's archive): {r.stderr.strip()[-300:]}")
+    pkg = [f for f in os.listdir(root) if f.startswith("apparmor_") and f.endswith(".deb")][0]
+    unpacked = os.path.join(root, "apparmor")
+    r = run(["dpkg-deb", "-x", os.path.join(root, pkg), unpacked], 120)
+    assert r.returncode == 0, r.stderr
+    tree = os.path.join(unpacked, "etc/apparmor.d")
+    os.makedirs(os.path.join(tree, "abstractions/libvirt-qemu.d"), exist_ok=True)
+    os.makedirs(os.path.join(tree, "local/abstractions"), exist_ok=True)
+    os.makedirs(os.path.join(tree, "libvirt"), exist_ok=True)
+    shutil.copy("/etc/apparmor.d/abstractions/libvirt-qemu", os.path.join(tree, "abstractions/libvirt-qemu"))
+    open(os.path.join(tree, "local/abstractions/libvirt-qemu"), "w").close()
+    shutil.copy(APPARMOR_SOURCE, os.path.join(tree, "abstractions/libvirt-qemu.d/abiguard"))
+    with open("/etc/apparmor.d/libvirt/TEMPLATE.qemu") as f:
+        template = f.read()
+    with open(os.path.join(tree, "libvirt/libvirt-" + UUID), "w") as f:
+        f.write(template.replace("LIBVIRT_TEMPLATE", "libvirt-" + UUID))
+    parser = next(p for p in (os.path.join(unpacked, "sbin/apparmor_parser"),
+                              os.path.join(unpacked, "usr/sbin/apparmor_parser")) if os.path.exists(p))
+    print(f"apparmor_parser from {pkg}")
+    return tree, parser
+
+
+@pytest.mark.lab
+def test_apparmor_profile_compiles_with_the_snippet(tmp_path):
+    """libvirt's per-VM QEMU profile (TEMPLATE.qemu, as virt-aa-helper names it) compiles
+    with Debian's apparmor_parser (no kernel needed: -Q -K); abstractions/base lets QEMU map
+    /usr/lib/**.so (the library, wherever the snippet is not read), and the snippet's rule is
+    in the profile once libvirt-qemu includes libvirt-qemu.d: libvirt >= 9.6, or Debian 12's
+    9.0 with that line in the administrator's local/abstractions/libvirt-qemu."""
+    tree, parser = apparmor_tree(str(tmp_path))
+    profile = os.path.join(tree, "libvirt", "libvirt-" + UUID)
+    args = [parser, "--config-file=/dev/null", "-I", tree, "-b", tree]
+
+    def expanded() -> str:
+        r = run([*args, "-Q", "-K", profile], 120)
+        assert r.returncode == 0, f"apparmor_parser cannot compile libvirt's profile:\n{r.stderr}"
+        r = run([*args, "-p", profile], 120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    with open(os.path.join(tree, "abstractions/libvirt-qemu")) as f:
+        reads_dir = re.search(r"(?m)^\s*#?include( if exists)? <abstractions/libvirt-qemu\.d/?>", f.read()) is not None
+    text = expanded()
+    assert re.search(r"(?m)^\s*/\{usr/,\}lib\{,32,64\}/\*\*\.so\*\s+mr,", text), \
+        "abstractions/base no longer allows mapping /usr/lib/**.so: the snippet is needed on Debian 12 too"
+    assert ("/" + LIBRARY + " mr," in text) == reads_dir, f"libvirt-qemu includes libvirt-qemu.d: {reads_dir}"
+    print(f"this host's libvirt-qemu includes libvirt-qemu.d: {reads_dir}")
+
+    # the administrator's opt-in on Debian 12 (and what libvirt >= 9.6 does itself)
+    with open(os.path.join(tree, "local/abstractions/libvirt-qemu"), "w") as f:
+        f.write(INCLUDE_D + "\n")
+    assert "/" + LIBRARY + " mr," in expanded()
 
 
 # --------------------------------------------------------------------------- the .rpm
