@@ -14,8 +14,8 @@ import warnings
 
 import pytest
 
-from abiguard import profile
-from abiguard.cli import builtin_profiles
+from abiguard.builtin import builtin_profiles
+from abiguard.model import profile
 from helpers.arm64facts import FACTS, check_profile
 from helpers.groundtruth import compare, load_dir
 from helpers.realparts import need, need_commands
@@ -46,7 +46,7 @@ def test_every_host_booted_and_probed(fresh, lab_out):
     profiles, groundtruth = fresh
     assert len(profiles) == 8 and set(groundtruth) == set(profiles)
     for name, doc in profiles.items():
-        profile.validate(doc, name)
+        profile.Profile.from_json(doc, name)
         lab = load_dir(str(lab_out / "lab"))[name + "-probe"]
         assert lab["kvm_initialized"] and lab["dev_kvm"], lab
 
@@ -67,7 +67,7 @@ def test_fresh_profiles_are_the_bundled_ones(fresh):
     profiles, groundtruth = fresh
     for name, doc in profiles.items():
         if name in BUNDLED:
-            assert doc["digest"] == profile.load(BUNDLED[name])["digest"], name
+            assert doc["digest"] == profile.load(BUNDLED[name]).digest, name
         assert groundtruth[name]["destination_profile_digest"] == doc["digest"], "replay boot re-probed differently"
 
 

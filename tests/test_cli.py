@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from abiguard.cli import builtin_profiles
+from abiguard.builtin import builtin_profiles
 from helpers.run import abiguard
 
 P = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
@@ -52,7 +52,13 @@ def test_baseline_over_the_kernels_with_rollback(tmp_path):
     assert doc["rollback_hosts"] == [P["6.1.0-50-arm64"]]
     # the baseline is a contract check can use
     again = abiguard("check", "--from", str(out), "--to", P["7.2.13+deb14-arm64"])
-    assert again.returncode in (0, 1) and "REFUSE" in again.stdout or "ALLOW" in again.stdout
+    # the baseline is a contract check reads, and check agrees with the baseline's own report
+    accepts = hosts[P["7.2.13+deb14-arm64"]]["accepts_incoming"]
+    assert accepts is True
+    assert again.returncode == 0 and ": ALLOW" in again.stdout, again.stdout + again.stderr
+    refused = abiguard("check", "--from", str(out), "--to", P["6.12.117+deb13-arm64"])
+    assert hosts[P["6.12.117+deb13-arm64"]]["accepts_incoming"] is False
+    assert refused.returncode == 1 and "ID_AA64MMFR1_EL1 (0x603000000013c039) field HCX" in refused.stdout
 
 
 def test_matrix_reads_in_ten_seconds():
@@ -94,7 +100,7 @@ def test_profile_of_another_architecture_and_edited_profiles(tmp_path):
     x86 = tmp_path / "x86.json"
     arm = json.loads(open(P["6.1.0-50-arm64"]).read())
     arm["host"]["machine"] = "x86_64"
-    from abiguard import profile
+    from abiguard.model import profile
     x86.write_text(profile.render(profile.finalize({k: v for k, v in arm.items() if k not in ("digest", "meta")},
                                                    0.0, "x")))
     cp = abiguard("check", "--from", P["6.1.0-50-arm64"], "--to", str(x86))
@@ -102,19 +108,21 @@ def test_profile_of_another_architecture_and_edited_profiles(tmp_path):
 
 
 def test_unknown_register_id_in_a_contract(tmp_path):
-    from abiguard import contract, profile
-    c = contract.from_profile(profile.load(P["7.2.13+deb14-arm64"]))
-    c["aarch64"]["stream"].append("0x6030000000ff0001")   # group 0xff: no such KVM register group
-    c = contract.seal({k: v for k, v in c.items() if k != "digest"})
+    from abiguard.model import contract, profile
+    doc = contract.from_profile(profile.load(P["7.2.13+deb14-arm64"])).to_json()
+    doc["aarch64"]["stream"].append("0x6030000000ff0001")   # group 0xff: no such KVM register group
+    from abiguard._sha import sha256_hex
+    doc["digest"] = "sha256:" + sha256_hex(contract.canonical(
+        {k: v for k, v in doc.items() if k != "digest"}).encode())
     f = tmp_path / "c.json"
-    f.write_text(json.dumps(c))
+    f.write_text(json.dumps(doc))
     cp = abiguard("check", "--from", str(f), "--to", P["7.2.13+deb14-arm64"])
     assert cp.returncode == 2
     assert cp.stderr.startswith(f"abiguard: {f}: member 'stream'") and "0x6030000000ff0001" in cp.stderr
 
 
 def test_profile_of_an_unknown_architecture(tmp_path):
-    from abiguard import profile
+    from abiguard.model import profile
     doc = json.loads(open(P["6.1.0-50-arm64"]).read())
     doc["host"]["machine"] = "riscv64"
     f = tmp_path / "rv.json"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from abiguard import domxml
 from abiguard.errors import InputError
+from abiguard.model.stamp import HopStamp
+from abiguard.xml import domain as domxml
 
 DOMAIN = b"""<?xml version="1.0"?>
 <!-- a comment -->
@@ -33,10 +34,10 @@ def test_facts():
 
 def test_stamp_splice_keeps_every_other_byte():
     f = domxml.parse(DOMAIN)
-    stamp = domxml.stamp_xml({"host": "b", "profile": "sha256:" + "0" * 64}, None)
+    stamp = HopStamp({"host": "b", "profile": "sha256:" + "0" * 64}, None).to_xml()
     out = domxml.with_stamp(DOMAIN, f, stamp)
     assert out.replace(stamp, b"") == DOMAIN
-    again = domxml.with_stamp(out, domxml.parse(out), domxml.stamp_xml({"host": "c"}, ["0x1"]))
+    again = domxml.with_stamp(out, domxml.parse(out), HopStamp({"host": "c"}, (0x1,)).to_xml())
     assert again.count(b"urn:abiguard:stamp:1") == 1 and b'host="c"' in again
     assert domxml.parse(again).stamp.find("{urn:abiguard:stamp:1}stream").text == "0x1"
 
@@ -68,4 +69,4 @@ def test_size_cap():
 
 def test_stamp_attributes_cannot_inject_markup():
     with pytest.raises(ValueError):
-        domxml.stamp_xml({"host": 'x"/><evil/>'}, None)
+        HopStamp({"host": 'x"/><evil/>'}, None).to_xml()

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from abiguard import contract, profile
-from abiguard.cli import builtin_profiles
+from abiguard.builtin import builtin_profiles
+from abiguard.model import contract, profile
+from abiguard.xml.contract import to_xml_text
+from abiguard.xml.names import CONTRACT_NS
 from helpers.realparts import need
 from lab.conftest_twohost import make_twohost_fixture
 from lab.twohost import TwoHost
@@ -51,7 +53,17 @@ def set_profile(lab: TwoHost, host: str, doc: dict) -> None:
 
 
 def real_profile(lab: TwoHost, host: str) -> dict:
-    return profile.load(str(state(lab, host, "abiguard-lib", "host-profile.json")))
+    return profile.load(str(state(lab, host, "abiguard-lib", "host-profile.json"))).doc
+
+
+def load(path: str) -> dict:
+    """A profile's JSON document, checked."""
+    return profile.load(path).doc
+
+
+def sealed_of(doc: dict) -> contract.Contract:
+    """The contract of a VM booted with defaults on the host of this profile document."""
+    return contract.from_profile(profile.Profile.from_json(doc, "profile"))
 
 
 def set_policy(lab: TwoHost, host: str, unpinned: str = "warn") -> None:
@@ -66,8 +78,8 @@ def abiguard(lab: TwoHost, host: str, *args: str, check: bool = True) -> subproc
     return cp
 
 
-def metadata(sealed: dict) -> str:
-    return "<metadata>" + contract.to_xml_text(sealed) + "</metadata>"
+def metadata(sealed: contract.Contract) -> str:
+    return "<metadata>" + to_xml_text(sealed) + "</metadata>"
 
 
 def live_xml(lab: TwoHost, host: str, name: str) -> str:
@@ -185,8 +197,8 @@ def arm_guest(lab: TwoHost, host: str, name: str, sealed: dict) -> None:
 
 def test_aarch64_compatible_then_rollback_refused_and_restore_refused(lab: TwoHost, hosts, tmp_path):
     name = "e2e-arm"
-    p72 = profile.load(ARM72)
-    sealed = contract.from_profile(p72)
+    p72 = load(ARM72)
+    sealed = sealed_of(p72)
     set_profile(lab, "a", p72)          # a and b both "are" the 7.2 kernel
     set_profile(lab, "b", p72)
     try:
@@ -196,7 +208,7 @@ def test_aarch64_compatible_then_rollback_refused_and_restore_refused(lab: TwoHo
         xml = live_xml(lab, "b", name)
         assert f'profile="{p72["digest"]}"' in xml and "abiguard-stamp:stream" in xml
         # roll a back to 6.12: the VM (booted on 7.2) must not move there
-        set_profile(lab, "a", profile.load(ARM612))
+        set_profile(lab, "a", load(ARM612))
         pid = lab.qemu_pid("b", name)
         cp = lab.migrate("b", "a", name, *MOVE, check=False)
         refused(cp, "abiguard: refusing migrate of 'e2e-arm'", "PSCI_VERSION", "PSCI 1.3")
@@ -222,8 +234,8 @@ def test_aarch64_compatible_then_rollback_refused_and_restore_refused(lab: TwoHo
 
 def test_start_refused_where_contract_cannot_be_realised(lab: TwoHost, hosts):
     name = "e2e-arm-start"
-    sealed = contract.from_profile(profile.load(ARM72))
-    set_profile(lab, "a", profile.load(ARM612))
+    sealed = sealed_of(load(ARM72))
+    set_profile(lab, "a", load(ARM612))
     try:
         arm_guest(lab, "a", name, sealed)
         cp = lab.virsh("a", "start", name, check=False)
@@ -242,17 +254,17 @@ def test_start_refused_where_contract_cannot_be_realised(lab: TwoHost, hosts):
 ])
 def test_hostile_metadata_is_refused(lab: TwoHost, hosts, tamper, message):
     name = "e2e-hostile"
-    p72 = profile.load(ARM72)
-    sealed = contract.from_profile(p72)
+    p72 = load(ARM72)
+    sealed = sealed_of(p72)
     set_profile(lab, "a", p72)
     set_profile(lab, "b", p72)
     try:
         lab.define_guest("a", "aarch64", name)          # unpinned, starts under policy "warn"
         lab.start_guest("a", name)
         # virsh declares the namespace and adds the prefix itself (--uri/--key)
-        bad = (tamper(contract.to_xml_text(sealed)).replace(f' xmlns:abiguard="{contract.XMLNS}"', "", 1)
+        bad = (tamper(to_xml_text(sealed)).replace(f' xmlns:abiguard="{CONTRACT_NS}"', "", 1)
                .replace("<abiguard:", "<").replace("</abiguard:", "</"))
-        lab.virsh("a", "metadata", name, "--live", "--uri", contract.XMLNS, "--key", "abiguard",
+        lab.virsh("a", "metadata", name, "--live", "--uri", CONTRACT_NS, "--key", "abiguard",
                   "--set", bad)
         cp = lab.migrate("a", "b", name, check=False)
         refused(cp, "abiguard:", message)
@@ -292,11 +304,11 @@ def test_destination_pins_travel_through_libvirt_into_qemu(lab: TwoHost, hosts):
     <qemu:commandline> environment, and libvirt really hands them to the destination
     QEMU with the preload library (a TCG guest: the library loads, KVM is not involved)."""
     name = "e2e-arm-pins"
-    p61, p72 = profile.load(ARM["6.1.0-50-arm64"]), profile.load(ARM72)
+    p61, p72 = load(ARM["6.1.0-50-arm64"]), load(ARM72)
     set_profile(lab, "a", p61)
     set_profile(lab, "b", p72)
     try:
-        arm_guest(lab, "a", name, contract.from_profile(p61))
+        arm_guest(lab, "a", name, sealed_of(p61))
         lab.start_guest("a", name)
         lab.migrate("a", "b", name, *MOVE)
         xml = live_xml(lab, "b", name)

@@ -1,13 +1,13 @@
 """The enforcement backend: abiguard_pin.so (built here with the system compiler and driven
-through LD_PRELOAD) and abiguard.enforce (which pins a contract needs on a host, validated
-against the bundled real host profiles, and the library configuration it renders).
+through LD_PRELOAD), the pins a contract needs on a host (abiguard.arch.arm64.pins, planned
+from the verdict and validated by the same rule rows, against the bundled real host
+profiles) and the library configuration they render to (abiguard.engine.pins).
 
 The library's write path needs a real arm64 KVM vCPU: tests/test_nested_lab.py runs it in
 the arm64 lab (pinned value read back, a value the kernel refuses aborts the start)."""
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import subprocess
@@ -15,8 +15,15 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
-from abiguard import contract, enforce
-from abiguard.cli import builtin_profiles
+
+from abiguard import preload
+from abiguard.arch.arm64 import pins as arm64_pins
+from abiguard.arch.arm64.regs import preload_allows
+from abiguard.builtin import builtin_profiles
+from abiguard.engine import pins as enforce
+from abiguard.errors import EnforceError
+from abiguard.model import contract, profile
+from abiguard.xml.names import QEMU_NS
 from helpers.realparts import need
 
 PROFILES = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
@@ -28,9 +35,16 @@ MIDR = 0x603000000013C000               # CRm=0 op2=0
 CLIDR = 0x603000000013C801              # op1=1
 
 
-def load(name: str) -> dict:
-    with open(PROFILES[name]) as f:
-        return json.load(f)
+def load(name: str) -> profile.Profile:
+    return profile.load(PROFILES[name])
+
+
+def plan(c: contract.Contract, prof: profile.Profile, explicit: bool = False, carried: bool = False) -> list:
+    return arm64_pins.for_arrival(c, prof) if carried else arm64_pins.for_start(c, prof, explicit)
+
+
+def check_pins(pins: dict, prof: profile.Profile, config: str) -> list[str]:
+    return [p.line() for p in arm64_pins.check(pins, prof, config)]
 
 
 # -- the library ----------------------------------------------------------------------
@@ -38,9 +52,9 @@ def load(name: str) -> dict:
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory) -> str:
     cc = os.environ.get("CC", "cc")
-    need(shutil.which(cc) is not None, f"a C compiler ({cc}) to build {enforce.LIBRARY_NAME}")
-    out = str(tmp_path_factory.mktemp("pin") / enforce.LIBRARY_NAME)
-    return enforce.build_library(out, cc)
+    need(shutil.which(cc) is not None, f"a C compiler ({cc}) to build {preload.LIBRARY_NAME}")
+    out = str(tmp_path_factory.mktemp("pin") / preload.LIBRARY_NAME)
+    return preload.build_library(out, cc)
 
 
 # a stand-in for QEMU: ioctl() through libc, so the preloaded wrapper sees it; on x86 a
@@ -57,12 +71,13 @@ print("ioctl", ret, ctypes.get_errno())
 
 
 def run_with(lib: str | None, pins: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", enforce.ENV_PINS)}
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", preload.ENV_PINS)}
     if lib:
         env["LD_PRELOAD"] = lib
     if pins is not None:
-        env[enforce.ENV_PINS] = pins
-    return subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60, check=False)
+        env[preload.ENV_PINS] = pins
+    return subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
 
 
 def test_library_builds_warning_free(lib):
@@ -113,14 +128,14 @@ def test_bad_config_exits_before_anything_runs(lib, pins, message):
 
 
 def test_allow_list_matches_python():
-    with open(enforce.SOURCE_PATH) as f:
+    with open(preload.SOURCE_PATH) as f:
         src = f.read()
     assert "0x6030000000140000ULL" in src and "0x6030000000160000ULL" in src
     for rid in (PSCI, WA1, BMAP, BMAP2, ID_AA64PFR0, ID_AA64ISAR0, 0x603000000013C038 + 7):
-        assert enforce.library_allows(rid), hex(rid)
+        assert preload_allows(rid), hex(rid)
     for rid in (MIDR, CLIDR, 0x6030000000100000, 0x6020000000110000, 0x6030000000150000,
                 0x603000000013C005, 0x603000000013C040):  # MPIDR (CRm=0), CRm=8
-        assert not enforce.library_allows(rid), hex(rid)
+        assert not preload_allows(rid), hex(rid)
 
 
 # -- configuration from a contract ----------------------------------------------------
@@ -129,7 +144,7 @@ def test_rollback_contract_pins_psci_only_what_differs():
     """a VM of the 6.12 contract booted on 7.2: PSCI pinned to 1.1 (7.2 defaults to 1.3);
     VENDOR_HYP_BMAP_2 (absent from the 6.12 stream) is 0 by default on 7.2: no pin needed"""
     c = contract.from_profile(load("6.12.117+deb13-arm64"), "psci")
-    pins = enforce.plan(c, load("7.2.13+deb14-arm64"))
+    pins = plan(c, load("7.2.13+deb14-arm64"))
     assert [(p.name, p.value, p.how) for p in pins] == [("PSCI_VERSION", 0x10001, "preload")]
     assert "host default 0x10003" in pins[0].why
     assert enforce.env_value(pins) == "0x6030000000140000=0x10001"
@@ -137,7 +152,7 @@ def test_rollback_contract_pins_psci_only_what_differs():
 
 def test_explicit_pins_every_firmware_value_and_keeps_bitmap_2_off():
     c = contract.from_profile(load("6.12.117+deb13-arm64"), "psci")
-    pins = enforce.plan(c, load("7.2.13+deb14-arm64"), explicit=True)
+    pins = plan(c, load("7.2.13+deb14-arm64"), explicit=True)
     by = {p.id: p for p in pins}
     assert by[PSCI].value == 0x10001
     assert by[BMAP2].value == 0 and "absent from the VM's stream" in by[BMAP2].why
@@ -148,32 +163,34 @@ def test_explicit_pins_every_firmware_value_and_keeps_bitmap_2_off():
 
 
 def test_host_only_bitmap_with_a_non_zero_default_is_pinned_off():
-    prof = copy.deepcopy(load("7.2.13+deb14-arm64"))
-    prof["kvm"]["aarch64"]["configs"]["psci"]["registers"][f"{BMAP2:#x}"] = "0x1"
+    doc = copy.deepcopy(load("7.2.13+deb14-arm64").doc)
+    doc["kvm"]["aarch64"]["configs"]["psci"]["registers"][f"{BMAP2:#x}"] = "0x1"
+    doc["digest"] = profile.digest_of(doc)
+    prof = profile.Profile.from_json(doc, "edited")
     c = contract.from_profile(load("6.12.117+deb13-arm64"), "psci")
-    by = {p.id: p for p in enforce.plan(c, prof)}
+    by = {p.id: p for p in plan(c, prof)}
     assert by[BMAP2].value == 0 and "host default 0x1" in by[BMAP2].why
 
 
 def test_same_host_contract_needs_no_library():
     c = contract.from_profile(load("7.2.13+deb14-arm64"), "psci")
-    assert enforce.plan(c, load("7.2.13+deb14-arm64")) == []
+    assert plan(c, load("7.2.13+deb14-arm64")) == []
     assert enforce.commandline_xml([]) == ""
 
 
 def test_plan_refuses_what_the_host_refuses():
     c = contract.from_profile(load("7.2.13+deb14-arm64"), "psci")
-    with pytest.raises(enforce.EnforceError) as e:
-        enforce.plan(c, load("6.12.117+deb13-arm64"))
+    with pytest.raises(EnforceError) as e:
+        plan(c, load("6.12.117+deb13-arm64"))
     msg = str(e.value)
     assert msg.startswith("abiguard: cannot enforce the contract on 6.12.117+deb13-arm64: PSCI_VERSION")
-    assert "PSCI 1.3 is not accepted" in msg and "0.2, 1.0, 1.1" in msg
+    assert "VM has PSCI 1.3, destination accepts 0.2, 1.0, 1.1: its KVM refuses PSCI 1.3" in msg
 
 
 def test_plan_refuses_registers_no_pin_realises():
     c = contract.from_profile(load("6.1.0-50-arm64"), "psci")
-    with pytest.raises(enforce.EnforceError) as e:
-        enforce.plan(c, load("7.2.13+deb14-arm64"))
+    with pytest.raises(EnforceError) as e:
+        plan(c, load("7.2.13+deb14-arm64"))
     assert any("DEMUX_CCSIDR" in p and "no pin realises" in p for p in e.value.problems)
 
 
@@ -181,20 +198,20 @@ def test_incoming_leaves_carried_registers_to_the_stream():
     """6.1 -> 7.2 incoming: CCSIDR/CLIDR come with the stream (the verdict judged them);
     the destination pins only what it can, and keeps bitmaps the stream lacks off"""
     c = contract.from_profile(load("6.1.0-50-arm64"), "psci")
-    pins = enforce.plan(c, load("7.2.13+deb14-arm64"), carried=True)
+    pins = plan(c, load("7.2.13+deb14-arm64"), carried=True)
     by = {p.id: p for p in pins}
     assert CLIDR not in by and not any(p.name.startswith("DEMUX") for p in pins)
-    assert by[PSCI].value == int(c["aarch64"]["values"][f"{PSCI:#x}"], 16) == 0x10001
+    assert by[PSCI].value == c.body.values[PSCI] == 0x10001
 
 
-def _host_value(prof: dict, rid: int) -> int:
-    return int(prof["kvm"]["aarch64"]["configs"]["psci"]["registers"][f"{rid:#x}"], 16)
+def _host_value(prof: profile.Profile, rid: int) -> int:
+    return int(prof.doc["kvm"]["aarch64"]["configs"]["psci"]["registers"][f"{rid:#x}"], 16)
 
 
 @pytest.mark.parametrize("pins, fragment", [
-    ({PSCI: 0x10003}, "PSCI 1.3 is not accepted by this host's KVM (EINVAL)"),
-    ({PSCI: 0x10002}, "PSCI 1.2 is not accepted"),
-    ({BMAP: 0x4}, "bit 2, unknown to this host's KVM (knows 0x3)"),
+    ({PSCI: 0x10003}, "its KVM refuses PSCI 1.3 (EINVAL)"),
+    ({PSCI: 0x10002}, "its KVM refuses PSCI 1.2"),
+    ({BMAP: 0x4}, "destination knows 0x3: its KVM does not know bit 2 (EINVAL)"),
     ({WA1: 0x1}, "a mitigation level is a host property"),
     ({BMAP2: 0x0}, "this host's KVM does not list it"),
     ({MIDR: 0x0}, "not enforceable"),
@@ -203,48 +220,51 @@ def _host_value(prof: dict, rid: int) -> int:
     ({PSCI: 1 << 64}, "not a 64-bit register value"),
 ])
 def test_check_pins_refusals_on_6_12(pins, fragment):
-    problems = enforce.check_pins(pins, load("6.12.117+deb13-arm64"), "psci")
+    problems = check_pins(pins, load("6.12.117+deb13-arm64"), "psci")
     assert len(problems) == 1 and fragment in problems[0], problems
 
 
 def test_id_register_pins_inside_the_mask_and_safe_only():
     prof = load("7.2.13+deb14-arm64")
-    mask = int(prof["kvm"]["aarch64"]["writable_masks"]["ID_AA64ISAR0_EL1"], 16)
+    mask = int(prof.doc["kvm"]["aarch64"]["writable_masks"]["ID_AA64ISAR0_EL1"], 16)
     host = _host_value(prof, ID_AA64ISAR0)
     # AES (bits 7:4, lower safe, inside the mask): lowering it is what KVM takes
     assert mask & 0xF0 == 0xF0 and host & 0xF0
     lower = host & ~0xF0
-    assert enforce.check_pins({ID_AA64ISAR0: lower}, prof, "psci") == []
+    assert check_pins({ID_AA64ISAR0: lower}, prof, "psci") == []
     # raising a field above the host's: not safe
     higher = (host & ~(0xF << 4)) | (0xF << 4) if (host >> 4) & 0xF != 0xF else None
     if higher is not None:
-        p = enforce.check_pins({ID_AA64ISAR0: higher}, prof, "psci")
-        assert len(p) == 1 and "field AES" in p[0] and "not safe" in p[0]
+        p = check_pins({ID_AA64ISAR0: higher}, prof, "psci")
+        assert len(p) == 1 and "field AES" in p[0] and "accepts only a lower safe value" in p[0]
     # a bit outside the writable mask: value outside mask
     outside = next(b for b in range(64) if not mask >> b & 1)
-    p = enforce.check_pins({ID_AA64ISAR0: host ^ (1 << outside)}, prof, "psci")
-    assert any("outside its writable mask" in x for x in p), p
+    p = check_pins({ID_AA64ISAR0: host ^ (1 << outside)}, prof, "psci")
+    assert any("cannot change this field" in x or "outside known fields" in x for x in p), p
 
 
 def test_id_register_pin_needs_writable_id_registers():
     prof = load("6.1.0-50-arm64")
-    assert prof["kvm"]["aarch64"].get("writable_masks") is None
+    assert prof.doc["kvm"]["aarch64"].get("writable_masks") is None
     host = _host_value(prof, ID_AA64ISAR0)
-    assert enforce.check_pins({ID_AA64ISAR0: host}, prof, "psci") == []
-    p = enforce.check_pins({ID_AA64ISAR0: host & ~0xF0}, prof, "psci")
+    assert check_pins({ID_AA64ISAR0: host}, prof, "psci") == []
+    p = check_pins({ID_AA64ISAR0: host & ~0xF0}, prof, "psci")
     assert len(p) == 1 and "no writable ID registers (before Linux 6.7)" in p[0]
 
 
 def test_native_properties_are_preferred_never_both():
-    prof = copy.deepcopy(load("7.2.13+deb14-arm64"))
-    c = contract.from_profile(prof, "psci")
+    prof = load("7.2.13+deb14-arm64")
     host = _host_value(prof, ID_AA64ISAR0)
-    c["aarch64"]["values"][f"{ID_AA64ISAR0:#x}"] = f"{host & ~0xF0:#x}"
-    pins = enforce.plan(c, prof)
+    doc = contract.from_profile(prof, "psci").to_json()
+    doc["aarch64"]["values"][f"{ID_AA64ISAR0:#x}"] = f"{host & ~0xF0:#x}"
+    c = contract.seal_json(doc)
+    pins = plan(c, prof)
     isar = [p for p in pins if p.id == ID_AA64ISAR0]
     assert isar and isar[0].how == "preload"
-    prof["stack"] = {"qemu": {"host_cpu_expansion": {"model": "host", "props": {"SYSREG_ID_AA64ISAR0_AES": 2}}}}
-    pins = enforce.plan(c, prof)
+    edited = copy.deepcopy(prof.doc)
+    edited["stack"] = {"qemu": {"host_cpu_expansion": {"model": "host", "props": {"SYSREG_ID_AA64ISAR0_AES": 2}}}}
+    edited["digest"] = profile.digest_of(edited)
+    pins = plan(c, profile.Profile.from_json(edited, "edited"))
     isar = next(p for p in pins if p.id == ID_AA64ISAR0)
     assert isar.how == "cpu-property" and isar.props == {"SYSREG_ID_AA64ISAR0_AES": 0}
     assert f"{ID_AA64ISAR0:#018x}" not in enforce.env_value(pins)
@@ -253,17 +273,17 @@ def test_native_properties_are_preferred_never_both():
 
 def test_commandline_xml():
     c = contract.from_profile(load("6.12.117+deb13-arm64"), "psci")
-    pins = enforce.plan(c, load("7.2.13+deb14-arm64"), explicit=True)
+    pins = plan(c, load("7.2.13+deb14-arm64"), explicit=True)
     text = enforce.commandline_xml(pins)
     el = ET.fromstring(text)
-    assert el.tag == f"{{{enforce.QEMU_XMLNS}}}commandline"
+    assert el.tag == f"{{{QEMU_NS}}}commandline"
     env = {e.get("name"): e.get("value") for e in el}
-    assert env == {"LD_PRELOAD": enforce.LIBRARY_PATH, "ABIGUARD_PINS": enforce.env_value(pins)}
+    assert env == {"LD_PRELOAD": preload.LIBRARY_PATH, "ABIGUARD_PINS": enforce.env_value(pins)}
     assert enforce.commandline_xml([]) == ""                # off unless a contract asks for it
     assert enforce.describe(pins)[0].startswith("PSCI_VERSION (0x6030000000140000) = 0x10001 via LD_PRELOAD")
 
 
 def test_rendered_config_is_accepted_by_the_library(lib):
     c = contract.from_profile(load("6.12.117+deb13-arm64"), "psci")
-    r = run_with(lib, enforce.env_value(enforce.plan(c, load("7.2.13+deb14-arm64"), explicit=True)))
+    r = run_with(lib, enforce.env_value(plan(c, load("7.2.13+deb14-arm64"), explicit=True)))
     assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from abiguard import profile
-from abiguard.cli import builtin_profiles
+from abiguard.builtin import builtin_profiles
+from abiguard.model import profile
 from helpers.groundtruth import compare, load_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,6 +40,6 @@ def test_engine_agrees_with_real_kernels_on_every_pair():
 def test_groundtruth_was_taken_on_the_bundled_profiles():
     profiles = bundled()
     for name, gt in load_dir(os.path.join(HERE, "data", "arm64", "groundtruth")).items():
-        assert gt["destination_profile_digest"] == profiles[name]["digest"]
+        assert gt["destination_profile_digest"] == profiles[name].digest
         for source, rep in gt["replays"].items():
-            assert rep["source_digest"] == profiles[source]["digest"]
+            assert rep["source_digest"] == profiles[source].digest

@@ -8,8 +8,11 @@ import sys
 
 import pytest
 
-from abiguard import contract, domxml, install, profile
-from abiguard.cli import builtin_profiles
+from abiguard import install
+from abiguard.builtin import builtin_profiles
+from abiguard.model import contract, profile
+from abiguard.xml import domain as domxml
+from abiguard.xml.contract import to_xml_text
 
 P = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
 UUID = "6f1c0d2e-8a51-4d8e-9d53-2b1f8c3e7a10"
@@ -34,7 +37,7 @@ def host(tmp_path):
     def run(*args: str, xml: bytes = b"", profile_name: str | None = "7.2.13+deb14-arm64",
             config: str | None = None):
         if profile_name:
-            profile.save(profile.load(P[profile_name]), str(root / "var/lib/abiguard/host-profile.json"))
+            profile.save(profile.load(P[profile_name]).doc, str(root / "var/lib/abiguard/host-profile.json"))
         if config is not None:
             os.makedirs(root / "etc/abiguard", exist_ok=True)
             (root / "etc/abiguard/abiguard.toml").write_text(config)
@@ -44,7 +47,7 @@ def host(tmp_path):
     return run
 
 
-def sealed(name: str, config: str | None = None) -> dict:
+def sealed(name: str, config: str | None = None) -> contract.Contract:
     return contract.from_profile(profile.load(P[name]), config)
 
 
@@ -56,17 +59,17 @@ def test_other_operations_exit_at_once(host):
 
 def test_allow_prints_the_same_xml_plus_a_stamp(host):
     c = sealed("7.2.13+deb14-arm64")
-    xml = domain(contract.to_xml_text(c))
+    xml = domain(to_xml_text(c))
     cp = host("vm", "migrate", "begin", "-", xml=xml)
     assert cp.returncode == 0, cp.stderr
     f = domxml.parse(cp.stdout)
     assert cp.stdout[:f.stamp_spans[0].start] + cp.stdout[f.stamp_spans[0].end:] == xml
-    assert f.stamp.get("contract") == c["digest"]
+    assert f.stamp.get("contract") == c.digest
     assert (host.root / "var/lib/abiguard/incoming" / UUID).exists()
 
 
 def test_refusal_is_one_line_naming_register_and_values(host):
-    xml = domain(contract.to_xml_text(sealed("7.2.13+deb14-arm64")))
+    xml = domain(to_xml_text(sealed("7.2.13+deb14-arm64")))
     cp = host("vm", "migrate", "begin", "-", xml=xml, profile_name="6.12.117+deb13-arm64")
     assert cp.returncode == 1 and cp.stdout == b""
     line = cp.stderr.decode().strip()
@@ -77,7 +80,7 @@ def test_refusal_is_one_line_naming_register_and_values(host):
 
 
 def test_restore_uses_the_same_rules(host):
-    xml = domain(contract.to_xml_text(sealed("7.2.13+deb14-arm64")))
+    xml = domain(to_xml_text(sealed("7.2.13+deb14-arm64")))
     cp = host("vm", "restore", "begin", "-", xml=xml, profile_name="6.12.117+deb13-arm64")
     assert cp.returncode == 1 and b"refusing restore of 'vm'" in cp.stderr
 
@@ -86,7 +89,7 @@ def test_stamp_of_the_last_hop_gives_the_stream(host):
     """A VM booted on 6.1 that then ran on 7.2 carries 7.2's stream: rolling it back to 6.1
     now fails on what 7.2 added, which the contract alone would not show."""
     c = sealed("6.1.0-50-arm64", "psci")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)))
+    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)))
     assert cp.returncode == 0, cp.stderr
     stamped = cp.stdout
     cp = host("vm", "migrate", "begin", "-", xml=stamped, profile_name="6.1.0-50-arm64")
@@ -95,9 +98,8 @@ def test_stamp_of_the_last_hop_gives_the_stream(host):
 
 
 def test_machine_type_must_match_the_contract(host):
-    c = contract.seal({**{k: v for k, v in sealed("7.2.13+deb14-arm64").items() if k not in ("digest",)},
-                       "machine_type": "virt-7.2"})
-    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c), machine="virt-8.0"))
+    c = sealed("7.2.13+deb14-arm64").replace(machine_type="virt-7.2")
+    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c), machine="virt-8.0"))
     assert cp.returncode == 1 and b"runs machine type virt-8.0 but its contract pins virt-7.2" in cp.stderr
 
 
@@ -118,7 +120,7 @@ def test_config_errors_fail_closed_with_the_file_named(host):
 
 def test_missing_profile_fails_closed(host):
     c = sealed("7.2.13+deb14-arm64")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)), profile_name=None)
+    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)), profile_name=None)
     assert cp.returncode == 1 and b"cannot read" in cp.stderr and b"abiguard probe -o" in cp.stderr
 
 
@@ -127,12 +129,12 @@ def test_internal_error_fails_closed_and_logs_the_traceback(host):
     (host.root / "var/lib/abiguard/host-profile.json").write_text("{}")
     (host.root / "var/lib/abiguard/host-profile.json.hookview").write_bytes(b"\x00garbage")
     c = sealed("7.2.13+deb14-arm64")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)), profile_name=None)
+    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)), profile_name=None)
     assert cp.returncode == 1 and cp.stderr.startswith(b"abiguard: ")
 
 
 def test_prepare_refuses_a_start_the_host_cannot_realise(host):
-    xml = domain(contract.to_xml_text(sealed("7.2.13+deb14-arm64")))
+    xml = domain(to_xml_text(sealed("7.2.13+deb14-arm64")))
     cp = host("vm", "prepare", "begin", "-", xml=xml, profile_name="6.12.117+deb13-arm64")
     assert cp.returncode == 1 and b"this host cannot start 'vm' with its contract" in cp.stderr
     assert host("vm", "prepare", "begin", "-", xml=xml).returncode == 0
@@ -142,7 +144,7 @@ def test_prepare_after_migrate_begin_is_incoming(host):
     """prepare runs for incoming migrations too; with the marker and stamp nonce left by
     migrate begin it does not demand that this host realise the contract by itself."""
     c = sealed("6.1.0-50-arm64", "psci")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)))
+    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)))
     assert cp.returncode == 0
     assert host("vm", "prepare", "begin", "-", xml=cp.stdout).returncode == 0
     # the marker is used up: a later plain start of the same XML is judged as a start
@@ -161,7 +163,7 @@ def test_concurrent_refresh_never_shows_a_torn_profile(tmp_path):
     import threading
 
     path = str(tmp_path / "host-profile.json")
-    docs = [profile.load(P["6.1.0-50-arm64"]), profile.load(P["7.2.13+deb14-arm64"])]
+    docs = [profile.load(P["6.1.0-50-arm64"]).doc, profile.load(P["7.2.13+deb14-arm64"]).doc]
     digests = {d["digest"] for d in docs}
     profile.save(docs[0], path)
     stop = threading.Event()
@@ -175,7 +177,7 @@ def test_concurrent_refresh_never_shows_a_torn_profile(tmp_path):
     writer = threading.Thread(target=refresh)
     writer.start()
     try:
-        seen = [profile.load_for_hook(path)["digest"] for _ in range(300)]
+        seen = [profile.load_for_hook(path).digest for _ in range(300)]
     finally:
         stop.set()
         writer.join()
@@ -184,9 +186,9 @@ def test_concurrent_refresh_never_shows_a_torn_profile(tmp_path):
 
 def test_x86_cpu_model_must_match_the_contract(host):
     body = {"cpu_model": "Skylake-Client", "pv_features": None, "features": {}}
-    c = contract.seal({"arch": "x86_64", "machine_type": None,
-                       "origin": {"kind": "profile", "hosts": []}, "x86_64": body})
-    xml = (f"<domain type='kvm'><name>vm</name><uuid>{UUID}</uuid><metadata>{contract.to_xml_text(c)}</metadata>"
+    c = contract.seal_json({"arch": "x86_64", "machine_type": None,
+                            "origin": {"kind": "profile", "hosts": []}, "x86_64": body})
+    xml = (f"<domain type='kvm'><name>vm</name><uuid>{UUID}</uuid><metadata>{to_xml_text(c)}</metadata>"
            "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
            "<cpu mode='custom'><model>qemu64</model></cpu></domain>").encode()
     cp = host("vm", "migrate", "begin", "-", xml=xml)
@@ -203,7 +205,7 @@ def test_incoming_adds_the_pins_the_destination_needs(host):
     import xml.etree.ElementTree as ET
 
     c = sealed("6.1.0-50-arm64", "psci")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)))
+    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)))
     assert cp.returncode == 0, cp.stderr
     env = {e.get("name"): e.get("value") for e in ET.fromstring(cp.stdout).iter(f"{{{QEMU_NS}}}env")}
     assert env["LD_PRELOAD"] == "/usr/lib/abiguard/abiguard_pin.so"
@@ -220,13 +222,13 @@ def test_incoming_adds_the_pins_the_destination_needs(host):
 def test_incoming_refuses_without_the_library(host):
     os.unlink(host.root / "usr/lib/abiguard/abiguard_pin.so")
     c = sealed("6.1.0-50-arm64", "psci")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)))
+    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)))
     assert cp.returncode == 1 and b"abiguard_pin.so is missing" in cp.stderr
 
 
 def test_incoming_refuses_a_foreign_ld_preload(host):
     c = sealed("6.1.0-50-arm64", "psci")
-    xml = domain(contract.to_xml_text(c)).replace(
+    xml = domain(to_xml_text(c)).replace(
         b"</domain>", f"<qemu:commandline xmlns:qemu='{QEMU_NS}'><qemu:env name='LD_PRELOAD' "
                       f"value='/opt/x.so'/></qemu:commandline></domain>".encode())
     cp = host("vm", "migrate", "begin", "-", xml=xml)
@@ -235,12 +237,12 @@ def test_incoming_refuses_a_foreign_ld_preload(host):
 
 def test_prepare_demands_the_pins_in_the_definition(host):
     """a 7.2 VM pinned to PSCI 1.1 (the fleet can roll back to 6.12) starting on 7.2"""
-    body = sealed("7.2.13+deb14-arm64", "psci")
-    body["aarch64"]["values"]["0x6030000000140000"] = "0x10001"
-    c = contract.seal({k: v for k, v in body.items() if k not in ("digest", "format", "version")})
-    cp = host("vm", "prepare", "begin", "-", xml=domain(contract.to_xml_text(c)))
+    doc = sealed("7.2.13+deb14-arm64", "psci").to_json()
+    doc["aarch64"]["values"]["0x6030000000140000"] = "0x10001"
+    c = contract.seal_json(doc)
+    cp = host("vm", "prepare", "begin", "-", xml=domain(to_xml_text(c)))
     assert cp.returncode == 1 and b"run abiguard pin vm here" in cp.stderr
-    xml = domain(contract.to_xml_text(c)).replace(
+    xml = domain(to_xml_text(c)).replace(
         b"</domain>", f"<qemu:commandline xmlns:qemu='{QEMU_NS}'><qemu:env name='LD_PRELOAD' "
                       f"value='/usr/lib/abiguard/abiguard_pin.so'/><qemu:env name='ABIGUARD_PINS' "
                       f"value='0x6030000000140000=0x10001'/></qemu:commandline></domain>".encode())
@@ -252,15 +254,15 @@ def test_a_register_the_destination_adds_is_pinned_off_instead_of_refused(host):
     """A VM whose stream lacks STD_BMAP (booted where TRNG was not offered) arriving on a
     host that lists it with TRNG on: without a pin the guest would gain TRNG; the hook pins
     the register to 0 on this host and lets the VM in."""
-    c = sealed("6.1.0-50-arm64", "psci")
-    body = c["aarch64"]
+    doc = sealed("6.1.0-50-arm64", "psci").to_json()
+    body = doc["aarch64"]
     body["stream"] = [r for r in body["stream"] if r != "0x6030000000160000"]
     body["values"].pop("0x6030000000160000")
-    c = contract.seal({k: v for k, v in c.items() if k != "digest"})
-    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)))
+    c = contract.seal_json(doc)
+    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)))
     assert cp.returncode == 0, cp.stderr
     env = domxml.parse(cp.stdout).qemu_env
     assert "0x6030000000160000=0x0" in env["ABIGUARD_PINS"][0]
     os.unlink(host.root / "usr/lib/abiguard/abiguard_pin.so")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(contract.to_xml_text(c)))
+    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)))
     assert cp.returncode == 1 and b"abiguard_pin.so is missing" in cp.stderr

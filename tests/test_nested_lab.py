@@ -4,7 +4,7 @@ Debian's arm64 qemu-system-aarch64 (bookworm 7.2, sid 11.1) runs with -accel kvm
 inside the arm64 lab's 7.2 and 6.12 kernels. A tiny guest prints what the SMCCC/PSCI/KVM
 hypercall discovery answers; its state is saved to a file (QMP migrate) on one kernel and
 restored (-incoming) on the other, once as booted with the kernel's defaults and once with
-abiguard's pins (abiguard_pin.so via LD_PRELOAD, configured by abiguard.enforce from the
+abiguard's pins (abiguard_pin.so via LD_PRELOAD, configured by abiguard's pin planning from the
 bundled real host profiles). Each pair's JSON is kept in $NESTED_RESULTS (default: a
 temporary directory). About 4-5 minutes warm on 2 cores; the first run also fetches the
 two QEMU builds (~2 minutes each).
@@ -18,8 +18,12 @@ import subprocess
 import sys
 
 import pytest
-from abiguard import contract, enforce, verdict
-from abiguard.cli import builtin_profiles
+
+from abiguard.arch.arm64 import pins as arm64_pins
+from abiguard.builtin import builtin_profiles
+from abiguard.engine import verdict
+from abiguard.engine.pins import env_value
+from abiguard.model import contract, profile
 from helpers.realparts import need, need_commands
 
 pytestmark = pytest.mark.lab
@@ -39,18 +43,18 @@ EXTRA = ("bookworm", K61, K72)
 ALL_PAIRS = [*PAIRS, EXTRA]
 
 
-def load(name: str) -> dict:
-    with open(PROFILES[name]) as f:
-        return json.load(f)
+def load(name: str) -> profile.Profile:
+    return profile.load(PROFILES[name])
 
 
-def with_qemu(profile: dict, version: str) -> dict:
-    p = copy.deepcopy(profile)
-    p["stack"] = {"qemu": {"version": version}}
-    return p
+def with_qemu(prof: profile.Profile, version: str) -> profile.Profile:
+    doc = copy.deepcopy(prof.doc)
+    doc["stack"] = {"qemu": {"version": version}}
+    doc["digest"] = profile.digest_of(doc)
+    return profile.Profile.from_json(doc, f"{prof.name} with QEMU {version}")
 
 
-def fleet_contract(of: str = K612) -> dict:
+def fleet_contract(of: str = K612) -> contract.Contract:
     """The contract of a VM that must be able to roll back to 6.12: 6.12's values, for QEMU's
     -cpu host (the richest vCPU configuration: PMU, SVE, pointer authentication)"""
     return contract.from_profile(load(of))
@@ -60,9 +64,9 @@ def pins_on(host: str, stream_of: str | None = None, of: str = K612) -> str:
     """at boot: every firmware value of the contract, explicitly (PSCI 1.1, VENDOR_HYP_BMAP_2
     = 0 on 7.2); arriving with another host's stream: what the hook would pin (carried)"""
     if stream_of is None:
-        return enforce.env_value(enforce.plan(fleet_contract(of), load(host), explicit=True))
-    stream = contract.from_profile(load(stream_of))["aarch64"]["stream"]
-    return enforce.env_value(enforce.plan(fleet_contract(of), load(host), stream, carried=True)) or "-"
+        return env_value(arm64_pins.for_start(fleet_contract(of), load(host), explicit=True))
+    stream = contract.from_profile(load(stream_of)).body.stream
+    return env_value(arm64_pins.for_arrival(fleet_contract(of), load(host), stream)) or "-"
 
 
 @pytest.fixture(scope="module")
@@ -174,10 +178,10 @@ def test_rollback_7_2_to_6_12(results, suite):
     dest = with_qemu(load(K612), QEMU[suite])
     v = verdict.check(contract.from_profile(load(K72)), dest)
     assert [p.register for p in v.problems] == ["PSCI_VERSION"]
-    pinned = contract.from_profile(load(K72))
-    pinned["aarch64"]["values"].update({f"{p.id:#x}": f"{p.value:#x}"
-                                        for p in enforce.plan(fleet_contract(), load(K72), explicit=True)})
-    assert verdict.check(pinned, dest).problems == []
+    doc = contract.from_profile(load(K72)).to_json()
+    doc["aarch64"]["values"].update({f"{p.id:#x}": f"{p.value:#x}"
+                                     for p in arm64_pins.for_start(fleet_contract(), load(K72), explicit=True)})
+    assert verdict.check(contract.seal_json(doc), dest).problems == []
 
 
 @pytest.mark.parametrize("suite", ["bookworm", "sid"])

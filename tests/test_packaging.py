@@ -46,6 +46,7 @@ import tarfile
 import time
 
 import pytest
+
 from helpers.realparts import need
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -294,7 +295,7 @@ def test_deb_layout(deb):
     for path, mode in {**LAYOUT, **DEB_LAYOUT}.items():
         assert path in listing, f"{path} is not in the .deb"
         assert listing[path] == mode, f"{path}: mode {listing[path]!r}, expected {mode!r}"
-    assert "usr/lib/python3/dist-packages/abiguard/hook.py" in listing
+    assert "usr/lib/python3/dist-packages/abiguard/hook/protocol.py" in listing
     assert any(p.startswith("usr/lib/python3/dist-packages/abiguard/data/arm64/") and p.endswith(".json")
                for p in listing), "the bundled arm64 profiles are missing"
     # the preload library under the name QEMU preloads it by (not renamed as a Python extension)
@@ -494,7 +495,7 @@ def test_rpm_has_the_same_layout(rpm):
     for path, mode in LAYOUT.items():
         assert path in listing, f"{path} is not in the .rpm"
         assert listing[path] == mode, f"{path}: mode {listing[path]!r}, expected {mode!r}"
-    assert "usr/share/abiguard/abiguard/hook.py" in listing
+    assert "usr/share/abiguard/abiguard/hook/protocol.py" in listing
 
     config = run(["rpm", "-qpc", rpm], 60).stdout.split()
     assert config == ["/" + CONFIG], config  # the hooks are code: replaced and removed with the package

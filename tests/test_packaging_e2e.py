@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from helpers.realparts import need, need_kvm
 from lab import debhosts as dh
 from lab.conftest_twohost import lab_problems
@@ -149,7 +150,7 @@ def test_the_package_is_what_runs_in_both_hosts(lab: TwoHost, built_deb: Path, r
             cp = dh.host(lab, h, "dpkg", "-S", f"/etc/libvirt/{rel}")
             assert cp.stdout.startswith("abiguard: "), cp.stdout
         # the package's Python, and QEMU's qemu.qmp from its vendor directory (Debian has none)
-        cp = dh.host(lab, h, "/usr/bin/python3", "-c", "import sys, abiguard; from abiguard import stack; "
+        cp = dh.host(lab, h, "/usr/bin/python3", "-c", "import sys, abiguard; from abiguard.probe import stack; "
                      "print(abiguard.__file__); print(sys.modules[stack._qmp_class().__module__].__file__)")
         assert cp.stdout.split() == ["/usr/lib/python3/dist-packages/abiguard/__init__.py",
                                      "/usr/share/abiguard/vendor/qemu/qmp/legacy.py"], cp.stdout
@@ -194,8 +195,8 @@ def test_pinned_vm_migrates_then_is_refused_by_the_installed_hook(lab: TwoHost, 
         assert xml.count("urn:abiguard:stamp:1") == 1 and f'profile="{a["digest"]}"' in xml, xml
 
         # b "downgraded": its profile loses sse2, written by the installed package itself
-        script = (f"import json; from abiguard import profile; p = {PROFILE!r}; "
-                  "d = json.loads(json.dumps(profile.load(p))); "
+        script = (f"import json; from abiguard.model import profile; p = {PROFILE!r}; "
+                  "d = json.loads(json.dumps(profile.load(p).doc)); "
                   "d['stack']['qemu']['host_cpu_expansion']['props']['sse2'] = False; d.pop('digest'); "
                   "d = profile.finalize(d, 0.0, 'b-older'); profile.save(d, p); print(d['digest'])")
         weaker = dh.host(lab, "b", "/usr/bin/python3", "-c", script).stdout.strip()

@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from abiguard import kvm, probe, profile
+from abiguard.model import profile
+from abiguard.probe import host as probe
+from abiguard.probe import kvm
 from helpers.realparts import need_kvm
 from helpers.run import abiguard
 
@@ -67,8 +69,8 @@ def test_cli_probe_writes_a_valid_deterministic_profile(tmp_path):
         proc = abiguard("probe", "--kvm-only", "-o", str(path))
         assert proc.returncode == 0, proc.stderr
     doc = profile.load(str(out))
-    assert doc["host"]["machine"] == "x86_64"
-    assert doc["digest"] == profile.load(str(again))["digest"], "same host, same profile"
+    assert doc.machine == "x86_64"
+    assert doc.digest == profile.load(str(again)).digest, "same host, same profile"
     text = out.read_text()
     assert text == profile.render(json.loads(text)), "keys are written in a deterministic order"
 
@@ -91,7 +93,7 @@ def test_device_that_is_not_kvm_is_refused_by_the_kernel(tmp_path):
 def test_qemu_part_over_qmp():
     """QEMU's own answers over QMP, on -machine none -accel kvm: no libvirt needed."""
     need_kvm()
-    from abiguard import stack
+    from abiguard.probe import stack
     from helpers.realparts import need_commands
 
     need_commands("qemu-system-x86_64")

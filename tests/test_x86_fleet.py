@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers.realparts import need, need_kvm
 from lab import x86fleet as xf
 
@@ -65,9 +66,10 @@ def test_groundtruth_covers_the_fleet(truth, profiles):
             case = case_of(truth, vm, s, d)
             assert case["outcome"] in ("kept", "changed", "failed"), case["outcome"]
             if case["outcome"] != "failed":
-                assert case["before"]["cpuid"] in truth["cpuid_dumps"] and case["after"]["cpuid"] in truth["cpuid_dumps"]
+                assert case["before"]["cpuid"] in truth["cpuid_dumps"]
+                assert case["after"]["cpuid"] in truth["cpuid_dumps"]
     for v, p in profiles.items():
-        assert p["digest"] == truth["versions"][v]["digest"], f"{v}: profile and ground truth disagree"
+        assert p.digest == truth["versions"][v]["digest"], f"{v}: profile and ground truth disagree"
 
 
 def test_baseline_machine_type_exists_on_every_host(profiles):
@@ -75,7 +77,7 @@ def test_baseline_machine_type_exists_on_every_host(profiles):
     machine = fleet["contract"]["machine_type"]
     assert machine, "the baseline names no machine type"
     for v, p in profiles.items():
-        assert machine in {m["name"] for m in p["stack"]["qemu"]["machines"]}, f"{machine} not on {v}"
+        assert machine in p.qemu.machine_names(), f"{machine} not on {v}"
 
 
 def test_pinned_vm_really_kept_its_cpuid_everywhere(truth):
@@ -119,7 +121,9 @@ def test_changed_cpuid_is_named(truth, verdicts):
             lost = int(line.split("-")[-1].rstrip(")"), 16)
             for bit, feat in named.get(key, {}).items():
                 if lost & bit and feat not in fields:
-                    misses.append(f"{case['vm']} {case['source']}->{case['dest']}: {feat} changed, abiguard names {sorted(f for f in fields if f)[:6]}")
+                    named_now = sorted(f for f in fields if f)[:6]
+                    misses.append(f"{case['vm']} {case['source']}->{case['dest']}: {feat} changed, "
+                                  f"abiguard names {named_now}")
     assert not misses, "\n".join(misses)
 
 

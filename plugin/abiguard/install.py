@@ -64,7 +64,7 @@ def is_ours(path: str) -> bool:
 
 
 def _write(path: str, text: str, mode: int) -> None:
-    from .profile import atomic_write
+    from .model.profile import atomic_write
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write(path, text, mode)
@@ -89,26 +89,26 @@ def install(root: str = "/", python: str | None = None, probe: bool = True) -> l
         os.makedirs(os.path.join(root, d), mode=0o750, exist_ok=True)
     # arm64 register enforcement: the preload library, built with this host's compiler
     # unless the distribution package shipped it already
-    from . import enforce
+    from . import preload
 
-    lib = os.path.join(root, enforce.LIBRARY_PATH.lstrip("/"))
-    if not os.path.exists(lib) or os.path.getmtime(lib) < os.path.getmtime(enforce.SOURCE_PATH):
+    lib = os.path.join(root, preload.LIBRARY_PATH.lstrip("/"))
+    if not os.path.exists(lib) or os.path.getmtime(lib) < os.path.getmtime(preload.SOURCE_PATH):
         import shutil
 
         if shutil.which(os.environ.get("CC", "cc")) is None:
-            print(f"abiguard: warning: no C compiler: {enforce.LIBRARY_PATH} not built; arm64 VMs whose "
+            print(f"abiguard: warning: no C compiler: {preload.LIBRARY_PATH} not built; arm64 VMs whose "
                   "contract needs register pins will be refused at start", file=sys.stderr)
         else:
             os.makedirs(os.path.dirname(lib), exist_ok=True)
-            enforce.build_library(lib + ".tmp")
+            preload.build_library(lib + ".tmp")
             os.replace(lib + ".tmp", lib)
             done.append(lib)
     if probe:
-        from . import probe as probe_mod
-        from . import profile
+        from .model import profile
+        from .probe.host import probe_host
 
         target = os.path.join(root, "var/lib/abiguard/host-profile.json")
-        profile.save(probe_mod.probe_host(with_stack=True), target)
+        profile.save(probe_host(with_stack=True), target)
         done.append(target)
     return done
 
@@ -122,7 +122,7 @@ def _is_our_library(path: str) -> bool:
 
 
 def uninstall(root: str = "/", purge: bool = False) -> list[str]:
-    from . import enforce
+    from . import preload
 
     removed = []
     for rel, _entry in HOOKS.values():
@@ -130,7 +130,7 @@ def uninstall(root: str = "/", purge: bool = False) -> list[str]:
         if is_ours(path):
             os.unlink(path)
             removed.append(path)
-    lib = os.path.join(root, enforce.LIBRARY_PATH.lstrip("/"))
+    lib = os.path.join(root, preload.LIBRARY_PATH.lstrip("/"))
     if _is_our_library(lib):
         os.unlink(lib)
         removed.append(lib)

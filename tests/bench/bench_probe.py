@@ -21,9 +21,7 @@ import tempfile
 
 from benchutil import HERE, median_ms  # noqa: E402  (puts the checkout on sys.path)
 
-from abiguard import probe  # noqa: E402
-
-
+from abiguard.probe import host as probe  # noqa: E402
 
 
 def main() -> int:

@@ -18,18 +18,17 @@ import time
 
 from benchutil import HERE, median_ms  # noqa: E402  (puts the checkout on sys.path)
 
-from abiguard import baseline, contract, profile, verdict  # noqa: E402
-from abiguard.cli import builtin_profiles  # noqa: E402
+from abiguard.builtin import builtin_profiles  # noqa: E402
+from abiguard.engine import baseline, verdict  # noqa: E402
+from abiguard.model import contract, profile  # noqa: E402
 
 
-
-
-def fleet_files(tmp: str, n: int, docs: list[dict]) -> list[str]:
+def fleet_files(tmp: str, n: int, docs: list) -> list[str]:
     """n files, each a host that probed itself: same content per kind of host, own meta."""
     rng = random.Random(n)
     paths = []
     for i in range(n):
-        doc = dict(rng.choice(docs))
+        doc = dict(rng.choice(docs).doc)
         doc["meta"] = dict(doc["meta"], hostname=f"host{i:05d}")
         path = os.path.join(tmp, f"host{i:05d}.json")
         with open(path, "w") as f:
@@ -52,7 +51,7 @@ def main() -> int:
     rng = random.Random(1)
     for n in (10, 1000, 10000):
         fleet = [rng.choice(docs) for _ in range(n)]
-        t = median_ms(lambda: baseline.compute(fleet), 3)
+        t = median_ms(lambda fleet=fleet: baseline.compute(fleet), 3)
         print(f"baseline over {n:>6} profiles (engine):      {t:8.2f} ms")
     with tempfile.TemporaryDirectory(prefix="abiguard-bench-") as tmp:
         for n in (10, 1000):

@@ -6,7 +6,9 @@ import json
 import os
 from typing import Any, NamedTuple
 
-from abiguard import contract, verdict
+from abiguard.engine import verdict
+from abiguard.model import contract
+from abiguard.model.profile import Profile
 
 
 class PairResult(NamedTuple):
@@ -47,6 +49,8 @@ def real_failures(replay: dict[str, Any]) -> frozenset[str]:
 
 
 def compare(profiles: dict[str, Any], groundtruth: dict[str, Any]) -> list[PairResult]:
+    """``profiles``: name -> Profile, or the profile's JSON document."""
+    profiles = {n: p if isinstance(p, Profile) else Profile.from_json(p, n) for n, p in profiles.items()}
     results = []
     for dest_name, gt in sorted(groundtruth.items()):
         dest = profiles[dest_name]
@@ -55,7 +59,8 @@ def compare(profiles: dict[str, Any], groundtruth: dict[str, Any]) -> list[PairR
                 c = contract.from_profile(profiles[src_name], config)
                 v = verdict.check(c, dest, verdict.Policy(allow_widening=True))
                 strict = verdict.check(c, dest, verdict.Policy(allow_widening=False))
-                names = frozenset("config" if p.register == "vCPU configuration" else (p.reg_id or p.register)
+                names = frozenset("config" if p.register == "vCPU configuration"
+                                  else (f"{p.reg_id:#x}" if p.reg_id is not None else p.register)
                                   for p in v.problems)
                 results.append(PairResult(src_name, dest_name, config, real_failures(replay), v.allow,
                                           names, any(p.kind == "widen" for p in strict.problems)))

@@ -24,7 +24,7 @@ import shutil
 import signal
 import sys
 import warnings
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -62,7 +62,7 @@ def require_lab() -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(msg + "  (CI=true: refusing to skip)", pytrace=False)
     sys.stderr.write(f"\n*** {msg} - SKIPPING ***\n")
-    warnings.warn(msg)
+    warnings.warn(msg, stacklevel=2)
     pytest.skip(msg)
 
 

@@ -23,8 +23,9 @@ import sys
 BEGIN, END = "=====ARMLAB-JSON-BEGIN=====", "=====ARMLAB-JSON-END====="
 sys.path.insert(0, "/opt/abiguard")
 
-from abiguard import kvm, probe  # noqa: E402
-from abiguard.arch import arm64  # noqa: E402
+from abiguard.arch.arm64 import regs as arm64  # noqa: E402
+from abiguard.probe import host as probe  # noqa: E402
+from abiguard.probe import kvm  # noqa: E402
 
 
 def emit(obj):

@@ -3,7 +3,11 @@
 mknod): sorted names, fixed inode numbers, uid/gid 0, mtime 0, gzip mtime 0; /dev/console
 and /dev/null added as nodes. ARMLAB_INITRD_COMPRESS=none writes it uncompressed.
 Used by armlab.sh and nested/nested_lab.py."""
-import gzip, os, stat, sys
+import gzip
+import os
+import stat
+import sys
+
 root, out = sys.argv[1], sys.argv[2]
 entries = []
 for dp, dns, fns in os.walk(root):

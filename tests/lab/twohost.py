@@ -19,8 +19,8 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 try:  # imported as lab.twohost (tests) or as a top-level module
     from .guestkernel import build_wfi_aarch64

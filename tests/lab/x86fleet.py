@@ -352,7 +352,8 @@ def cpuid_diff(a: dict[str, list[str]], b: dict[str, list[str]]) -> list[str]:
             continue
         for name, x, y in zip(("eax", "ebx", "ecx", "edx"), ra, rb):
             if x != y:
-                lines.append(f"{key} {name}: {x} -> {y} (bits +{int(y, 16) & ~int(x, 16):#x} -{int(x, 16) & ~int(y, 16):#x})")
+                gained, lost = int(y, 16) & ~int(x, 16), int(x, 16) & ~int(y, 16)
+                lines.append(f"{key} {name}: {x} -> {y} (bits +{gained:#x} -{lost:#x})")
     return lines
 
 
@@ -399,7 +400,8 @@ class FleetLab:
     def abiguard(self, host: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         cp = self.lab.exec(host, *self.python(host), "-m", "abiguard", *args, check=False, timeout=180)
         if check and cp.returncode != 0:
-            raise LabError(f"abiguard {' '.join(args)} on {host} ({self.version[host]}) rc={cp.returncode}:\n{cp.stderr}")
+            raise LabError(f"abiguard {' '.join(args)} on {host} ({self.version[host]}) "
+                           f"rc={cp.returncode}:\n{cp.stderr}")
         return cp
 
     def probe(self, host: str) -> dict[str, Any]:
@@ -492,7 +494,8 @@ class FleetLab:
         pid = self.lab.qemu_pid(src, name)
         cp = self.lab.migrate(src, dst, name, *MOVE, p2p=True, check=False)
         case["migrate"] = {"ok": cp.returncode == 0, "rc": cp.returncode, "seconds": round(cp.seconds, 2),
-                           "error": cp.stderr.strip(), "mode": "virsh migrate --live --p2p --persistent --undefinesource"}
+                           "error": cp.stderr.strip(),
+                           "mode": "virsh migrate --live --p2p --persistent --undefinesource"}
         if cp.returncode == 0:
             case["migrate"]["dest_running"] = self.lab.domstate(dst, name) == "running"
             self.lab.virsh(dst, "inject-nmi", name)
@@ -527,9 +530,9 @@ def judge(case: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- the fleet
 def newest_q35(profile: dict[str, Any]) -> str:
     sys.path.insert(0, str(PLUGIN))
-    from abiguard import contract
+    from abiguard.model.profile import newest_machine
 
-    m = contract.newest_machine_type(profile, "pc-q35")
+    m = newest_machine([m["name"] for m in profile["stack"]["qemu"]["machines"]], "pc-q35")
     assert m, "no pc-q35 machine type"
     return m
 
@@ -537,8 +540,8 @@ def newest_q35(profile: dict[str, Any]) -> str:
 def record(out: Path = DATA, keep_unpinned_cpu: dict[str, str] | None = None) -> dict[str, Any]:
     """Run the whole fleet; write out/profiles/*.json, out/fleet.json, out/groundtruth.json."""
     sys.path.insert(0, str(PLUGIN))
-    from abiguard import baseline as baseline_mod
-    from abiguard import profile as profile_mod
+    from abiguard.engine import baseline as baseline_mod
+    from abiguard.model import profile as profile_mod
 
     t_all = time.monotonic()
     rootfs = build_rootfs()
@@ -586,7 +589,8 @@ def record(out: Path = DATA, keep_unpinned_cpu: dict[str, str] | None = None) ->
                         case["pin"] = json.loads(cp.stdout)
                         case["domain_xml"] = fl.lab.virsh(src, "dumpxml", "--inactive", name).stdout
                         cp = fl.start(src, name)
-                        case["start_attempts"] = [{"cpu": "pinned", "ok": cp.returncode == 0, "error": cp.stderr.strip()}]
+                        case["start_attempts"] = [{"cpu": "pinned", "ok": cp.returncode == 0,
+                                                   "error": cp.stderr.strip()}]
                         if cp.returncode != 0:
                             case["outcome"] = "pinned VM does not start"
                             cases.append(case)
@@ -620,7 +624,7 @@ def record(out: Path = DATA, keep_unpinned_cpu: dict[str, str] | None = None) ->
         nonlocal fleet
         for v, doc in profiles.items():  # JSON only (profile.save would add the hook's marshal view)
             (out / "profiles" / f"{v}.json").write_text(profile_mod.render(doc))
-        docs = [dict(profile_mod.load(str(out / "profiles" / f"{v}.json")), _label=v) for v in VERSIONS]
+        docs = [profile_mod.load(str(out / "profiles" / f"{v}.json")).with_label(v) for v in VERSIONS]
         fleet = baseline_mod.compute(docs)
         (out / "fleet.json").write_text(json.dumps(fleet, indent=1, sort_keys=True) + "\n")
         log(f"baseline: machine {fleet['contract']['machine_type']}, CPU model "
@@ -649,7 +653,8 @@ def record(out: Path = DATA, keep_unpinned_cpu: dict[str, str] | None = None) ->
                 snap["cpuid"] = d
     order = {v: i for i, v in enumerate(VERSIONS)}
     cases.sort(key=lambda c: (c["vm"], order[c["source"]], order[c["dest"]]))
-    versions = {v: {"libvirt": profiles[v]["stack"]["libvirt"]["version"], "qemu": profiles[v]["stack"]["qemu"]["version"],
+    versions = {v: {"libvirt": profiles[v]["stack"]["libvirt"]["version"],
+                    "qemu": profiles[v]["stack"]["qemu"]["version"],
                     "qemu_package": profiles[v]["stack"]["qemu"].get("package"),
                     "profile": f"profiles/{v}.json", "digest": profiles[v]["digest"]} for v in VERSIONS}
     doc = {"format": "abiguard-x86-fleet-groundtruth", "version": 1,
@@ -672,14 +677,14 @@ def _cpu_name() -> str:
 
 
 # ---------------------------------------------------------------------------- the verdict
-def load_profiles(data: Path = DATA) -> dict[str, dict[str, Any]]:
+def load_profiles(data: Path = DATA) -> dict[str, Any]:
     sys.path.insert(0, str(PLUGIN))
-    from abiguard import profile as profile_mod
+    from abiguard.model import profile as profile_mod
 
-    return {v: dict(profile_mod.load(str(data / "profiles" / f"{v}.json")), _label=v) for v in VERSIONS}
+    return {v: profile_mod.load(str(data / "profiles" / f"{v}.json")).with_label(v) for v in VERSIONS}
 
 
-def case_contract(case: dict[str, Any], profiles: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def case_contract(case: dict[str, Any], profiles: dict[str, Any]) -> Any:
     """The contract the case's VM has, as abiguard makes it.
 
     pinned: the one ``abiguard pin --baseline`` wrote into the domain (read back from its
@@ -688,24 +693,24 @@ def case_contract(case: dict[str, Any], profiles: dict[str, dict[str, Any]]) -> 
     explicit <feature> overrides (arch-capabilities disabled where plain host-model cannot
     start on this machine)."""
     sys.path.insert(0, str(PLUGIN))
-    from abiguard import contract, domxml
+    from abiguard.model import contract
+    from abiguard.xml import contract as contract_xml
+    from abiguard.xml import domain as domxml
 
     if case["vm"] == "pinned":
         facts = domxml.parse(case["domain_xml"].encode(), f"domain {case['name']}")
-        return contract.from_element(facts.contract, f"contract of {case['name']}")
+        return contract_xml.from_element(facts.contract, f"contract of {case['name']}")
     sealed = contract.from_profile(profiles[case["source"]], machine_type=case["machine"])
     if case["cpu"] == "host-model-noarchcap":
-        body = dict(sealed["x86_64"])
-        body["features"] = dict(body["features"], **{"arch-capabilities": "disable"})
-        unsealed = {k: v for k, v in sealed.items() if k not in ("digest", "format", "version")}
-        sealed = contract.seal(unsealed | {"x86_64": body})
+        features = dict(sealed.body.features, **{"arch-capabilities": "disable"})
+        sealed = sealed.replace(body=sealed.body.replace(features=features))
     return sealed
 
 
-def verdicts(doc: dict[str, Any], profiles: dict[str, dict[str, Any]]) -> dict[tuple[str, str, str], Any]:
+def verdicts(doc: dict[str, Any], profiles: dict[str, Any]) -> dict[tuple[str, str, str], Any]:
     """(vm, source, dest) -> abiguard's Verdict for every recorded case with a running VM."""
     sys.path.insert(0, str(PLUGIN))
-    from abiguard import verdict
+    from abiguard.engine import verdict
 
     out = {}
     for case in doc["cases"]:

@@ -1,0 +1,25 @@
+"""Architecture plugins: each arch is one package with an :class:`~.base.Arch` object
+named ``ARCH``; the engine, the models and the commands reach arch knowledge only
+through :func:`get`. Imported lazily, so the hook loads only the arch it judges."""
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .base import Arch
+
+#: host machine name (``uname -m``, libvirt's arch) -> plugin module
+PLUGINS: dict[str, str] = {"aarch64": "abiguard.arch.arm64", "x86_64": "abiguard.arch.x86"}
+NAMES: tuple[str, ...] = tuple(PLUGINS)
+
+_loaded: dict[str, Arch] = {}
+
+
+def get(name: str) -> Arch:
+    """The plugin for an arch name; KeyError for one abiguard does not know."""
+    arch = _loaded.get(name)
+    if arch is None:
+        import importlib
+
+        arch = importlib.import_module(PLUGINS[name]).ARCH
+        _loaded[name] = arch
+    return arch

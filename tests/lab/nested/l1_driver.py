@@ -113,7 +113,7 @@ def start(st, tag, extra, pins):
         except subprocess.TimeoutExpired: p.kill(); p.wait()
         st["rc"] = p.returncode
         st["qemu_output"] = read_text(out)[-2000:]
-        raise RuntimeError(f"no QMP ({type(e).__name__})")
+        raise RuntimeError(f"no QMP ({type(e).__name__})") from e
     st["qmp_ready_s"] = round(time.monotonic() - t1, 3)
     v = q.greeting["QMP"]["version"]["qemu"]
     st["qemu_version"] = "{}.{}.{}".format(v["major"], v["minor"], v["micro"])

@@ -24,4 +24,4 @@ while todo:
         else: missing.add(so)
 if mode == "--missing": print(" ".join(sorted(missing)))
 else:
-    for so, p in sorted(found.items()): print(p)
+    for _so, p in sorted(found.items()): print(p)

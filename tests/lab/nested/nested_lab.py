@@ -185,20 +185,20 @@ ISAR0 = 0x603000000013C030   # ID_AA64ISAR0_EL1
 
 def idreg_pintests(kernel):
     """ID-register pins on real KVM, from the bundled profile of that kernel: AES lowered to 0
-    (inside the writable mask, lower is safe) is accepted where abiguard.enforce says so, and
+    (inside the writable mask, lower is safe) is accepted where abiguard's pin check says so, and
     refused by the kernel where it says no (before 6.7: no writable ID registers); a bit
     outside the mask is refused by the kernel (the library exits 1)"""
     path = os.path.join(REPO, "plugin/abiguard/data/arm64", kernel + ".json")
     if not os.path.exists(path):
         return []
     sys.path.insert(0, os.path.join(REPO, "plugin"))
-    from abiguard import enforce
-    with open(path) as f:
-        prof = json.load(f)
-    host = int(prof["kvm"]["aarch64"]["configs"]["psci"]["registers"][f"{ISAR0:#x}"], 16)
+    from abiguard.arch.arm64 import pins as arm64_pins
+    from abiguard.model import profile
+    prof = profile.load(path)
+    host = int(prof.doc["kvm"]["aarch64"]["configs"]["psci"]["registers"][f"{ISAR0:#x}"], 16)
     lowered, outside = host & ~0xF0, host ^ 0x1
-    refused = enforce.check_pins({ISAR0: lowered}, prof, "psci")
-    assert enforce.check_pins({ISAR0: outside}, prof, "psci")
+    refused = [p.line() for p in arm64_pins.check({ISAR0: lowered}, prof, "psci")]
+    assert arm64_pins.check({ISAR0: outside}, prof, "psci")
     args = [f"{ISAR0:#x}"]
     return [{"op": "pintest", "name": "src-idreg-lowered", "pins": f"{ISAR0:#x}={lowered:#x}", "args": args,
              "expect": f"{lowered:#x}", "default": f"{host:#x}", "abiguard_refuses": refused},

@@ -1,0 +1,248 @@
+"""arm64 verdicts: can a VM with this contract move to (or start on) that host with its
+guest ABI unchanged?
+
+Every register of the VM's stream is judged by the rule its kind names (:mod:`.rules`);
+what QEMU does with a stream register the destination does not list is
+:mod:`.cpreg`'s; a register the destination has and the stream lacks keeps the
+destination's default, which widens the ABI unless it is neutral or pinned off.
+"""
+from __future__ import annotations
+
+from ...engine.problem import Problem, Verdict
+from . import cpreg, regs
+from .rules import RULES, Dest, can_pin
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ...engine.problem import Policy
+    from ...model.contract import Contract
+    from ...model.profile import Profile
+    from .body import Arm64Body
+    from .section import Arm64Kvm
+
+
+def _h(v: int) -> str:
+    return f"{v:#x}"
+
+
+def section_of(profile: Profile) -> Arm64Kvm | None:
+    from .section import Arm64Kvm
+
+    s = profile.arch_section()
+    return s if isinstance(s, Arm64Kvm) else None
+
+
+def dest_for(profile: Profile, config: str) -> tuple[Dest | None, list[Problem]]:
+    """The destination's registers for one vCPU configuration, or why it has none."""
+    from ...probe import kvm
+
+    section = section_of(profile)
+    probed = section.usable(config) if section is not None else None
+    if section is None or probed is None or probed.registers is None:
+        caps = profile.kvm.caps if profile.kvm is not None else {}
+        lacking = [f for f in regs.config_features(config) if not caps.get(kvm.ARM_FEATURE_CAP[f])]
+        why = (f"its KVM does not offer {', '.join(lacking)}" if lacking
+               else "that vCPU configuration was not probed there")
+        return None, [Problem("vCPU configuration", None, None, config, "cannot create it", why,
+                              "keep the VM on hosts that offer these vCPU features, or pin fewer",
+                              pinnable=True)]
+    return Dest(profile.kernel_release, probed.registers, section.acceptance, section.masks,
+                profile.qemu_version()), []
+
+
+def common_config(profiles: list[Profile]) -> str | None:
+    """The richest vCPU configuration every profile offers (None: there is none)."""
+    sets = []
+    for p in profiles:
+        s = section_of(p)
+        sets.append({c for c in (s.configs if s is not None else {}) if s is not None and s.usable(c)})
+    common = set.intersection(*sets) if sets else set()
+    return max(common, key=regs.config_width) if common else None
+
+
+def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tuple[int, ...] | None) -> Verdict:
+    """An incoming migration or restore of this contract, carrying ``stream`` (the VM's
+    register list now: its last hop's, from the stamp; default the contract's)."""
+    body: Arm64Body = contract.body  # type: ignore[assignment]
+    dest, problems = dest_for(dest_profile, body.config)
+    if dest is None:
+        return Verdict(problems, [])
+    section = section_of(dest_profile)
+    assert section is not None
+    notes: list[str] = []
+    stream = stream if stream is not None else body.stream
+    stream_set = set(stream)
+    values = body.values
+    qemu_rule = cpreg.rule_for(dest.qemu_version or policy.qemu)
+    dest_ids = set(dest.registers)
+    outcome = cpreg.stream_outcome(qemu_rule, stream, dest_ids, values)
+    failing, dropped = set(outcome.failing), set(outcome.dropped)
+    if outcome.length_fails:
+        problems.append(Problem("cpreg_vmstate_array_len", None, None, f"{len(stream)} registers",
+                                f"lists {len(dest_ids)}", f"{qemu_rule.name} refuses a register stream "
+                                "longer than its own list before looking at any register",
+                                "a VM booted on a kernel that lists more registers cannot move here"))
+    boot_pins: dict[int, int] = {}
+    judged_bad: set[int] = set()
+    for rid in stream:
+        name = section.name_of(rid)
+        if rid not in dest_ids:
+            if rid in dropped:
+                lost = values.get(rid)
+                notes.append(f"{name} ({rid:#x}) is unknown to the destination's kernel; {qemu_rule.name} "
+                             f"drops it" + (f" and its value {lost:#x} with it" if lost else ""))
+                if lost:
+                    problems.append(Problem(name, rid, None, f"{lost:#x}", "does not list it",
+                                            f"{qemu_rule.name} drops the register, so the guest loses "
+                                            "what it gave", "keep the VM on hosts with this register"))
+            elif rid in failing:
+                problems.append(Problem(name, rid, None, "it in its migration stream",
+                                        "does not list it (KVM_GET_REG_LIST)",
+                                        f"{qemu_rule.name} fails loading a register the destination's "
+                                        "kernel does not know",
+                                        "a VM booted on a kernel with this register cannot move to this one"))
+            continue
+        value = values.get(rid)
+        if value is None:
+            continue
+        trouble = RULES[regs.kind_of(rid)].check(rid, name, value, dest)
+        problems += trouble
+        if trouble:
+            judged_bad.add(rid)
+    # the stream carries the values in; a pin keeps each there across every reset. A
+    # contract value the stream no longer carries (an earlier hop's host lacked the
+    # register) is given back by its pin where this host has the register.
+    for rid, value in values.items():
+        default = dest.registers.get(rid)
+        if default is None or default == value or not can_pin(rid) or rid in judged_bad:
+            continue
+        if rid in stream_set or not RULES[regs.kind_of(rid)].check(rid, section.name_of(rid), value, dest):
+            boot_pins[rid] = value
+    probed = section.usable(body.config)
+    if body.sve_vls and "SVE" in body.features() and probed is not None:
+        if probed.sve_vls != body.sve_vls:
+            problems.append(Problem("SVE vector lengths", regs.SVE_VLS_ID, None, _h(body.sve_vls),
+                                    f"offers {None if probed.sve_vls is None else _h(probed.sve_vls)}",
+                                    "KVM accepts only the host's set of lengths",
+                                    "pin SVE lengths every host offers (sve<N>=off in the CPU model)",
+                                    pinnable=True))
+    keep_off: dict[int, int] = {}
+    widen = _widening(stream_set, values, dest, section, keep_off)
+    for w in widen:
+        if policy.allow_widening:
+            notes.append("widening allowed by policy: " + w.line())
+        else:
+            problems.append(w)
+    for rule in cpreg.RELEASED:
+        other = cpreg.stream_outcome(rule, stream, dest_ids, values)
+        if other.length_fails or other.failing:
+            why = (f"stream of {len(stream)} > {len(dest_ids)} registers" if other.length_fails
+                   else "unknown " + ", ".join(section.name_of(r) for r in other.failing[:3]))
+            notes.append(f"{rule.name} as destination QEMU: load fails ({why})")
+        else:
+            notes.append(f"{rule.name} as destination QEMU: register list loads"
+                         + (f", dropping {len(other.dropped)}" if other.dropped else ""))
+    return Verdict(problems, notes, boot_pins, keep_off)
+
+
+def _widening(stream_set: set[int], values: dict[int, int], dest: Dest, section: Arm64Kvm,
+              keep_off: dict[int, int]) -> list[Problem]:
+    """Registers the destination has and the stream lacks: they keep the destination's
+    default, so a non-neutral one gives the guest something it was not given. Bitmaps are
+    kept off by a pin where the library can (``keep_off``, filled in here)."""
+    clidr = values.get(regs.CLIDR_EL1_ID)
+    if clidr is None:
+        clidr = dest.registers.get(regs.CLIDR_EL1_ID) or 0
+    keep_off.update(kept_off(stream_set, dest))
+    out = []
+    for rid, default in dest.registers.items():
+        if rid in stream_set:
+            continue
+        kind = regs.kind_of(rid)
+        if default is None or kind == "state" or default == regs.NEUTRAL_VALUE:
+            continue
+        if kind == "ccsidr" and not regs.ccsidr_visible(rid, clidr):
+            continue  # a cache level the VM's CLIDR does not report: nothing the guest can use
+        out.append(Problem(section.name_of(rid), rid, None, "no such register", f"adds it with {default:#x}",
+                           "registers a stream lacks keep the destination's default: the guest would see "
+                           "more than it was given", "allow widening by policy, pin the register on the "
+                           "destination, or keep the VM on hosts without this register", "widen", True,
+                           pin=keep_off.get(rid)))
+    return out
+
+
+def kept_off(stream_set: set[int], dest: Dest) -> dict[int, int]:
+    """Hypercall bitmaps the destination has and the stream lacks, whose default is not
+    neutral: a pin keeps each at 0 there whatever the widening policy, since what the VM
+    never had stays off."""
+    return {rid: regs.NEUTRAL_VALUE for rid, default in dest.registers.items()
+            if rid not in stream_set and regs.kind_of(rid) == "bitmap" and can_pin(rid)
+            and (default is None or default != regs.NEUTRAL_VALUE)}
+
+
+def check_pair(source: Profile, dest: Profile, policy: Policy) -> Verdict:
+    """A VM booted on the source with defaults, moving to the destination. When the
+    destination cannot create the source's default vCPU configuration, the richest
+    configuration both offer is judged too, so the answer says what else stands in the way."""
+    from ...model import contract
+
+    v = check(contract.from_profile(source), dest, policy, None)
+    config_problems = [p for p in v.problems if p.register == "vCPU configuration"]
+    if not config_problems:
+        return v
+    best = common_config([source, dest])
+    if best is None:
+        return v
+    narrower = check(contract.from_profile(source, best), dest, policy, None)
+    return Verdict(config_problems + narrower.problems, narrower.notes)
+
+
+def boot_values(contract: Contract, profile: Profile) -> Verdict:
+    """What writing the contract's values at a plain start on this host takes: the pins
+    abiguard_pin.so must write (``boot_pins``), and the values no pin can realise or the
+    host's KVM refuses (``problems``)."""
+    body: Arm64Body = contract.body  # type: ignore[assignment]
+    dest, problems = dest_for(profile, body.config)
+    if dest is None:
+        return Verdict(problems, [])
+    section = section_of(profile)
+    assert section is not None
+    pins: dict[int, int] = {}
+    for rid, value in body.values.items():
+        have = dest.registers.get(rid)
+        if have is None or have == value:
+            continue
+        name = section.name_of(rid)
+        kind = regs.kind_of(rid)
+        trouble = RULES[kind].check(rid, name, value, dest)
+        if trouble:
+            problems += trouble
+        elif can_pin(rid):
+            pins[rid] = value
+        else:
+            problems.append(Problem(name, rid, None, _h(value), f"would start it with {have:#x}",
+                                    f"no pin realises a {kind} register (released QEMU has no property "
+                                    "for it either)", "boot the VM on a host whose defaults are the contract's"))
+    return Verdict(problems, [], pins, kept_off(set(body.stream), dest))
+
+
+def realise(contract: Contract, profile: Profile) -> Verdict:
+    """A plain start of this contract on this host: released QEMU has no property for
+    firmware or ID registers, so the VM starts with the host's register list and
+    defaults, except where abiguard_pin.so writes a value (:func:`boot_values`)."""
+    body: Arm64Body = contract.body  # type: ignore[assignment]
+    v = boot_values(contract, profile)
+    dest, _ = dest_for(profile, body.config)
+    if dest is None:
+        return v
+    own = dest.registers
+    stream = set(body.stream)
+    for rid in sorted(set(own) - stream):
+        v.problems.append(Problem(regs.reg_name(rid), rid, None, "no such register", "lists it",
+                                  "QEMU would put it in the VM's stream: the contract does not have it",
+                                  "boot the VM on a host of its contract's generation"))
+    for rid in sorted(stream - set(own)):
+        v.problems.append(Problem(regs.reg_name(rid), rid, None, "it in its contract", "does not list it",
+                                  "this kernel lacks the register",
+                                  "boot the VM on a host of its contract's generation"))
+    return v

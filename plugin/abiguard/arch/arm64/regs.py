@@ -1,0 +1,270 @@
+"""arm64 registers that are not ID-register fields: firmware pseudo-registers, PSCI
+versions, SMCCC workaround levels, vCPU feature sets, names, and which rule kind judges
+each register (:mod:`.rules`).
+
+Sources: arch/arm64/include/uapi/asm/kvm.h, Documentation/virt/kvm/arm/fw-pseudo-registers.rst,
+arch/arm64/kvm/hypercalls.c (``kvm_arm_set_fw_reg``, ``kvm_arm_set_fw_reg_bmap``),
+QEMU target/arm/kvm.c (``kvm_arm_init_cpreg_list``: core and SVE registers are not cpregs).
+Kernel versions are first mainline releases; the arm64 lab measures the Debian builds.
+Standard library only: this runs inside the arm64 lab's initramfs and on the hook's path.
+"""
+from __future__ import annotations
+
+from ...probe import kvm
+
+
+class FwReg:
+    """A firmware pseudo-register (KVM_REG_ARM_FW / KVM_REG_ARM_FW_FEAT_BMAP).
+
+    :param kind: the rule kind that judges its value (``psci``, ``workaround``, ``bitmap``)
+    :param since: first mainline kernel that lists it in KVM_GET_REG_LIST
+    :param bits: bitmap bit -> (service name, first kernel)
+    """
+
+    __slots__ = ("id", "name", "kind", "since", "bits")
+
+    def __init__(self, id: int, name: str, kind: str, since: str,
+                 bits: dict[int, tuple[str, str]] | None = None) -> None:
+        self.id = id
+        self.name = name
+        self.kind = kind
+        self.since = since
+        self.bits = bits or {}
+
+    def bit_names(self, mask: int) -> list[str]:
+        return [self.bits.get(b, (f"bit {b}", ""))[0] for b in range(64) if mask >> b & 1]
+
+
+#: Adding a firmware register of an existing kind is one row here (and, to pin it, the
+#: preload library's allow-list in abiguard_pin.c, which admits 0x603000000014000X and
+#: 0x603000000016000X already).
+FW_REGS: tuple[FwReg, ...] = (
+    FwReg(0x6030000000140000, "PSCI_VERSION", "psci", "4.17"),
+    FwReg(0x6030000000140001, "SMCCC_ARCH_WORKAROUND_1", "workaround", "5.3"),
+    FwReg(0x6030000000140002, "SMCCC_ARCH_WORKAROUND_2", "workaround", "5.3"),
+    # Spectre-BHB, commit a5905d6af492; Debian's 5.10.223 carries the stable backport
+    FwReg(0x6030000000140003, "SMCCC_ARCH_WORKAROUND_3", "workaround", "5.17"),
+    FwReg(0x6030000000160000, "STD_BMAP", "bitmap", "5.19", {0: ("TRNG_V1_0", "5.19")}),
+    FwReg(0x6030000000160001, "STD_HYP_BMAP", "bitmap", "5.19", {0: ("PV_TIME", "5.19")}),
+    FwReg(0x6030000000160002, "VENDOR_HYP_BMAP", "bitmap", "5.19",
+          {0: ("FUNC_FEAT", "5.19"), 1: ("PTP", "5.19")}),
+    # opt-in: its default is 0 (commit c0000e58c74e)
+    FwReg(0x6030000000160003, "VENDOR_HYP_BMAP_2", "bitmap", "6.15",
+          {0: ("DISCOVER_IMPL_VER", "6.15"), 1: ("DISCOVER_IMPL_CPUS", "6.15")}),
+)
+FW_BY_ID: dict[int, FwReg] = {r.id: r for r in FW_REGS}
+FW_BY_NAME: dict[str, FwReg] = {r.name: r for r in FW_REGS}
+
+#: PSCI_VERSION encodings, (major << 16) | minor, with the kernel that first accepts them
+PSCI_VERSIONS: dict[str, tuple[int, str]] = {
+    "0.1": (0x00000001, "4.17"), "0.2": (0x00000002, "4.17"), "1.0": (0x00010000, "4.17"),
+    "1.1": (0x00010001, "5.18"), "1.2": (0x00010002, "6.13"), "1.3": (0x00010003, "6.13"),
+}
+
+
+def psci_name(value: int) -> str:
+    return f"{value >> 16}.{value & 0xFFFF}"
+
+
+#: SMCCC workaround levels; KVM accepts a written level only if the host level is >= it,
+#: ordered NOT_AVAIL < AVAIL < NOT_REQUIRED (hypercalls.c ``kvm_arm_set_fw_reg``).
+WORKAROUND_LEVELS: dict[int, str] = {0: "NOT_AVAIL", 1: "AVAIL", 2: "NOT_REQUIRED"}
+#: WA2 is stored as 0 or 3: {0,1} -> 0 and {2,3} -> 3 before the same >= comparison
+WORKAROUND_2_LEVELS: dict[int, str] = {0: "NOT_AVAIL", 1: "UNKNOWN", 2: "AVAIL", 3: "NOT_REQUIRED"}
+#: the levels the probe writes to learn which ones a kernel takes
+WORKAROUND_TRIALS: tuple[int, ...] = (0, 1, 2, 3, 4)
+
+#: optional vCPU feature groups, by the short name configurations are named with; the
+#: pointer-authentication pair must be requested together (Documentation/virt/kvm/api.rst,
+#: KVM_ARM_VCPU_INIT)
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "pmu": ("PMU_V3",), "sve": ("SVE",), "ptrauth": ("PTRAUTH_ADDRESS", "PTRAUTH_GENERIC"),
+}
+OPTIONAL_VCPU_FEATURES: tuple[tuple[str, ...], ...] = tuple(FEATURE_GROUPS.values())
+#: every vCPU asks for PSCI 0.2 (QEMU always does on KVM)
+BASE_FEATURES = ("PSCI_0_2",)
+
+
+def config_name(features: list[str] | tuple[str, ...]) -> str:
+    """``psci`` plus the groups present, in table order: ``psci+pmu+sve``."""
+    parts = ["psci"] + [g for g, fs in FEATURE_GROUPS.items() if all(f in features for f in fs)]
+    return "+".join(parts)
+
+
+def config_features(name: str) -> list[str]:
+    """The KVM_ARM_VCPU_INIT features of a configuration; ValueError for an unknown name."""
+    groups = name.split("+") if isinstance(name, str) else []
+    if not groups or groups[0] != "psci" or any(g not in FEATURE_GROUPS for g in groups[1:]) \
+            or len(set(groups)) != len(groups) or config_name(
+                list(BASE_FEATURES) + [f for g in groups[1:] for f in FEATURE_GROUPS[g]]) != name:
+        shown = name[:40] if isinstance(name, str) else repr(name)[:40]
+        raise ValueError(f"unknown vCPU configuration {shown!r}: expected psci[+pmu][+sve][+ptrauth]")
+    return list(BASE_FEATURES) + [f for g in groups[1:] for f in FEATURE_GROUPS[g]]
+
+
+def config_width(name: str) -> tuple[int, str]:
+    """Sort key for "the richest configuration": most features, then by name."""
+    return (len(config_features(name)), name)
+
+
+def vcpu_configs(offered: list[tuple[str, ...]]) -> dict[str, list[str]]:
+    """Every combination of the offered optional groups, each a configuration to probe."""
+    configs: dict[str, list[str]] = {}
+    for mask in range(1 << len(offered)):
+        features = list(BASE_FEATURES) + [f for i, group in enumerate(offered) if mask >> i & 1
+                                          for f in group]
+        configs[config_name(features)] = features
+    return dict(sorted(configs.items(), key=lambda kv: (len(kv[1]), kv[0])))
+
+
+#: ONE_REG groups QEMU does not put into its cpreg migration list
+NOT_MIGRATED_COPROCS = frozenset({"core", "sve"})
+
+#: registers whose value moves with time: compared by presence, never by value
+VOLATILE_REGS: dict[int, str] = {
+    kvm.arm64_sysreg_id(3, 3, 14, 3, 2): "KVM_REG_ARM_TIMER_CNT",  # uapi swaps CNT/CVAL encodings
+    kvm.arm64_sysreg_id(3, 3, 14, 0, 1): "KVM_REG_ARM_PTIMER_CNT",
+}
+
+#: non-ID system registers named in reports, by (op0, op1, CRn, CRm, op2)
+#: (arch/arm64/tools/sysreg); anything else is named by its encoding
+_OTHER_SYSREGS: dict[tuple[int, int, int, int, int], str] = {
+    (3, 3, 14, 3, 1): "KVM_REG_ARM_TIMER_CTL", (3, 3, 14, 0, 2): "KVM_REG_ARM_TIMER_CVAL",
+    (2, 0, 0, 2, 0): "MDCCINT_EL1", (2, 0, 0, 2, 2): "MDSCR_EL1", (2, 0, 1, 0, 4): "OSLAR_EL1",
+    (2, 0, 1, 1, 4): "OSLSR_EL1", (2, 0, 1, 3, 4): "OSDLR_EL1", (2, 0, 7, 8, 6): "DBGCLAIMSET_EL1",
+    (3, 0, 1, 0, 0): "SCTLR_EL1", (3, 0, 1, 0, 1): "ACTLR_EL1", (3, 0, 1, 0, 2): "CPACR_EL1",
+    (3, 0, 1, 0, 3): "SCTLR2_EL1", (3, 0, 1, 2, 0): "ZCR_EL1", (3, 0, 1, 2, 6): "SMCR_EL1",
+    (3, 0, 2, 0, 0): "TTBR0_EL1", (3, 0, 2, 0, 1): "TTBR1_EL1", (3, 0, 2, 0, 2): "TCR_EL1",
+    (3, 0, 2, 0, 3): "TCR2_EL1", (3, 0, 2, 1, 0): "APIAKEYLO_EL1", (3, 0, 2, 1, 1): "APIAKEYHI_EL1",
+    (3, 0, 2, 1, 2): "APIBKEYLO_EL1", (3, 0, 2, 1, 3): "APIBKEYHI_EL1", (3, 0, 2, 2, 0): "APDAKEYLO_EL1",
+    (3, 0, 2, 2, 1): "APDAKEYHI_EL1", (3, 0, 2, 2, 2): "APDBKEYLO_EL1", (3, 0, 2, 2, 3): "APDBKEYHI_EL1",
+    (3, 0, 2, 3, 0): "APGAKEYLO_EL1", (3, 0, 2, 3, 1): "APGAKEYHI_EL1", (3, 0, 4, 6, 0): "ICC_PMR_EL1",
+    (3, 0, 5, 1, 0): "AFSR0_EL1", (3, 0, 5, 1, 1): "AFSR1_EL1", (3, 0, 5, 2, 0): "ESR_EL1",
+    (3, 0, 6, 0, 0): "FAR_EL1", (3, 0, 7, 4, 0): "PAR_EL1", (3, 0, 9, 14, 1): "PMINTENSET_EL1",
+    (3, 0, 9, 14, 2): "PMINTENCLR_EL1", (3, 0, 10, 2, 0): "MAIR_EL1", (3, 0, 10, 2, 2): "PIRE0_EL1",
+    (3, 0, 10, 2, 3): "PIR_EL1", (3, 0, 10, 2, 4): "POR_EL1", (3, 0, 10, 3, 0): "AMAIR_EL1",
+    (3, 0, 10, 4, 4): "MPAMIDR_EL1", (3, 0, 12, 0, 0): "VBAR_EL1", (3, 0, 13, 0, 1): "CONTEXTIDR_EL1",
+    (3, 0, 13, 0, 4): "TPIDR_EL1", (3, 0, 14, 1, 0): "CNTKCTL_EL1", (3, 2, 0, 0, 0): "CSSELR_EL1",
+    (3, 3, 4, 2, 2): "POR_EL0", (3, 3, 9, 12, 0): "PMCR_EL0", (3, 3, 9, 12, 1): "PMCNTENSET_EL0",
+    (3, 3, 9, 12, 2): "PMCNTENCLR_EL0", (3, 3, 9, 12, 3): "PMOVSCLR_EL0", (3, 3, 9, 12, 4): "PMSWINC_EL0",
+    (3, 3, 9, 12, 5): "PMSELR_EL0", (3, 3, 9, 13, 0): "PMCCNTR_EL0", (3, 3, 9, 14, 0): "PMUSERENR_EL0",
+    (3, 3, 9, 14, 3): "PMOVSSET_EL0", (3, 3, 13, 0, 2): "TPIDR_EL0", (3, 3, 13, 0, 3): "TPIDRRO_EL0",
+    (3, 3, 13, 0, 5): "TPIDR2_EL0", (3, 3, 14, 15, 7): "PMCCFILTR_EL0",
+    (3, 4, 3, 0, 0): "DACR32_EL2", (3, 4, 5, 0, 1): "IFSR32_EL2", (3, 4, 5, 3, 0): "FPEXC32_EL2",
+}
+_OTHER_SYSREGS.update({(2, 0, 0, n, op2): f"DBG{kind}{n}_EL1" for n in range(16)
+                       for op2, kind in ((4, "BVR"), (5, "BCR"), (6, "WVR"), (7, "WCR"))})
+OTHER_SYSREG_NAMES: dict[int, str] = {kvm.arm64_sysreg_id(*enc): name for enc, name in _OTHER_SYSREGS.items()}
+
+
+def reg_name(reg_id: int) -> str:
+    """Canonical name of an arm64 ONE_REG id; an unnamed system register by its encoding."""
+    from . import idregs
+
+    fw = FW_BY_ID.get(reg_id)
+    if fw:
+        return fw.name
+    idreg = idregs.REG_BY_ID.get(reg_id)
+    if idreg:
+        return idreg.name
+    if reg_id in VOLATILE_REGS:
+        return VOLATILE_REGS[reg_id]
+    if reg_id in OTHER_SYSREG_NAMES:
+        return OTHER_SYSREG_NAMES[reg_id]
+    group = kvm.arm64_coproc(reg_id)
+    if group == "sysreg":
+        op0, op1, crn, crm, op2 = kvm.arm64_sysreg_encoding(reg_id)
+        return f"S{op0}_{op1}_C{crn}_C{crm}_{op2}"
+    if group == "demux":
+        return f"DEMUX_CCSIDR[{reg_id & 0xFF}]"
+    return f"{group.upper()}+{reg_id & 0xFFFF:#x}"
+
+
+#: the rule kind for registers of a ONE_REG group that no row above names: CCSIDR values
+#: (cache geometry) reach the guest through the demux group; a firmware register this
+#: table lacks is judged "unknown_fw" (refused: upgrade abiguard)
+_KIND_BY_COPROC: dict[str, str] = {"demux": "ccsidr", "fw": "unknown_fw", "fw_bmap": "unknown_fw"}
+
+
+def kind_of(reg_id: int) -> str:
+    """The rule kind (:data:`.rules.RULES`) that judges this register's value;
+    ``state`` for guest-run state, which is not guest ABI."""
+    fw = FW_BY_ID.get(reg_id)
+    if fw is not None:
+        return fw.kind
+    if reg_id in VOLATILE_REGS:
+        return "state"
+    if is_id_register(reg_id):
+        return "idreg"
+    return _KIND_BY_COPROC.get(kvm.arm64_coproc(reg_id), "state")
+
+
+def carries_abi_value(reg_id: int) -> bool:
+    """Whether the register's value is part of the guest ABI (not guest-run state)."""
+    return kind_of(reg_id) != "state"
+
+
+#: CCSIDR_EL1.LineSize: log2(words per line) - 2; KVM refuses a line smaller than the host's
+CCSIDR_LINESIZE_MASK = 0x7
+CLIDR_EL1_ID = kvm.arm64_sysreg_id(3, 1, 0, 0, 1)
+
+
+def ccsidr_visible(reg_id: int, clidr: int) -> bool:
+    """Whether the guest can see this CCSIDR: CSSELR index = (level - 1) << 1 | InD, and
+    CLIDR_EL1.Ctype<level> (3 bits each) says whether that level has that kind of cache
+    (1 instruction, 2 data, 3 separate, 4 unified)."""
+    index = reg_id & 0xFF
+    level, instruction = (index >> 1) + 1, index & 1
+    if level > 7:
+        return False
+    ctype = (clidr >> (3 * (level - 1))) & 7
+    return ctype in ((1, 3) if instruction else (2, 3, 4))
+
+
+def is_id_register(reg_id: int) -> bool:
+    """Feature ID range as KVM defines it: op0=3, op1 in {0,1,3}, CRn=0."""
+    if kvm.arm64_coproc(reg_id) != "sysreg":
+        return False
+    op0, op1, crn, _crm, _op2 = kvm.arm64_sysreg_encoding(reg_id)
+    return op0 == 3 and op1 in (0, 1, 3) and crn == 0
+
+
+#: MIDR/REVIDR/AIDR become writable only after KVM_CAP_ARM_WRITABLE_IMP_ID_REGS is
+#: enabled on the VM (Linux 6.15); 7.x reports them in the writable masks anyway, and
+#: QEMU does not enable the capability, so for a QEMU VM they are fixed.
+IMPLEMENTATION_ID_REGS = frozenset({"MIDR_EL1", "REVIDR_EL1", "AIDR_EL1"})
+
+#: the value of a register that gives the guest nothing (an empty bitmap, a RAZ ID register)
+NEUTRAL_VALUE = 0
+
+#: the SVE vector-length pseudo-register (KVM_REG_ARM64_SVE_VLS)
+SVE_VLS_ID = kvm.ARM_SVE_VLS
+
+_FW_PREFIX = 0x6030000000140000
+_BMAP_PREFIX = 0x6030000000160000
+_SYSREG_PREFIX = 0x6030000000130000
+
+
+def preload_allows(reg_id: int) -> bool:
+    """The preload library's compiled-in allow-list (``allowed()`` in abiguard_pin.c):
+    firmware pseudo-registers, hypercall bitmaps, and the ID registers op0=3, op1=0,
+    CRn=0, CRm=1..7 (not MIDR/MPIDR/REVIDR at CRm=0)."""
+    if reg_id & ~0xF in (_FW_PREFIX, _BMAP_PREFIX):
+        return True
+    if reg_id & ~0xFFFF == _SYSREG_PREFIX:
+        op0, op1, crn, crm, _op2 = kvm.arm64_sysreg_encoding(reg_id)
+        return op0 == 3 and op1 == 0 and crn == 0 and 1 <= crm <= 7
+    return False
+
+
+#: arm64 ONE_REG groups (arch/arm64/include/uapi/asm/kvm.h KVM_REG_ARM_*: core, demux,
+#: sysreg, fw, sve, fw_bmap) and sizes (KVM_REG_SIZE_U32 .. U2048)
+_ARM64_COPROCS = frozenset({0x10, 0x11, 0x13, 0x14, 0x15, 0x16})
+_ARM64_SIZES = frozenset(range(2, 9))
+
+
+def is_reg_id(reg: int) -> bool:
+    """A well-formed arm64 ONE_REG id of a group KVM defines (0x60..., 64-bit)."""
+    return (0 <= reg < 1 << 64 and reg >> 56 == 0x60 and (reg >> 16) & 0xFFF in _ARM64_COPROCS
+            and (reg >> 52) & 0xF in _ARM64_SIZES and (reg >> 28) & 0xFFFFFF == 0
+            and (reg >> 48) & 0xF == 0)

@@ -1,0 +1,300 @@
+"""The rule kinds that judge arm64 register values: one table row per kind, used alike by
+the verdict (:meth:`Rule.check`), the baseline (:meth:`Rule.fold`), pin planning
+(:attr:`Rule.pinnable`, :meth:`Rule.check` against the host that writes the pin) and the
+probe (:meth:`Rule.trial`, :meth:`Rule.parse_trial`).
+
+Each rule encodes what the kernel does with a KVM_SET_ONE_REG of a value (hypercalls.c
+``kvm_arm_set_fw_reg``/``_bmap``, sys_regs.c ``arm64_check_features``), as measured by
+the arm64 lab on real kernels. Which kind judges a register: :func:`.regs.kind_of`.
+"""
+from __future__ import annotations
+
+from ...engine.problem import Problem
+from . import idregs, regs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ...model.fields import Reader
+    from ...probe.kvm import KvmVcpu
+
+
+def _h(v: int) -> str:
+    return f"{v:#x}"
+
+
+class Dest:
+    """What one destination offers for one vCPU configuration, as the rules read it.
+
+    :param name: the host, for messages (its kernel release)
+    :param registers: the configuration's registers and their default values
+    :param acceptance: firmware register name -> its trial (see each rule)
+    :param masks: writable ID-register masks by name; None before Linux 6.7
+    """
+
+    __slots__ = ("name", "registers", "acceptance", "masks", "qemu_version")
+
+    def __init__(self, name: str, registers: dict[int, int | None], acceptance: dict[str, Any],
+                 masks: dict[str, int] | None, qemu_version: tuple[int, ...] | None) -> None:
+        self.name, self.registers, self.acceptance = name, registers, acceptance
+        self.masks, self.qemu_version = masks, qemu_version
+
+
+class Rule:
+    """One kind of register value rule.
+
+    :param kind: the name registers are tagged with (:func:`.regs.kind_of`)
+    :param pinnable: abiguard_pin.so may write a value of this kind at vCPU init (and the
+        library's allow-list admits the register: :func:`.regs.preload_allows`)
+    """
+
+    kind = ""
+    pinnable = False
+
+    def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
+        """Why the destination's KVM would not take ``value`` for this register."""
+        raise NotImplementedError
+
+    def fold(self, name: str, values: list[int], trials: list[Any]) -> tuple[int | None, str | None]:
+        """The richest value every host takes (values: each host's default; trials: each
+        host's trial), or None and why not."""
+        if len(set(values)) > 1:
+            return values[0], f"{name}: differs between hosts and cannot be changed"
+        return values[0], None
+
+    def trial(self, vcpu: KvmVcpu, reg: regs.FwReg) -> Any:
+        """Probe: the JSON record of which values this kernel accepts (firmware kinds)."""
+        return None
+
+    def parse_trial(self, r: Reader, doc: Any, where: str) -> Any:
+        """The trial as the model holds it; checked member by member."""
+        return None
+
+
+def _set_result(vcpu: KvmVcpu, reg_id: int, value: int) -> str:
+    from ...probe import kvm
+
+    try:
+        vcpu.set_one_reg(reg_id, value)
+        return "accepted"
+    except OSError as e:
+        return kvm.errno_name(e.errno or 0)
+
+
+def _results(r: Reader, doc: Any, where: str, keys: tuple[str, ...]) -> dict[str, str]:
+    d = r.obj(doc, where, 16)
+    out = {}
+    for k, v in d.items():
+        r.need(k in keys and isinstance(v, str) and 0 < len(v) <= 16 and v.isalnum(),
+               f"member '{where}' must map {', '.join(keys)} to a result (accepted or an errno name)")
+        out[k] = v
+    return out
+
+
+class Psci(Rule):
+    """PSCI_VERSION: KVM takes only the versions its write trials accepted
+    (``kvm_arm_set_fw_reg``: 0.1 only without PSCI_0_2, 1.1 since 5.18, 1.2/1.3 since 6.13).
+    Trial: version -> "accepted" or the errno name."""
+
+    kind = "psci"
+    pinnable = True
+
+    def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
+        version = regs.psci_name(value)
+        tried = dest.acceptance.get(name)
+        if tried is None:
+            return [Problem(name, reg_id, None, f"PSCI {version}", "profile has no PSCI write trials",
+                            "cannot tell whether its KVM accepts this version", "probe the destination again")]
+        if tried.get(version) == "accepted":
+            return []
+        ok = sorted(v for v, res in tried.items() if res == "accepted")
+        return [Problem(name, reg_id, None, f"PSCI {version}", f"accepts {', '.join(ok) or 'none'}",
+                        f"its KVM refuses PSCI {version} ({tried.get(version, 'unknown version')})",
+                        "pin the VM's PSCI version to one every host accepts (abiguard baseline)",
+                        pinnable=bool(ok))]
+
+    def fold(self, name: str, values: list[int], trials: list[Any]) -> tuple[int | None, str | None]:
+        ok = [v for v in regs.PSCI_VERSIONS if all(t is not None and t.get(v) == "accepted" for t in trials)]
+        if not ok:
+            return None, f"{name}: no PSCI version every host accepts"
+        return regs.PSCI_VERSIONS[ok[-1]][0], None
+
+    def trial(self, vcpu: KvmVcpu, reg: regs.FwReg) -> Any:
+        return {ver: _set_result(vcpu, reg.id, value) for ver, (value, _since) in regs.PSCI_VERSIONS.items()}
+
+    def parse_trial(self, r: Reader, doc: Any, where: str) -> Any:
+        return _results(r, doc, where, tuple(regs.PSCI_VERSIONS))
+
+
+class Workaround(Rule):
+    """SMCCC_ARCH_WORKAROUND_*: a host property (CPU errata, firmware, ``mitigations=``);
+    KVM takes a level only if its own is at least as good. Never pinned.
+    Trial: level ("0".."4") -> "accepted" or the errno name."""
+
+    kind = "workaround"
+
+    def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
+        tried = dest.acceptance.get(name)
+        levels = regs.WORKAROUND_2_LEVELS if name.endswith("_2") else regs.WORKAROUND_LEVELS
+        label = f"{value} ({levels.get(value & 0xF, '?')})"
+        if tried is not None and tried.get(str(value)) == "accepted":
+            return []
+        have = dest.registers.get(reg_id)
+        return [Problem(name, reg_id, None, label,
+                        f"reports {have:#x}" if have is not None else "has no write trials",
+                        "the destination's mitigation level is lower, so its KVM refuses the value (EINVAL)",
+                        "this is a host property (CPU errata, firmware, mitigations=): keep the VM on hosts "
+                        "with at least this level")]
+
+    def fold(self, name: str, values: list[int], trials: list[Any]) -> tuple[int | None, str | None]:
+        ok = [lvl for lvl in regs.WORKAROUND_TRIALS
+              if all(t is not None and t.get(str(lvl)) == "accepted" for t in trials)]
+        if not ok:
+            return None, f"{name}: no level every host accepts"
+        return ok[-1], None
+
+    def trial(self, vcpu: KvmVcpu, reg: regs.FwReg) -> Any:
+        return {str(v): _set_result(vcpu, reg.id, v) for v in regs.WORKAROUND_TRIALS}
+
+    def parse_trial(self, r: Reader, doc: Any, where: str) -> Any:
+        return _results(r, doc, where, tuple(str(v) for v in regs.WORKAROUND_TRIALS))
+
+
+class Bitmap(Rule):
+    """Hypercall bitmaps: KVM refuses a bit it does not know (EINVAL); lowering is fine.
+    Trial: the bits a write of each single bit was accepted for (an int)."""
+
+    kind = "bitmap"
+    pinnable = True
+
+    def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
+        known = dest.acceptance.get(name)
+        if known is None:
+            return [Problem(name, reg_id, None, _h(value), "profile has no bitmap trials",
+                            "cannot tell which services its KVM knows", "probe the destination again")]
+        unknown = value & ~known
+        if not unknown:
+            return []
+        return [Problem(name, reg_id, None, _h(value), f"knows {known:#x}",
+                        f"its KVM does not know {', '.join(regs.FW_BY_NAME[name].bit_names(unknown))} (EINVAL)",
+                        "pin the bitmap to the services every host knows (abiguard baseline)", pinnable=True)]
+
+    def fold(self, name: str, values: list[int], trials: list[Any]) -> tuple[int | None, str | None]:
+        out = values[0]
+        for v in values[1:]:
+            out &= v
+        return out, None
+
+    def trial(self, vcpu: KvmVcpu, reg: regs.FwReg) -> Any:
+        known = 0
+        for bit in range(64):
+            if _set_result(vcpu, reg.id, 1 << bit) == "accepted":
+                known |= 1 << bit
+        return {"known_bits": _h(known)}
+
+    def parse_trial(self, r: Reader, doc: Any, where: str) -> Any:
+        d = r.obj(doc, where, 4)
+        return r.hexint(d.get("known_bits"), f"{where}.known_bits")
+
+
+class IdRegister(Rule):
+    """Feature ID registers: before writable ID registers (Linux 6.7) only the host's own
+    value; after, bits outside the writable mask must match and each field inside it
+    must be safe by the kernel's rule (:func:`.idregs.is_safe`). MIDR/REVIDR/AIDR are
+    fixed for QEMU VMs (QEMU does not enable KVM_CAP_ARM_WRITABLE_IMP_ID_REGS)."""
+
+    kind = "idreg"
+    pinnable = True
+
+    def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
+        default = dest.registers.get(reg_id)
+        if default is None or value == default:
+            return []
+        if dest.masks is None:
+            return field_problems(name, reg_id, value, default, 0,
+                                  f"{dest.name} has no writable ID registers (before Linux 6.7), so its KVM")
+        mask = 0 if name in regs.IMPLEMENTATION_ID_REGS else dest.masks.get(name, 0)
+        return field_problems(name, reg_id, value, default, mask, "the destination's KVM (writable mask)")
+
+    def fold(self, name: str, values: list[int], trials: list[Any]) -> tuple[int | None, str | None]:
+        value, agree = idregs.fold(name, values)
+        return value, None if agree else f"{name}: bits outside known fields differ between hosts"
+
+
+def field_problems(name: str, reg_id: int, src: int, dst: int, mask: int, masked_by: str) -> list[Problem]:
+    """An ID register value against a host's, field by field (:func:`.idregs.field_diffs`)."""
+    if name not in idregs.FIELDS_BY_REG:
+        # no cpufeature table (CLIDR_EL1, implementation registers): KVM's own set_user
+        # handler takes any value inside the writable mask (measured: 6.1's CLIDR on 6.12/7.2)
+        if (src ^ dst) & ~mask:
+            return [Problem(name, reg_id, None, _h(src), f"has {_h(dst)}",
+                            f"{masked_by} accepts only its own value of this register",
+                            "keep the VM on hosts with the same value")]
+        return []
+    diffs, rest = idregs.field_diffs(name, src, dst, mask)
+    problems = []
+    for d in diffs:
+        if d.writable:
+            if d.safe:
+                continue
+            problems.append(Problem(name, reg_id, d.field.name, _h(d.vm), f"offers {_h(d.host)}",
+                                    f"KVM accepts only a {d.field.safety_name} value here",
+                                    "pin the field to the fleet's safe value (abiguard baseline)", pinnable=True))
+        else:
+            problems.append(Problem(name, reg_id, d.field.name, _h(d.vm), f"has {_h(d.host)}",
+                                    f"{masked_by} cannot change this field",
+                                    "keep the VM on hosts with the same value"))
+    if rest:
+        problems.append(Problem(name, reg_id, f"bits {_h(rest)}", _h(src & rest), f"has {_h(dst & rest)}",
+                                f"{masked_by} requires bits outside known fields to match",
+                                "keep the VM on hosts with the same value"))
+    return problems
+
+
+class Ccsidr(Rule):
+    """CCSIDR (cache geometry, the demux group). Since the cache-topology rework (Linux
+    6.3, before writable ID registers in 6.7) KVM takes any CCSIDR whose line size is not
+    below the host's; before it, only its own value. Measured: 6.1's values are accepted
+    by 6.12 and 7.2, and 6.12's refused by 6.1."""
+
+    kind = "ccsidr"
+
+    def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
+        own = dest.registers.get(reg_id)
+        if own is None or value == own:
+            return []
+        if dest.masks is not None:
+            if value & regs.CCSIDR_LINESIZE_MASK >= own & regs.CCSIDR_LINESIZE_MASK:
+                return []
+            return [Problem(name, reg_id, "LineSize", _h(value & 7), f"has {_h(own & 7)}",
+                            "its KVM refuses a cache line smaller than the host's", "keep the VM on hosts "
+                            "with the same cache line size")]
+        return [Problem(name, reg_id, None, _h(value), f"has {own:#x}",
+                        "its KVM accepts only its own cache geometry (before Linux 6.3)",
+                        "keep the VM on hosts with the same cache geometry")]
+
+
+class UnknownFirmware(Rule):
+    """A firmware register this abiguard's table has no row for: refused, since nothing
+    says what the destination's KVM does with it."""
+
+    kind = "unknown_fw"
+
+    def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
+        return [Problem(name, reg_id, None, _h(value), "unknown to this abiguard",
+                        "a firmware register this abiguard has no rule for",
+                        "upgrade abiguard (its table lacks this register)")]
+
+
+#: kind -> rule; every kind :func:`.regs.kind_of` returns has a row, except "state"
+#: (guest-run state, not guest ABI: never judged by value)
+RULES: dict[str, Rule] = {r.kind: r for r in (Psci(), Workaround(), Bitmap(), IdRegister(), Ccsidr(),
+                                               UnknownFirmware())}
+
+
+def can_pin(reg_id: int) -> bool:
+    """Whether abiguard_pin.so can realise this register's value on a host: its kind is
+    pinnable and the library's allow-list admits it (CLIDR, MIDR: no)."""
+    rule = RULES.get(regs.kind_of(reg_id))
+    return rule is not None and rule.pinnable and regs.preload_allows(reg_id)

@@ -1,0 +1,135 @@
+"""The arm64 part of a host profile (``kvm.aarch64``), read into a typed model.
+
+Written by :mod:`.probe`; layout::
+
+    vm_caps              KVM_CHECK_EXTENSION on a VM fd
+    preferred_target     KVM_ARM_PREFERRED_TARGET
+    writable_masks       KVM_ARM_GET_REG_WRITABLE_MASKS by register name (null before 6.7)
+    configs              per vCPU configuration (psci+pmu+...): features, sve_vls,
+                         reg_list (every KVM_GET_REG_LIST id) and registers (the ids QEMU
+                         migrates -> value, null where the value moves with time)
+    register_names       id -> name
+    firmware_acceptance  per firmware register, what its write trials found (its rule kind
+                         reads it: :mod:`.rules`)
+"""
+from __future__ import annotations
+
+from ..base import KvmSection
+from . import regs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ...model.fields import Reader
+
+MAX_REGISTERS = 4096
+
+
+class ArmConfig:
+    """One vCPU configuration as probed: its registers and their default values."""
+
+    __slots__ = ("name", "features", "sve_vls", "reg_list", "registers")
+
+    def __init__(self, name: str, features: tuple[str, ...], sve_vls: int | None, reg_list: tuple[int, ...],
+                 registers: dict[int, int | None] | None) -> None:
+        self.name = name
+        self.features = features
+        self.sve_vls = sve_vls
+        self.reg_list = reg_list
+        #: None when KVM_GET_REG_LIST failed for it (the config is then unusable)
+        self.registers = registers
+
+
+class Arm64Kvm(KvmSection):
+    __slots__ = ("configs", "names", "acceptance", "masks", "vm_caps", "preferred_target")
+
+    def __init__(self, configs: dict[str, ArmConfig], names: dict[int, str], acceptance: dict[str, Any],
+                 masks: dict[str, int] | None, vm_caps: dict[str, int], preferred_target: int | None) -> None:
+        self.configs = configs
+        self.names = names
+        #: firmware register name -> its rule's trial (None: the trials failed)
+        self.acceptance = acceptance
+        #: register name -> writable mask; None where ID registers are not writable (< 6.7)
+        self.masks = masks
+        self.vm_caps = vm_caps
+        self.preferred_target = preferred_target
+
+    def usable(self, config: str) -> ArmConfig | None:
+        """The configuration if it was probed with its register list."""
+        c = self.configs.get(config)
+        return c if c is not None and c.registers is not None else None
+
+    def name_of(self, reg_id: int) -> str:
+        return self.names.get(reg_id) or regs.reg_name(reg_id)
+
+    def default_config(self) -> str:
+        """What ``-cpu host`` gives on that host: every vCPU feature its KVM offers."""
+        return max(self.configs, key=lambda name: (len(self.configs[name].features), name))
+
+
+def _reg(r: Reader, v: object, where: str) -> int:
+    rid = r.hexint(v, where)
+    r.need(regs.is_reg_id(rid), f"member '{where}' must be an arm64 register id (0x60...), not {v}")
+    return rid
+
+
+def from_json(r: Reader, doc: dict[str, Any], where: str) -> Arm64Kvm:
+    from .rules import RULES
+
+    configs: dict[str, ArmConfig] = {}
+    for name, c in r.obj(doc.get("configs", {}), f"{where}.configs", 64).items():
+        w = f"{where}.configs.{name}"
+        try:
+            regs.config_features(name)
+        except ValueError as e:
+            raise r.fail(f"member '{where}.configs': {e}") from None
+        c = r.obj(c, w)
+        features = r.lst(c.get("features", []), f"{w}.features", 16)
+        r.need(all(isinstance(f, str) and f in _VCPU_FEATURES for f in features),
+               f"member '{w}.features' must list KVM_ARM_VCPU_INIT features")
+        reg_list = tuple(_reg(r, x, f"{w}.reg_list") for x in r.lst(c.get("reg_list", []), f"{w}.reg_list",
+                                                                       MAX_REGISTERS * 4))
+        registers: dict[int, int | None] | None = None
+        if "registers" in c:
+            registers = {}
+            for k, v in r.obj(c["registers"], f"{w}.registers", MAX_REGISTERS).items():
+                registers[_reg(r, k, f"{w}.registers")] = r.opt_hexint(v, f"{w}.registers.{k}", 16)
+        configs[name] = ArmConfig(name, tuple(features), r.opt_hexint(c.get("sve_vls"), f"{w}.sve_vls", 128),
+                                  reg_list, registers)
+    names = {}
+    for k, v in r.obj(doc.get("register_names", {}), f"{where}.register_names", MAX_REGISTERS * 4).items():
+        names[_reg(r, k, f"{where}.register_names")] = r.label(v, f"{where}.register_names.{k}", "a register name")
+    acceptance: dict[str, Any] = {}
+    trials = r.opt_obj(doc.get("firmware_acceptance"), f"{where}.firmware_acceptance", 64)
+    for name, trial in (trials or {}).items():
+        fw = regs.FW_BY_NAME.get(name)
+        if fw is None:
+            continue          # a register this abiguard has no row for: its values are refused anyway
+        acceptance[name] = RULES[fw.kind].parse_trial(r, trial, f"{where}.firmware_acceptance.{name}")
+    masks_doc = r.opt_obj(doc.get("writable_masks"), f"{where}.writable_masks", 256)
+    masks = None if masks_doc is None else {
+        r.name(k, f"{where}.writable_masks", "register names"): r.hexint(v, f"{where}.writable_masks.{k}")
+        for k, v in masks_doc.items()}
+    vm_caps_doc = r.obj(doc.get("vm_caps", {}), f"{where}.vm_caps", 4096)
+    vm_caps = {r.name(k, f"{where}.vm_caps", "capability names"): r.integer(v, f"{where}.vm_caps.{k}")
+               for k, v in vm_caps_doc.items()}
+    target = doc.get("preferred_target")
+    return Arm64Kvm(configs, names, acceptance, masks, vm_caps,
+                    None if target is None else r.integer(target, f"{where}.preferred_target", 0, 1 << 32))
+
+
+_VCPU_FEATURES = frozenset({"EL1_32BIT", "PSCI_0_2", "PMU_V3", "SVE", "PTRAUTH_ADDRESS", "PTRAUTH_GENERIC",
+                            "HAS_EL2"})
+
+
+def to_view(s: Arm64Kvm) -> Any:
+    return ({n: (c.features, c.sve_vls, c.reg_list, c.registers) for n, c in s.configs.items()},
+            s.names, s.acceptance, s.masks, s.vm_caps, s.preferred_target)
+
+
+def from_view(v: Any) -> Arm64Kvm:
+    configs, names, acceptance, masks, vm_caps, target = v
+    if not isinstance(configs, dict) or not isinstance(names, dict) or not isinstance(acceptance, dict):
+        raise ValueError("not an arm64 profile view")
+    return Arm64Kvm({n: ArmConfig(n, *c) for n, c in configs.items()}, names, acceptance, masks, vm_caps, target)

@@ -1,0 +1,138 @@
+"""The interface every architecture plugin implements (see :mod:`abiguard.arch`).
+
+The engine is generic: :mod:`abiguard.engine.verdict` dispatches a contract to its arch's
+:meth:`Arch.check`, :mod:`abiguard.engine.baseline` to :meth:`Arch.baseline`, the probe to
+:meth:`Arch.probe`; the models read the arch's profile section and contract body through
+the ``section_*`` and ``body_*`` methods. An arch keeps its knowledge as table rows
+(registers, fields, rule kinds, features) used by these few methods.
+"""
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..engine.pins import Pin
+    from ..engine.problem import Policy, Verdict
+    from ..model.contract import Body, Contract
+    from ..model.fields import Reader
+    from ..model.profile import Profile
+    from ..probe.host import Missing
+    from ..probe.kvm import KvmSystem
+
+
+class KvmSection:
+    """The arch's part of a profile's ``kvm`` section (``kvm.aarch64``, ``kvm.x86_64``)."""
+
+    __slots__ = ()
+
+
+class XmlShape:
+    """How an arch's contract body is written in the contract XML, for the one table
+    that both renders and parses it (:mod:`abiguard.xml.contract`).
+
+    :param element: the body's element (``arm64``, ``x86``)
+    :param attrs: (XML attribute, JSON member) pairs of the body element
+    :param lists: (child element, JSON member): a list of words as the child's text
+    :param maps: (child element, JSON member, key attribute, value attribute): a JSON
+        object as repeated children
+    """
+
+    __slots__ = ("element", "attrs", "lists", "maps")
+
+    def __init__(self, element: str, attrs: tuple[tuple[str, str], ...],
+                 lists: tuple[tuple[str, str], ...] = (),
+                 maps: tuple[tuple[str, str, str, str], ...] = ()) -> None:
+        self.element, self.attrs, self.lists, self.maps = element, attrs, lists, maps
+
+
+class Arch:
+    """One architecture. Subclasses override every method the engine calls."""
+
+    #: the host machine name (``uname -m``)
+    name = ""
+    #: the machine type family contracts pin (``virt``, ``pc-q35``)
+    machine_family = ""
+    #: the contract XML shape of the body
+    xml: XmlShape
+    #: the QEMU binary that runs this arch's guests
+    qemu_binary = ""
+    #: QEMU migrates a register list that is the host's, not the contract's: each hop's
+    #: stamp carries it and the next hop is judged with it
+    carries_register_stream = False
+
+    # -- models ---------------------------------------------------------------------------
+    def section_from_json(self, r: Reader, doc: dict[str, Any], where: str) -> KvmSection:
+        raise NotImplementedError
+
+    def section_to_view(self, section: KvmSection) -> Any:
+        raise NotImplementedError
+
+    def section_from_view(self, view: Any) -> KvmSection:
+        raise NotImplementedError
+
+    def body_from_json(self, r: Reader, doc: dict[str, Any], where: str) -> Body:
+        raise NotImplementedError
+
+    def contract_body(self, profile: Profile, config: str | None) -> Body:
+        """What a VM booted on that host with libvirt's defaults has."""
+        raise NotImplementedError
+
+    # -- the engine -------------------------------------------------------------------------
+    def check(self, contract: Contract, dest: Profile, policy: Policy, stream: tuple[int, ...] | None,
+              incoming: bool) -> Verdict:
+        raise NotImplementedError
+
+    def check_pair(self, source: Profile, dest: Profile, policy: Policy) -> Verdict:
+        from ..engine import verdict
+        from ..model import contract
+
+        return verdict.check(contract.from_profile(source), dest, policy)
+
+    def realise(self, contract: Contract, profile: Profile) -> Verdict:
+        """A plain start of the contract on this host: what stands in the way, and the
+        pins (``boot_pins``) that realise it."""
+        raise NotImplementedError
+
+    #: whether VMs of this arch need the preload library for some pins (ABIGUARD_PINS)
+    uses_preload = False
+
+    def plan_pins(self, contract: Contract, profile: Profile, verdict: Verdict, explicit: bool = False,
+                  stream: tuple[int, ...] | None = None) -> list[Pin]:
+        """The pins that realise ``verdict`` on ``profile``'s host (none by default)."""
+        return []
+
+    def baseline(self, profiles: list[Profile], config: str | None) -> tuple[Body, list[str]]:
+        raise NotImplementedError
+
+    def host_report(self, contract: Contract, profile: Profile) -> dict[str, Any]:
+        return {}
+
+    def common_config(self, profiles: list[Profile]) -> str | None:
+        """The vCPU configuration every host offers, where the arch has such a notion."""
+        return None
+
+    def qemu_rules(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(name, first QEMU version) of each released QEMU behaviour that changes a verdict
+        when a profile does not name its QEMU (what ``matrix`` tabulates separately)."""
+        return []
+
+    def stamp_stream(self, contract: Contract, profile: Profile) -> tuple[int, ...] | None:
+        """The register stream a VM of this contract carries from this host on."""
+        return None
+
+    def domain_contract(self, root: Any, host: Profile) -> Contract:
+        """The contract of what a domain definition (lxml root) asks for on this host."""
+        from ..model import contract
+
+        return contract.from_profile(host)
+
+    def edit_definition(self, root: Any, contract: Contract, notes: list[str], cannot: list[str],
+                        profile: Profile | None) -> None:
+        """Write what realises the contract into a definition (lxml root), beyond its machine
+        type and metadata; say what cannot be pinned."""
+        raise NotImplementedError
+
+    # -- the probe --------------------------------------------------------------------------
+    def probe(self, system: KvmSystem, caps: dict[str, int], missing: Missing) -> dict[str, Any]:
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""One module per subcommand; :mod:`abiguard.cli` registers them and runs ``main()``."""

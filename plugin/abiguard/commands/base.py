@@ -1,0 +1,85 @@
+"""What every subcommand shares: the command interface, JSON and file output, and the
+loading of the inputs commands take (profiles, contracts, baselines)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import InputError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..engine.problem import Verdict
+    from ..model.contract import Contract
+
+
+class Command:
+    """A subcommand: ``name``, ``help``, its arguments, and ``run() -> exit code``."""
+
+    name = ""
+    help = ""
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError
+
+
+def print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, sort_keys=True, indent=1) + "\n")
+
+
+def write(text: str, output: str | None) -> None:
+    if output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        from ..model.profile import atomic_write
+        atomic_write(output, text)
+
+
+def load_contract_or_profile(path: str, config: str | None = None) -> Contract:
+    """A contract file, a baseline file (its contract) or a host profile (the contract a
+    VM booted there with defaults has)."""
+    from ..engine.baseline import FORMAT as BASELINE
+    from ..model import contract, profile
+
+    try:
+        with open(path, "rb") as f:
+            text = f.read(profile.MAX_BYTES + 1)
+    except OSError as e:
+        raise InputError(path, f"cannot read: {e.strerror}") from e
+    doc = profile.parse_json(text, path, InputError)
+    kind = doc.get("format") if isinstance(doc, dict) else None
+    if kind == contract.FORMAT:
+        return contract.Contract.from_json(doc, path)
+    if kind == BASELINE:
+        return contract.Contract.from_json(doc.get("contract"), path)
+    if kind == profile.FORMAT:
+        return contract.from_profile(profile.Profile.from_json(doc, path), config)
+    raise InputError(path, "not an abiguard host profile, contract or baseline (member 'format')")
+
+
+def print_verdict(v: Verdict, as_json: bool, header: str) -> None:
+    if as_json:
+        print_json(v.to_json())
+        return
+    print(f"{header}: {'ALLOW' if v.allow else 'REFUSE'}")
+    for p in v.problems:
+        print(f"  - {p.line()}")
+    for n in v.notes:
+        print(f"  note: {n}")
+
+
+def qemu_version(text: str | None) -> tuple[int, ...] | None:
+    """``--qemu 7.2`` as a version tuple."""
+    if text is None:
+        return None
+    from ..model.profile import parse_version
+
+    version = parse_version(text)
+    if version is None:
+        raise UsageError(f"--qemu {text!r}: expected a version such as 7.2 or 11.1")
+    return version

@@ -1,0 +1,48 @@
+"""``abiguard baseline``: the richest contract every host (and rollback host) provides."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .base import Command, write
+
+
+class Baseline(Command):
+    name = "baseline"
+    help = "the richest contract every listed host (and every rollback host) can provide"
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("profiles", nargs="+", metavar="PROFILE")
+        parser.add_argument("--rollback-to", action="append", default=[], metavar="PROFILE",
+                            help="a host the fleet may roll back to (repeatable)")
+        parser.add_argument("--config", help="arm64 vCPU configuration (default: the richest all have)")
+        parser.add_argument("-o", "--output", help="write the baseline here (default: stdout)")
+        parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from ..engine import baseline
+        from ..model import profile
+
+        verified: dict[str, profile.Profile] = {}
+        result = baseline.compute(profile.load_labelled(args.profiles, verified),
+                                  profile.load_labelled(args.rollback_to, verified), args.config)
+        text = json.dumps(result, sort_keys=True, indent=1) + "\n"
+        if args.output:
+            write(text, args.output)
+        if args.json or not args.output:
+            sys.stdout.write(text)
+        else:
+            c = result["contract"]
+            body = c[c["arch"]]
+            print(f"baseline over {len(result['hosts'])} distinct host(s): {c['arch']} "
+                  f"machine {c.get('machine_type')}, {body.get('config', body.get('cpu_model'))}")
+            for conflict in result["conflicts"]:
+                print(f"  conflict: {conflict}")
+            for host, rep in sorted(result["hosts"].items()):
+                state = "accepts" if rep["accepts_incoming"] else "REFUSES"
+                print(f"  {host}: {state} VMs with this contract"
+                      + (f"; cannot pin {len(rep.get('cannot_pin', []))} item(s)" if rep.get("cannot_pin") else ""))
+                for line in rep["incoming_problems"][:3] + rep.get("cannot_pin", [])[:3]:
+                    print(f"      {line}")
+        return 0

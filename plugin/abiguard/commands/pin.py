@@ -1,0 +1,86 @@
+"""``abiguard pin``: write a contract (and what realises it) into a domain's persistent
+definition, through libvirt."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import UsageError
+from .base import Command, load_contract_or_profile, print_json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..model.contract import Contract
+
+
+class Pin(Command):
+    name = "pin"
+    help = "write a guest ABI contract (and what realises it) into a domain's persistent definition"
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("domain")
+        src = parser.add_mutually_exclusive_group()
+        src.add_argument("--baseline", help="a baseline (or contract) file from 'abiguard baseline'")
+        src.add_argument("--profile", help="pin to what a VM booted on this profile's host has")
+        parser.add_argument("-c", "--connect", help="libvirt URI (default: libvirt's default)")
+        parser.add_argument("--host-profile", default="/var/lib/abiguard/host-profile.json",
+                            help="this host's profile, used when neither --baseline nor --profile is given")
+        parser.add_argument("--json", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from ..model import contract, profile
+
+        sealed = None
+        if args.baseline:
+            sealed = load_contract_or_profile(args.baseline)
+        elif args.profile:
+            sealed = contract.from_profile(profile.load(args.profile))
+        report = pin(args.connect, args.domain, sealed, args.host_profile)
+        if args.json:
+            print_json(report)
+        else:
+            print(f"pinned {report['domain']} to {report['contract']} ({report['arch']}); {report['note']}")
+            for line in report["pinned"]:
+                print(f"  pinned: {line}")
+            for line in report["cannot_pin"]:
+                print(f"  cannot pin: {line}")
+        return 0
+
+
+def pin(uri: str | None, name: str, sealed: Contract | None, profile_path: str) -> dict[str, Any]:
+    import libvirt
+
+    from ..arch import get
+    from ..connection import connect
+    from ..model import profile as profile_mod
+    from ..xml.edit import apply, parser
+
+    conn = connect(uri)
+    try:
+        try:
+            dom = conn.lookupByName(name)
+        except libvirt.libvirtError:
+            raise UsageError(f"no domain named {name!r} at {conn.getURI()}") from None
+        if not dom.isPersistent():
+            raise UsageError(f"domain {name!r} is transient: define it first (virsh define) so the pin persists")
+        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        # this host's profile: to derive a contract, and for arm64 to plan register pins;
+        # an x86 contract given as a file needs none (libvirt and QEMU realise it)
+        host = None
+        if sealed is None or get(sealed.arch).uses_preload:
+            host = profile_mod.load(profile_path)
+        if sealed is None:
+            assert host is not None
+            from lxml import etree
+
+            sealed = get(host.machine).domain_contract(etree.fromstring(xml.encode(), parser()), host)
+        new_xml, notes, cannot = apply(xml, sealed, host)
+        try:
+            conn.defineXML(new_xml)
+        except libvirt.libvirtError as e:
+            raise UsageError(f"libvirt refused the pinned definition of {name!r}: {e}") from None
+        return {"domain": name, "contract": sealed.digest, "arch": sealed.arch,
+                "pinned": notes, "cannot_pin": cannot,
+                "note": "takes effect at the next start" if dom.isActive() else "takes effect at start"}
+    finally:
+        conn.close()

@@ -1,0 +1,70 @@
+"""Fleet baselines: the richest guest ABI every listed host (including the hosts a VM may
+be rolled back to) can provide, and for each host whether it takes VMs of that contract
+and what its stack cannot pin. The arch plugin folds the values
+(:meth:`abiguard.arch.base.Arch.baseline`); this module does what every arch shares."""
+from __future__ import annotations
+
+from ..errors import UsageError
+from . import verdict
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..model.contract import Contract
+    from ..model.profile import Profile
+
+FORMAT = "abiguard-baseline"
+
+
+def unique(profiles: list[Profile]) -> list[Profile]:
+    """One profile per digest: a fleet of thousands has a handful of distinct hosts."""
+    seen: dict[str, Profile] = {}
+    for p in profiles:
+        seen.setdefault(p.digest, p)
+    return list(seen.values())
+
+
+def common_machine(profiles: list[Profile], family: str) -> str | None:
+    """The newest machine type of a family every host's QEMU has."""
+    from ..model.profile import newest_machine
+
+    sets = [p.qemu.machine_names() if p.qemu is not None else set() for p in profiles]
+    if not sets or not all(sets):
+        return None
+    return newest_machine(set.intersection(*sets), family)
+
+
+def compute(profiles: list[Profile], rollback: list[Profile] | None = None,
+            config: str | None = None) -> dict[str, Any]:
+    """The baseline document: its contract, the conflicts, and a report per host."""
+    from ..arch import get
+    from ..model.contract import Origin, OriginHost, seal
+
+    everyone = unique(profiles + (rollback or []))
+    if not everyone:
+        raise UsageError("baseline needs at least one profile")
+    arches = {p.machine for p in everyone}
+    if len(arches) != 1:
+        raise UsageError(f"profiles of several architectures ({', '.join(sorted(arches))}): "
+                         "one baseline per architecture")
+    name = arches.pop()
+    arch = get(name)
+    body, conflicts = arch.baseline(everyone, config)
+    origin = Origin("baseline", tuple(OriginHost(p.kernel_release, p.digest)
+                                      for p in sorted(everyone, key=lambda p: p.digest)))
+    sealed = seal(name, common_machine(everyone, arch.machine_family), origin, body)
+    hosts = {p.label: host_report(sealed, p) for p in everyone}
+    return {"format": FORMAT, "contract": sealed.to_json(), "conflicts": conflicts, "hosts": hosts,
+            "rollback_hosts": sorted({p.label for p in rollback or []})}
+
+
+def host_report(sealed: Contract, profile: Profile) -> dict[str, Any]:
+    """Whether the host accepts a VM with this contract, and what it cannot pin at boot."""
+    from ..arch import get
+
+    incoming = verdict.check(sealed, profile)
+    report: dict[str, Any] = {"profile": profile.digest, "accepts_incoming": incoming.allow,
+                              "incoming_problems": [p.line() for p in incoming.problems]}
+    report.update(get(sealed.arch).host_report(sealed, profile))
+    return report

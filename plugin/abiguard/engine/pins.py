@@ -1,0 +1,93 @@
+"""Register pins and the preload library's configuration.
+
+A pin is a register value abiguard_pin.so writes with KVM_SET_ONE_REG after each guest
+vCPU's KVM_ARM_VCPU_INIT, before it runs (:mod:`abiguard.preload`), or a QEMU ``-cpu``
+property where QEMU has one. Which pins a contract needs on a host is planned by the
+arch (:meth:`abiguard.arch.base.Arch.plan_pins`) from the verdict it judged, never
+judged a second time; this module renders them: ``ABIGUARD_PINS`` and the libvirt
+``<qemu:commandline>`` that loads the library.
+"""
+from __future__ import annotations
+
+from ..errors import EnforceError
+from ..preload import ENV_PINS, LIBRARY_NAME, LIBRARY_PATH, MAX_ENV_CHARS
+from ..xml.names import QEMU_NS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+
+class Pin:
+    """One register value to realise on a host.
+
+    :param how: ``preload`` (ABIGUARD_PINS) or ``cpu-property`` (``props``: -cpu
+        property -> value)
+    :param why: one phrase for ``abiguard status`` and ``pin``
+    """
+
+    __slots__ = ("id", "name", "value", "how", "why", "props")
+
+    def __init__(self, id: int, name: str, value: int, how: str = "preload", why: str = "",
+                 props: dict[str, int] | None = None) -> None:
+        self.id, self.name, self.value, self.how, self.why = id, name, value, how, why
+        self.props = props
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pin) and (self.id, self.value, self.how, self.props) == (
+            other.id, other.value, other.how, other.props)
+
+    def __repr__(self) -> str:
+        return f"Pin({self.name}={self.value:#x} via {self.how})"
+
+
+def env_value(pins: Iterable[Pin]) -> str:
+    """ABIGUARD_PINS for the library: the preload pins, in id order."""
+    text = ",".join(f"{p.id:#018x}={p.value:#x}" for p in sorted(pins, key=lambda p: p.id) if p.how == "preload")
+    if len(text) > MAX_ENV_CHARS:
+        raise EnforceError("this host", [(f"{ENV_PINS} would be {len(text)} characters (the library reads "
+                                          f"{MAX_ENV_CHARS})")])
+    return text
+
+
+def parse_env(text: str) -> dict[int, int]:
+    """ABIGUARD_PINS back into id -> value (for ``status``); ValueError when malformed."""
+    out: dict[int, int] = {}
+    for item in text.split(",") if text else []:
+        rid, _, value = item.partition("=")
+        if not (rid.startswith("0x") and value.startswith("0x")):
+            raise ValueError(f"not REGISTER_ID=VALUE: {item[:40]!r}")
+        out[int(rid, 16)] = int(value, 16)
+    return out
+
+
+def _attr(v: str) -> str:
+    return v.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def commandline_xml(pins: Iterable[Pin], library: str = LIBRARY_PATH, prefix: str = "qemu") -> str:
+    """The libvirt ``<qemu:commandline>`` element that loads the library with these pins;
+    empty when nothing needs the library (off unless a contract asks for it)."""
+    value = env_value(pins)
+    if not value:
+        return ""
+    return (f'<{prefix}:commandline xmlns:{prefix}="{QEMU_NS}">\n'
+            f'  <{prefix}:env name="LD_PRELOAD" value="{_attr(library)}"/>\n'
+            f'  <{prefix}:env name="{ENV_PINS}" value="{_attr(value)}"/>\n'
+            f'</{prefix}:commandline>')
+
+
+def cpu_properties(pins: Iterable[Pin]) -> dict[str, int]:
+    """``-cpu host`` properties for the pins a native QEMU property realises."""
+    out: dict[str, int] = {}
+    for p in pins:
+        if p.how == "cpu-property" and p.props:
+            out.update(p.props)
+    return out
+
+
+def describe(pins: Iterable[Pin]) -> list[str]:
+    """One line per pin, for ``abiguard status`` and ``pin``."""
+    return [f"{p.name} ({p.id:#x}) = {p.value:#x} via "
+            f"{'LD_PRELOAD ' + LIBRARY_NAME if p.how == 'preload' else '-cpu ' + ','.join(p.props or {})}: {p.why}"
+            for p in pins]

@@ -1,0 +1,28 @@
+"""The libvirt qemu hook: veto or stamp incoming migrations and restores, refuse to boot a
+VM whose contract this host cannot realise.
+
+libvirt runs ``/etc/libvirt/hooks/qemu.d/abiguard DOMAIN OP SUBOP EXTRA`` with the domain
+XML on stdin (docs/hooks.rst). ``migrate begin`` and ``restore begin`` run on the
+destination before QEMU starts and before any RAM moves; their stdout replaces the XML
+(empty output keeps it). A non-zero exit aborts the operation and libvirt hands our
+stderr to the ``virsh`` user, so a refusal is one line starting ``abiguard:``.
+
+Modules: :mod:`.protocol` (argv, stdin, HANDLERS), :mod:`.incoming` (migrate/restore begin),
+:mod:`.prepare` (prepare begin), :mod:`.daemon` (the daemon hook's profile refresh),
+:mod:`.config` (abiguard.toml), :mod:`.state` (paths, log, markers).
+"""
+from __future__ import annotations
+
+TYPE_CHECKING = False
+
+
+def main(argv: list[str]) -> int:
+    from .protocol import main as _main
+
+    return _main(argv)
+
+
+def daemon_main(argv: list[str]) -> int:
+    from .daemon import daemon_main as _daemon_main
+
+    return _daemon_main(argv)

@@ -1,0 +1,94 @@
+"""What the hook's judged operations share: the VM's contract and stamp read from its XML,
+this host's profile, the unpinned policy, and the one refusal line."""
+from __future__ import annotations
+
+import os
+import sys
+
+from ..errors import ContractError, ProfileError, Refusal
+from . import state
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..engine.problem import Problem
+    from ..model.contract import Contract
+    from ..model.profile import Profile
+    from ..model.stamp import HopStamp
+    from ..xml.domain import DomainFacts
+    from .config import Config
+
+
+def load_profile() -> Profile:
+    from ..model import profile
+
+    try:
+        return profile.load_for_hook(state.PROFILE)
+    except ProfileError as e:
+        raise Refusal(f"{e} (refresh it: 'abiguard probe -o {state.PROFILE}', or restart libvirtd)") from None
+
+
+def unpinned(config: Config, dom: str, op: str) -> int:
+    if config.unpinned == "refuse":
+        state.log(f"{op} {dom}: no contract; policy refuse: REFUSE")
+        raise Refusal(f"abiguard: VM '{dom}' has no guest ABI contract and this host refuses unpinned "
+                      f"VMs ({state.CONFIG}); pin it first: abiguard pin {dom}")
+    state.log(f"{op} {dom}: no contract; policy {config.unpinned}: allowed")
+    if config.unpinned == "warn":
+        print(f"abiguard: warning: VM '{dom}' has no guest ABI contract; its ABI is not checked", file=sys.stderr)
+    return 0
+
+
+def contract_of(facts: DomainFacts, dom: str) -> Contract | None:
+    from ..xml import contract
+
+    if facts.contract is None:
+        return None
+    try:
+        return contract.from_element(facts.contract, f"contract of '{dom}'")
+    except ContractError as e:
+        raise Refusal(f"{e}: the VM's metadata is not a contract abiguard can trust; re-pin it on the "
+                      "source (abiguard pin)") from None
+
+
+def stamp_of(facts: DomainFacts, sealed: Contract, dom: str) -> HopStamp | None:
+    """The stamp of the VM's last hop, if it has one and it is this contract's."""
+    from ..model.stamp import HopStamp
+
+    if facts.stamp is None:
+        return None
+    try:
+        stamp = HopStamp.from_element(facts.stamp)
+    except ValueError:
+        raise Refusal(f"abiguard: VM '{dom}': its hop stamp lists an invalid register stream") from None
+    from ..arch import get
+
+    if get(sealed.arch).carries_register_stream and stamp.get("contract") != sealed.digest:
+        raise Refusal(f"abiguard: VM '{dom}': its hop stamp belongs to another contract "
+                      f"({stamp.get('contract')}); re-pin the VM on its source")
+    return stamp
+
+
+def check_domain_matches(facts: DomainFacts, sealed: Contract, dom: str) -> None:
+    if facts.arch and facts.arch != sealed.arch:
+        raise Refusal(f"abiguard: VM '{dom}' is {facts.arch} but its contract is for {sealed.arch}")
+    want = sealed.machine_type
+    if want and facts.machine and facts.machine != want:
+        raise Refusal(f"abiguard: VM '{dom}' runs machine type {facts.machine} but its contract pins {want}; "
+                      "re-pin it (abiguard pin) before moving it")
+    model = getattr(sealed.body, "cpu_model", None)
+    if model and facts.cpu_model != model:
+        raise Refusal(f"abiguard: VM '{dom}' runs CPU model {facts.cpu_model or facts.cpu_mode} but its contract "
+                      f"pins {model}; re-pin it (abiguard pin) before moving it")
+
+
+def refuse(what: str, problems: list[Problem], log_prefix: str) -> None:
+    """Raise the one refusal line: the first problem and how many more."""
+    more = len(problems) - 1
+    state.log(f"{log_prefix}: REFUSE " + " | ".join(p.line() for p in problems))
+    raise Refusal(f"abiguard: {what}: {problems[0].line()}" + (f" (+{more} more: abiguard check)" if more else ""))
+
+
+def library_present() -> bool:
+    from ..preload import LIBRARY_PATH
+
+    return os.path.exists(state.rooted(LIBRARY_PATH))

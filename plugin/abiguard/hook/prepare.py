@@ -1,0 +1,43 @@
+"""``prepare begin``: a plain start must realise the contract exactly on this host (an
+incoming start was judged at migrate/restore begin)."""
+from __future__ import annotations
+
+from ..errors import Refusal
+from . import checks, state
+
+
+def prepare(dom: str, op: str, data: bytes) -> int:
+    from ..arch import get
+    from ..engine import verdict
+    from ..engine.pins import env_value
+    from ..preload import ENV_PINS, LIBRARY_PATH
+    from ..xml import domain
+    from .config import Config
+
+    facts = domain.parse(data, f"domain XML of '{dom}'")
+    config = Config.load()
+    sealed = checks.contract_of(facts, dom)
+    if sealed is None:
+        return checks.unpinned(config, dom, op) if config.unpinned == "refuse" else 0
+    stamp = facts.stamp.get("nonce") if facts.stamp is not None else None
+    if state.was_incoming(facts.uuid, stamp):
+        state.log(f"{op} {dom}: incoming, checked at migrate/restore begin")
+        return 0
+    checks.check_domain_matches(facts, sealed, dom)
+    profile = checks.load_profile()
+    v = verdict.realise(sealed, profile)
+    what = f"this host cannot start '{dom}' with its contract"
+    if v.problems:
+        checks.refuse(what, v.problems, f"{op} {dom}: start")
+    arch = get(sealed.arch)
+    if arch.uses_preload:
+        want = env_value(arch.plan_pins(sealed, profile, v))
+        have = facts.qemu_env.get(ENV_PINS, ("", None))[0]
+        if want and (have != want or facts.qemu_env.get("LD_PRELOAD", ("", None))[0] != LIBRARY_PATH):
+            raise Refusal(f"abiguard: '{dom}' needs {ENV_PINS}={want} on this host and its definition "
+                          f"has {have or 'none'}: run abiguard pin {dom} here")
+        if want and not checks.library_present():
+            raise Refusal(f"abiguard: '{dom}' needs register pins and {LIBRARY_PATH} is missing "
+                          "(abiguard install builds it)")
+    state.log(f"{op} {dom}: start realises contract {sealed.digest[:19]}")
+    return 0

@@ -1,0 +1,72 @@
+"""Where the hook keeps things, its log, and the markers that tell an incoming start from a
+plain one.
+
+ABIGUARD_ROOT moves every path below a directory, for tests and benchmarks; libvirt runs
+hooks with a cleared environment (vircommand.c virCommandAddEnvPassCommon), so it never
+reaches a hook that libvirt started.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from ..errors import Refusal
+
+ROOT = os.environ.get("ABIGUARD_ROOT", "/")
+ETC = os.path.join(ROOT, "etc/abiguard")
+STATE = os.path.join(ROOT, "var/lib/abiguard")
+LOGDIR = os.path.join(ROOT, "var/log/abiguard")
+CONFIG = os.path.join(ETC, "abiguard.toml")
+PROFILE = os.path.join(STATE, "host-profile.json")
+INCOMING = os.path.join(STATE, "incoming")
+LOG = os.path.join(LOGDIR, "hook.log")
+LOG_MAX = 1024 * 1024
+#: a migrate/restore marker older than this does not make a later start "incoming"
+MARKER_TTL = 600.0
+
+
+def rooted(path: str) -> str:
+    """An absolute host path below ABIGUARD_ROOT."""
+    return os.path.join(ROOT, path.lstrip("/"))
+
+
+def log(line: str) -> None:
+    try:
+        os.makedirs(LOGDIR, mode=0o750, exist_ok=True)
+        if os.path.exists(LOG) and os.path.getsize(LOG) > LOG_MAX:
+            os.replace(LOG, LOG + ".1")
+        with open(LOG, "a") as f:
+            f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + line.rstrip("\n") + "\n")
+    except OSError:
+        pass  # logging must never turn an answer into a failure
+
+
+def _marker(uuid: str) -> str:
+    if not (32 <= len(uuid) <= 36 and all(c in "0123456789abcdefABCDEF-" for c in uuid)):
+        raise Refusal(f"abiguard: domain UUID {uuid!r} is not a UUID")
+    return os.path.join(INCOMING, uuid.lower())
+
+
+def mark_incoming(uuid: str | None, nonce: str) -> None:
+    """Left by migrate/restore begin: the start that follows is this incoming one."""
+    if not uuid:
+        raise Refusal("abiguard: domain XML has no <uuid>")
+    os.makedirs(INCOMING, mode=0o700, exist_ok=True)
+    with open(_marker(uuid), "w") as f:
+        f.write(nonce)
+
+
+def was_incoming(uuid: str | None, nonce: str | None) -> bool:
+    """prepare runs for plain starts too: only a fresh marker from migrate/restore begin
+    with the same nonce as the stamp makes this start an incoming one (used up here)."""
+    if not uuid or nonce is None:
+        return False
+    path = _marker(uuid)
+    try:
+        with open(path) as f:
+            mark = f.read(64)
+        fresh = time.time() - os.stat(path).st_mtime < MARKER_TTL
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return fresh and mark == nonce

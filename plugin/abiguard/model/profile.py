@@ -1,0 +1,593 @@
+"""Host profiles: what :mod:`abiguard.probe` read on one host, as versioned JSON with a
+content digest, and the typed model every other part of abiguard reads it through.
+
+JSON layout (version 1)::
+
+    format      "abiguard-host-profile"
+    version     1
+    digest      "sha256:<hex>" over every member but digest and meta
+    meta        when, how long, by which abiguard (not part of the digest)
+    host        kernel_release, kernel_version, machine
+    kvm         device, api_version, caps, and one of aarch64 / x86_64 (or null: no /dev/kvm)
+    stack       qemu and libvirt: versions, machine types, CPU model expansion (or absent)
+    unavailable what could not be read: what, errno, error, detail
+
+Register ids and values are hex strings in the JSON ("0x6030000000140000": readable, and
+exact in every JSON reader) and ints in the model. :meth:`Profile.from_json` checks every
+member the engine reads, naming the member that is wrong; members it does not know are
+left alone (a newer probe may add some). The arch sections are read by the arch plugins
+(:mod:`abiguard.arch`).
+
+The hook reads a profile from its *hook view*: the model's values in marshal form, written
+next to the JSON by :func:`save`, keyed to the JSON bytes written and checksummed, so that
+the hook needs neither json, re nor a digest over 160 KB (:func:`load_for_hook`).
+"""
+from __future__ import annotations
+
+import os
+
+from ..errors import InputError, ProfileError
+from .fields import Reader
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..arch.base import KvmSection
+
+FORMAT = "abiguard-host-profile"
+VERSION = 1
+#: a profile bigger than this is not one of ours
+MAX_BYTES = 8 * 1024 * 1024
+_UNDIGESTED = ("digest", "meta")
+from ..arch import NAMES as ARCHES  # noqa: E402 (after the error import)
+
+
+def parse_version(text: object) -> tuple[int, ...] | None:
+    """"7.2.22" -> (7, 2, 22); None for anything else."""
+    if not isinstance(text, str) or not text or len(text) > 32:
+        return None
+    try:
+        parts = tuple(int(x) for x in text.split(".")[:3])
+    except ValueError:
+        return None
+    return parts if all(0 <= p < 1 << 31 for p in parts) else None
+
+
+# -- the stack: QEMU and libvirt -------------------------------------------------------
+
+class Machine:
+    """A QEMU machine type (query-machines)."""
+
+    __slots__ = ("name", "alias", "default", "deprecated")
+
+    def __init__(self, name: str, alias: str | None, default: bool, deprecated: bool) -> None:
+        self.name, self.alias, self.default, self.deprecated = name, alias, default, deprecated
+
+
+class QemuInfo:
+    """What QEMU said over QMP (``-machine none -accel kvm``).
+
+    :param host_cpu_props: ``query-cpu-model-expansion`` of ``host`` (full), or None
+    :param cpu_definitions: model -> the features QEMU names unavailable on this host
+    """
+
+    __slots__ = ("binary", "version_text", "version", "package", "machines", "host_cpu_model",
+                 "host_cpu_props", "cpu_definitions")
+
+    def __init__(self, binary: str | None, version_text: str | None, package: str | None,
+                 machines: tuple[Machine, ...], host_cpu_model: str | None,
+                 host_cpu_props: dict[str, Any] | None, cpu_definitions: dict[str, tuple[str, ...]] | None) -> None:
+        self.binary = binary
+        self.version_text = version_text
+        self.version = parse_version(version_text)
+        self.package = package
+        self.machines = machines
+        self.host_cpu_model = host_cpu_model
+        self.host_cpu_props = host_cpu_props
+        self.cpu_definitions = cpu_definitions
+
+    def machine_names(self) -> set[str]:
+        return {m.name for m in self.machines}
+
+    def resolve_machine(self, name: str | None) -> str | None:
+        """A machine type alias ('pc', 'q35', 'virt') made concrete with this QEMU."""
+        for m in self.machines:
+            if name is not None and m.alias == name:
+                return m.name
+        return name
+
+    def newest_machine(self, family: str) -> str | None:
+        return newest_machine(self.machine_names(), family)
+
+
+def newest_machine(names: set[str] | list[str], family: str) -> str | None:
+    """The newest versioned machine type of a family ("pc-q35-7.2" for "pc-q35")."""
+    best: tuple[tuple[int, ...], str] | None = None
+    for n in names:
+        head, _, tail = n.rpartition("-")
+        if head != family:
+            continue
+        version = parse_version(tail)
+        if version is None or len(version) != 2 or tail != f"{version[0]}.{version[1]}":
+            continue
+        if best is None or version > best[0]:
+            best = (version, n)
+    return best[1] if best else None
+
+
+class HostModel:
+    """domcapabilities ``<mode name='host-model'>``: the CPU libvirt gives host-model VMs."""
+
+    __slots__ = ("model", "vendor", "features")
+
+    def __init__(self, model: str | None, vendor: str | None, features: dict[str, str]) -> None:
+        self.model, self.vendor, self.features = model, vendor, features
+
+
+class CustomModel:
+    __slots__ = ("usable", "blockers")
+
+    def __init__(self, usable: str, blockers: tuple[str, ...]) -> None:
+        self.usable, self.blockers = usable, blockers
+
+
+class DomCaps:
+    """The guest-ABI parts of ``virsh domcapabilities``."""
+
+    __slots__ = ("machine", "emulator", "host_model", "cpu_modes", "custom_models", "host_model_xml")
+
+    def __init__(self, machine: str | None, emulator: str | None, host_model: HostModel | None,
+                 cpu_modes: tuple[str, ...], custom_models: dict[str, CustomModel] | None,
+                 host_model_xml: str | None = None) -> None:
+        self.machine, self.emulator, self.host_model = machine, emulator, host_model
+        self.cpu_modes, self.custom_models = cpu_modes, custom_models
+        #: the host-model <cpu> as libvirt wrote it, for libvirt's own baseline/compare APIs
+        self.host_model_xml = host_model_xml
+
+
+class LibvirtInfo:
+    __slots__ = ("uri", "version_text", "version", "hypervisor_version", "host_uuid", "domcaps")
+
+    def __init__(self, uri: str | None, version_text: str | None, hypervisor_version: str | None,
+                 host_uuid: str | None, domcaps: DomCaps | None) -> None:
+        self.uri = uri
+        self.version_text = version_text
+        self.version = parse_version(version_text)
+        self.hypervisor_version = hypervisor_version
+        self.host_uuid = host_uuid
+        self.domcaps = domcaps
+
+
+class KvmInfo:
+    """The ``kvm`` section: the API version, capabilities, and the arch plugin's section."""
+
+    __slots__ = ("device", "api_version", "caps", "arch")
+
+    def __init__(self, device: str | None, api_version: int | None, caps: dict[str, int],
+                 arch: KvmSection | None) -> None:
+        self.device, self.api_version, self.caps, self.arch = device, api_version, caps, arch
+
+
+class Unavailable:
+    __slots__ = ("what", "errno", "error", "detail")
+
+    def __init__(self, what: str, errno: int, error: str, detail: str) -> None:
+        self.what, self.errno, self.error, self.detail = what, errno, error, detail
+
+
+class Profile:
+    """One host, as its profile says.
+
+    :param label: how reports name the host (its file, or its kernel release)
+    :param doc: the JSON document it was read from (None when read from a hook view)
+    """
+
+    __slots__ = ("kernel_release", "kernel_version", "machine", "kvm", "qemu", "libvirt",
+                 "unavailable", "digest", "label", "doc")
+
+    def __init__(self, kernel_release: str, kernel_version: str, machine: str, kvm: KvmInfo | None,
+                 qemu: QemuInfo | None, libvirt: LibvirtInfo | None, unavailable: tuple[Unavailable, ...],
+                 digest: str, label: str | None = None, doc: dict[str, Any] | None = None) -> None:
+        self.kernel_release = kernel_release
+        self.kernel_version = kernel_version
+        self.machine = machine
+        self.kvm = kvm
+        self.qemu = qemu
+        self.libvirt = libvirt
+        self.unavailable = unavailable
+        self.digest = digest
+        self.label = label or kernel_release
+        self.doc = doc
+
+    @property
+    def name(self) -> str:
+        """The host as messages name it: its kernel release."""
+        return self.kernel_release
+
+    def arch_section(self) -> KvmSection | None:
+        return self.kvm.arch if self.kvm is not None else None
+
+    def qemu_version(self) -> tuple[int, ...] | None:
+        return self.qemu.version if self.qemu is not None else None
+
+    def libvirt_version(self) -> tuple[int, ...] | None:
+        return self.libvirt.version if self.libvirt is not None else None
+
+    def newest_machine(self, family: str) -> str | None:
+        return self.qemu.newest_machine(family) if self.qemu is not None else None
+
+    def with_label(self, label: str) -> Profile:
+        return Profile(self.kernel_release, self.kernel_version, self.machine, self.kvm, self.qemu,
+                       self.libvirt, self.unavailable, self.digest, label, self.doc)
+
+    # -- JSON ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_json(cls, doc: Any, source: str, verified: dict[str, Profile] | None = None) -> Profile:
+        """Check every member the engine reads; raise ProfileError naming the first wrong one.
+
+        :param verified: digest -> profile already read; a document equal to one of them
+            needs no second digest computation or model (a fleet has few kinds of host)
+        """
+        r = Reader(source, ProfileError)
+        r.need(isinstance(doc, dict), "a host profile must be a JSON object")
+        r.need(doc.get("format") == FORMAT,
+               f"member 'format' must be {FORMAT!r}: is this a file written by 'abiguard probe'?")
+        version = doc.get("version")
+        r.need(version == VERSION and not isinstance(version, bool),
+               f"member 'version' is {_shown(version)}; this abiguard reads version {VERSION}: "
+               "probe the host again with this abiguard")
+        host = doc.get("host")
+        r.need(isinstance(host, dict) and isinstance(host.get("machine"), str),
+               "member 'host' must be an object with a string 'machine'")
+        machine = host["machine"]
+        r.need(machine in ARCHES, f"architecture {_shown(machine)}: abiguard knows aarch64 and x86_64")
+        digest = r.string(doc.get("digest"), "digest", 80)
+        if verified is not None:
+            twin = verified.get(digest)
+            if twin is not None and twin.doc is not None and all(
+                    twin.doc.get(k) == doc.get(k) for k in set(twin.doc) | set(doc) if k not in _UNDIGESTED):
+                return twin.with_label(source) if twin.label != source else twin
+        actual = digest_of(doc)
+        r.need(digest == actual, f"content does not match its digest ({_shown(digest, 80)} recorded, {actual} "
+               "computed): the file was edited or damaged; probe the host again")
+        kernel = r.name(host.get("kernel_release"), "host.kernel_release", "a kernel release", 128)
+        kernel_version = r.string(host.get("kernel_version", ""), "host.kernel_version", 512)
+        kvm_doc = doc.get("kvm")
+        r.need(kvm_doc is None or isinstance(kvm_doc, dict), "member 'kvm' must be a JSON object or null")
+        kvm = _kvm_from_json(r, kvm_doc, machine) if kvm_doc is not None else None
+        stack = r.opt_obj(doc.get("stack"), "stack")
+        qemu = _qemu_from_json(r, stack.get("qemu")) if stack is not None and stack.get("qemu") is not None else None
+        libvirt = (_libvirt_from_json(r, stack.get("libvirt"))
+                   if stack is not None and stack.get("libvirt") is not None else None)
+        unavailable = []
+        for i, item in enumerate(r.lst(doc.get("unavailable"), "unavailable", 4096)):
+            u = r.obj(item, f"unavailable[{i}]")
+            unavailable.append(Unavailable(r.string(u.get("what"), f"unavailable[{i}].what", 1024),
+                                           r.integer(u.get("errno", 0), f"unavailable[{i}].errno", 0, 1 << 16),
+                                           r.string(u.get("error", ""), f"unavailable[{i}].error", 64),
+                                           r.string(u.get("detail", ""), f"unavailable[{i}].detail", 4096)))
+        profile = cls(kernel, kernel_version, machine, kvm, qemu, libvirt, tuple(unavailable), digest, source, doc)
+        if verified is not None:
+            verified[digest] = profile
+        return profile
+
+    # -- the hook view ---------------------------------------------------------------------
+
+    def to_view(self) -> tuple[Any, ...]:
+        """The model as marshal-able values (:func:`from_view` is its inverse)."""
+        from ..arch import get
+
+        kvm = None
+        if self.kvm is not None:
+            section = self.kvm.arch
+            kvm = (self.kvm.device, self.kvm.api_version, self.kvm.caps,
+                   None if section is None else get(self.machine).section_to_view(section))
+        qemu = None
+        if self.qemu is not None:
+            q = self.qemu
+            qemu = (q.binary, q.version_text, q.package,
+                    tuple((m.name, m.alias, m.default, m.deprecated) for m in q.machines),
+                    q.host_cpu_model, q.host_cpu_props, q.cpu_definitions)
+        libvirt = None
+        if self.libvirt is not None:
+            lv = self.libvirt
+            dc = lv.domcaps
+            caps = None
+            if dc is not None:
+                hm = dc.host_model
+                caps = (dc.machine, dc.emulator,
+                        None if hm is None else (hm.model, hm.vendor, hm.features), dc.cpu_modes,
+                        None if dc.custom_models is None else
+                        {k: (m.usable, m.blockers) for k, m in dc.custom_models.items()},
+                        dc.host_model_xml)
+            libvirt = (lv.uri, lv.version_text, lv.hypervisor_version, lv.host_uuid, caps)
+        return (self.kernel_release, self.kernel_version, self.machine, kvm, qemu, libvirt,
+                tuple((u.what, u.errno, u.error, u.detail) for u in self.unavailable), self.digest)
+
+    @classmethod
+    def from_view(cls, v: Any) -> Profile:
+        """Rebuild from :meth:`to_view` values; TypeError/ValueError on anything else."""
+        from ..arch import get
+
+        kernel, kernel_version, machine, kvm_v, qemu_v, libvirt_v, unavail, digest = v
+        if machine not in ARCHES or not isinstance(kernel, str) or not isinstance(digest, str):
+            raise ValueError("not a profile view")
+        kvm = None
+        if kvm_v is not None:
+            device, api, caps, section_v = kvm_v
+            _dict_of(caps, str, int)
+            kvm = KvmInfo(device, api, caps, None if section_v is None else get(machine).section_from_view(section_v))
+        qemu = None
+        if qemu_v is not None:
+            binary, vtext, package, machines, model, props, defs = qemu_v
+            qemu = QemuInfo(binary, vtext, package, tuple(Machine(*m) for m in machines), model, props, defs)
+        libvirt = None
+        if libvirt_v is not None:
+            uri, vtext, hv, uuid, caps_v = libvirt_v
+            dc = None
+            if caps_v is not None:
+                m, emu, hm, modes, custom, hm_xml = caps_v
+                dc = DomCaps(m, emu, None if hm is None else HostModel(*hm), tuple(modes),
+                             None if custom is None else {k: CustomModel(*c) for k, c in custom.items()}, hm_xml)
+            libvirt = LibvirtInfo(uri, vtext, hv, uuid, dc)
+        return cls(kernel, kernel_version, machine, kvm, qemu, libvirt,
+                   tuple(Unavailable(*u) for u in unavail), digest)
+
+
+def _shown(v: object, limit: int = 40) -> str:
+    from ..errors import printable
+
+    return printable(repr(v), limit)
+
+
+def _dict_of(d: object, kt: type, vt: type) -> None:
+    if not isinstance(d, dict) or not all(isinstance(k, kt) and isinstance(x, vt) for k, x in d.items()):
+        raise ValueError("not a profile view")
+
+
+def _kvm_from_json(r: Reader, doc: dict[str, Any], machine: str) -> KvmInfo:
+    from ..arch import get
+
+    device = r.opt_string(doc.get("device"), "kvm.device", 256)
+    api = doc.get("api_version")
+    api_version = None if api is None else r.integer(api, "kvm.api_version", 0, 1 << 16)
+    caps_doc = r.obj(doc.get("caps", {}), "kvm.caps", 4096)
+    caps = {r.name(k, "kvm.caps", "capability names", 64): r.integer(v, f"kvm.caps.{k}", -(1 << 63), (1 << 64) - 1)
+            for k, v in caps_doc.items()}
+    section_doc = doc.get(machine)
+    section = None
+    if section_doc is not None:
+        section = get(machine).section_from_json(r, r.obj(section_doc, f"kvm.{machine}"), f"kvm.{machine}")
+    return KvmInfo(device, api_version, caps, section)
+
+
+def _qemu_from_json(r: Reader, doc: Any) -> QemuInfo:
+    q = r.obj(doc, "stack.qemu")
+    machines = []
+    for i, m in enumerate(r.lst(q.get("machines", []), "stack.qemu.machines", 4096)):
+        m = r.obj(m, f"stack.qemu.machines[{i}]")
+        machines.append(Machine(r.name(m.get("name"), f"stack.qemu.machines[{i}].name", "a machine type name"),
+                                r.opt_name(m.get("alias"), f"stack.qemu.machines[{i}].alias", "a machine type name"),
+                                m.get("default") is True, m.get("deprecated") is True))
+    expansion = r.opt_obj(q.get("host_cpu_expansion"), "stack.qemu.host_cpu_expansion")
+    model, props = None, None
+    if expansion is not None:
+        model = r.opt_string(expansion.get("model"), "stack.qemu.host_cpu_expansion.model", 64)
+        props_doc = r.obj(expansion.get("props", {}), "stack.qemu.host_cpu_expansion.props", 8192)
+        props = {}
+        for k, v in props_doc.items():
+            r.need(isinstance(k, str) and len(k) <= 128 and (v is None or isinstance(v, (bool, int, float, str))),
+                   "member 'stack.qemu.host_cpu_expansion.props' must map property names to plain values")
+            props[k] = v
+    defs_doc = r.opt_obj(q.get("cpu_definitions"), "stack.qemu.cpu_definitions", 8192)
+    defs = None
+    if defs_doc is not None:
+        defs = {}
+        for k, v in defs_doc.items():
+            feats = r.lst(v, f"stack.qemu.cpu_definitions.{_shown(k)}", 4096)
+            r.need(is_model_name(k) and all(isinstance(f, str) and len(f) <= 128 for f in feats),
+                   "member 'stack.qemu.cpu_definitions' must map CPU model names to lists of feature names")
+            defs[k] = tuple(feats)
+    return QemuInfo(r.opt_string(q.get("binary"), "stack.qemu.binary", 4096),
+                    r.opt_string(q.get("version"), "stack.qemu.version", 32),
+                    r.opt_string(q.get("package"), "stack.qemu.package", 256),
+                    tuple(machines), model, props, defs)
+
+
+def is_model_name(v: object) -> bool:
+    from .fields import is_name
+
+    return is_name(v, 128)
+
+
+def _libvirt_from_json(r: Reader, doc: Any) -> LibvirtInfo:
+    lv = r.obj(doc, "stack.libvirt")
+    dc_doc = r.opt_obj(lv.get("domcapabilities"), "stack.libvirt.domcapabilities")
+    dc = None
+    if dc_doc is not None:
+        w = "stack.libvirt.domcapabilities"
+        hm_doc = r.opt_obj(dc_doc.get("host_model"), f"{w}.host_model")
+        hm = None
+        if hm_doc is not None:
+            feats = r.obj(hm_doc.get("features", {}), f"{w}.host_model.features", 4096)
+            r.need(all(isinstance(k, str) and len(k) <= 128 and isinstance(v, str) and len(v) <= 16
+                       for k, v in feats.items()), f"member '{w}.host_model.features' must map names to policies")
+            hm = HostModel(r.opt_string(hm_doc.get("model"), f"{w}.host_model.model", 128),
+                           r.opt_string(hm_doc.get("vendor"), f"{w}.host_model.vendor", 128), dict(feats))
+        modes = r.lst(dc_doc.get("cpu_modes", []), f"{w}.cpu_modes", 16)
+        r.need(all(isinstance(m, str) and len(m) <= 64 for m in modes), f"member '{w}.cpu_modes' must list names")
+        custom_doc = r.opt_obj(dc_doc.get("custom_models"), f"{w}.custom_models", 8192)
+        custom = None
+        if custom_doc is not None:
+            custom = {}
+            for k, v in custom_doc.items():
+                v = r.obj(v, f"{w}.custom_models.{_shown(k)}")
+                blockers = r.lst(v.get("blockers", []), f"{w}.custom_models.{_shown(k)}.blockers", 4096)
+                r.need(is_model_name(k) and all(isinstance(b, str) and len(b) <= 128 for b in blockers),
+                       f"member '{w}.custom_models' must map CPU model names to usable/blockers")
+                custom[k] = CustomModel(r.string(v.get("usable", "unknown"), f"{w}.custom_models.usable", 16),
+                                        tuple(blockers))
+        dc = DomCaps(r.opt_string(dc_doc.get("machine"), f"{w}.machine", 128),
+                     r.opt_string(dc_doc.get("emulator"), f"{w}.emulator", 4096), hm, tuple(modes), custom,
+                     r.opt_string(dc_doc.get("host_model_xml"), f"{w}.host_model_xml", 1 << 16))
+    return LibvirtInfo(r.opt_string(lv.get("uri"), "stack.libvirt.uri", 1024),
+                       r.opt_string(lv.get("version"), "stack.libvirt.version", 32),
+                       r.opt_string(lv.get("hypervisor_version"), "stack.libvirt.hypervisor_version", 32),
+                       r.opt_string(lv.get("host_uuid"), "stack.libvirt.host_uuid", 64), dc)
+
+
+# -- files -----------------------------------------------------------------------------
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    import json
+
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def digest_of(doc: dict[str, Any]) -> str:
+    import hashlib
+
+    body = {k: v for k, v in doc.items() if k not in _UNDIGESTED}
+    return "sha256:" + hashlib.sha256(_canonical(body)).hexdigest()
+
+
+def finalize(doc: dict[str, Any], probe_seconds: float, hostname: str) -> dict[str, Any]:
+    """Stamp a probe's document with format, version, meta and digest."""
+    import time
+
+    from .. import __version__
+
+    doc = dict(doc, format=FORMAT, version=VERSION)
+    doc["meta"] = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "probe_seconds": round(probe_seconds, 3), "hostname": hostname,
+                   "abiguard_version": __version__}
+    doc["digest"] = digest_of(doc)
+    return doc
+
+
+def render(doc: dict[str, Any]) -> str:
+    """Deterministic text: sorted keys, one-space indent, trailing newline."""
+    import json
+
+    return json.dumps(doc, sort_keys=True, indent=1) + "\n"
+
+
+def atomic_write(path: str, text: str | bytes, mode: int = 0o644) -> tuple[int, int, int]:
+    """Write a file so that a reader sees the old content or the new one, never a torn one.
+    Returns (inode, size, mtime_ns) of the file written, read from the file itself before
+    it replaced the old one (a later look at the path may see another writer's file)."""
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".abiguard-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
+            f.flush()
+            os.fsync(f.fileno())
+            os.fchmod(f.fileno(), mode)
+            st = os.fstat(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+HOOKVIEW_SUFFIX = ".hookview"
+#: the view's first bytes: format name and version; then 32 bytes of sha256 over the rest
+_VIEW_MAGIC = b"abiguard-hookview-2\n"
+#: a view bigger than this is not one of ours
+MAX_VIEW_BYTES = 16 * 1024 * 1024
+
+
+def save(doc: dict[str, Any], path: str) -> Profile:
+    """Write the JSON profile, then its hook view.
+
+    The view holds the validated model in marshal form and the (inode, size, mtime) of the
+    JSON file this call wrote, taken from that file itself: two refreshes racing each
+    other can leave a view that belongs to the other's JSON, and the key then does not
+    match, so the hook reads the JSON instead. A checksum over the view's payload keeps a
+    damaged view from ever reaching marshal."""
+    import marshal
+
+    from .._sha import sha256
+
+    model = Profile.from_json(doc, path)
+    key = atomic_write(path, render(doc))
+    payload = marshal.dumps((key, model.to_view()))
+    atomic_write(path + HOOKVIEW_SUFFIX, _VIEW_MAGIC + sha256(payload) + payload)
+    return model
+
+
+def _stat_key(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def load_view(path: str) -> Profile | None:
+    """The profile from the hook view at ``path + HOOKVIEW_SUFFIX`` if it is whole, ours
+    and made from the JSON now at ``path``; None otherwise (read the JSON then)."""
+    import marshal
+
+    from .._sha import sha256
+
+    try:
+        with open(path + HOOKVIEW_SUFFIX, "rb") as f:
+            data = f.read(MAX_VIEW_BYTES + 1)
+        head = len(_VIEW_MAGIC)
+        if len(data) > MAX_VIEW_BYTES or data[:head] != _VIEW_MAGIC:
+            return None
+        payload = data[head + 32:]
+        if sha256(payload) != data[head:head + 32]:
+            return None
+        key, view = marshal.loads(payload)
+        if tuple(key) != _stat_key(path):
+            return None
+        return Profile.from_view(view)
+    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError):
+        return None
+
+
+def load_for_hook(path: str) -> Profile:
+    """The profile at ``path``, from its hook view when that is current, else validated JSON."""
+    return load_view(path) or load(path)
+
+
+def loads(text: str | bytes, source: str, verified: dict[str, Profile] | None = None) -> Profile:
+    doc = parse_json(text, source, ProfileError)
+    return Profile.from_json(doc, source, verified)
+
+
+def parse_json(text: str | bytes, source: str, error: type[InputError] = ProfileError) -> Any:
+    """JSON from an untrusted file: size-capped; too deep a nesting (json's decoder
+    recurses) and bad JSON are both an InputError naming the file."""
+    import json
+
+    if len(text) > MAX_BYTES:
+        raise error(source, f"larger than {MAX_BYTES} bytes: not an abiguard file")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise error(source, "nested too deeply: not an abiguard file") from None
+    except ValueError as e:
+        raise error(source, f"not valid JSON ({str(e)[:200]})") from None
+
+
+def load(path: str, verified: dict[str, Profile] | None = None) -> Profile:
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise ProfileError(path, f"cannot read: {e.strerror}") from e
+    return loads(text, path, verified)
+
+
+def load_labelled(paths: list[str], verified: dict[str, Profile] | None = None) -> list[Profile]:
+    """Profiles named by their paths (shown in reports)."""
+    return [load(path, verified).with_label(path) for path in paths]

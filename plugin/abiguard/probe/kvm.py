@@ -1,0 +1,302 @@
+"""The KVM ioctls abiguard uses, written against the Linux uapi headers.
+
+No maintained Python binding exists for KVM, so every request number, struct layout
+and constant lives here, once. Sources: ``include/uapi/linux/kvm.h``,
+``arch/arm64/include/uapi/asm/kvm.h``, ``arch/x86/include/uapi/asm/kvm.h`` and
+``include/uapi/asm-generic/ioctl.h`` (request encoding). Cap numbers 0-223 were checked
+against Debian 12's linux-libc-dev (6.1) header, 224-235 against the upstream header,
+239-245 against the 7.2 uapi header.
+
+Standard library only: this module runs inside the arm64 lab's initramfs.
+Every failing ioctl surfaces as :class:`OSError` with the kernel's errno; callers
+record it, they never guess a value.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+
+KVMIO = 0xAE
+_IOC_WRITE, _IOC_READ = 1, 2
+
+
+def _ioc(direction: int, nr: int, size: int) -> int:
+    return direction << 30 | size << 16 | KVMIO << 8 | nr
+
+
+def _io(nr: int) -> int:
+    return _ioc(0, nr, 0)
+
+
+def _iow(nr: int, size: int) -> int:
+    return _ioc(_IOC_WRITE, nr, size)
+
+
+def _ior(nr: int, size: int) -> int:
+    return _ioc(_IOC_READ, nr, size)
+
+
+def _iowr(nr: int, size: int) -> int:
+    return _ioc(_IOC_READ | _IOC_WRITE, nr, size)
+
+
+# ioctl requests (name -> number); sizes are the uapi struct sizes
+KVM_GET_API_VERSION = _io(0x00)
+KVM_CREATE_VM = _io(0x01)
+KVM_GET_MSR_INDEX_LIST = _iowr(0x02, 4)
+KVM_CHECK_EXTENSION = _io(0x03)
+KVM_GET_SUPPORTED_CPUID = _iowr(0x05, 8)
+KVM_GET_MSR_FEATURE_INDEX_LIST = _iowr(0x0A, 4)
+KVM_CREATE_VCPU = _io(0x41)
+KVM_GET_MSRS = _iowr(0x88, 8)
+KVM_ENABLE_CAP = _iow(0xA3, 104)
+KVM_GET_ONE_REG = _iow(0xAB, 16)
+KVM_SET_ONE_REG = _iow(0xAC, 16)
+KVM_ARM_VCPU_INIT = _iow(0xAE, 32)
+KVM_ARM_PREFERRED_TARGET = _ior(0xAF, 32)
+KVM_GET_REG_LIST = _iowr(0xB0, 8)
+KVM_ARM_GET_REG_WRITABLE_MASKS = _ior(0xB6, 64)
+KVM_ARM_VCPU_FINALIZE = _iow(0xC2, 4)
+
+KVM_API_VERSION = 12
+
+#: KVM_CHECK_EXTENSION numbers (include/uapi/linux/kvm.h). Only capabilities that say
+#: something about the guest ABI, migration or what the probe can do are listed.
+CAPS: dict[str, int] = {
+    "KVM_CAP_IRQCHIP": 0, "KVM_CAP_USER_MEMORY": 3, "KVM_CAP_EXT_CPUID": 7,
+    "KVM_CAP_NR_VCPUS": 9, "KVM_CAP_NR_MEMSLOTS": 10, "KVM_CAP_MP_STATE": 14,
+    "KVM_CAP_SYNC_MMU": 16, "KVM_CAP_SET_GUEST_DEBUG": 23, "KVM_CAP_IRQ_ROUTING": 25,
+    "KVM_CAP_IRQFD": 32, "KVM_CAP_IOEVENTFD": 36, "KVM_CAP_ADJUST_CLOCK": 39,
+    "KVM_CAP_VCPU_EVENTS": 41, "KVM_CAP_HYPERV": 44, "KVM_CAP_DEBUGREGS": 50,
+    "KVM_CAP_ENABLE_CAP": 54, "KVM_CAP_XSAVE": 55, "KVM_CAP_XCRS": 56, "KVM_CAP_ASYNC_PF": 59,
+    "KVM_CAP_TSC_CONTROL": 60, "KVM_CAP_GET_TSC_KHZ": 61, "KVM_CAP_MAX_VCPUS": 66,
+    "KVM_CAP_ONE_REG": 70, "KVM_CAP_TSC_DEADLINE_TIMER": 72, "KVM_CAP_KVMCLOCK_CTRL": 76,
+    "KVM_CAP_READONLY_MEM": 81, "KVM_CAP_ARM_PSCI": 87, "KVM_CAP_DEVICE_CTRL": 89,
+    "KVM_CAP_ARM_EL1_32BIT": 93, "KVM_CAP_EXT_EMUL_CPUID": 95, "KVM_CAP_HYPERV_TIME": 96,
+    "KVM_CAP_ENABLE_CAP_VM": 98, "KVM_CAP_VM_ATTRIBUTES": 101, "KVM_CAP_ARM_PSCI_0_2": 102,
+    "KVM_CAP_CHECK_EXTENSION_VM": 105, "KVM_CAP_DISABLE_QUIRKS": 116, "KVM_CAP_X86_SMM": 117,
+    "KVM_CAP_SPLIT_IRQCHIP": 121, "KVM_CAP_ARM_PMU_V3": 126, "KVM_CAP_VCPU_ATTRIBUTES": 127,
+    "KVM_CAP_MAX_VCPU_ID": 128, "KVM_CAP_X2APIC_API": 129, "KVM_CAP_IMMEDIATE_EXIT": 136,
+    "KVM_CAP_X86_DISABLE_EXITS": 143, "KVM_CAP_ARM_USER_IRQ": 144,
+    "KVM_CAP_GET_MSR_FEATURES": 153, "KVM_CAP_NESTED_STATE": 157,
+    "KVM_CAP_ARM_INJECT_SERROR_ESR": 158, "KVM_CAP_MSR_PLATFORM_INFO": 159,
+    "KVM_CAP_EXCEPTION_PAYLOAD": 164, "KVM_CAP_ARM_VM_IPA_SIZE": 165,
+    "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2": 168, "KVM_CAP_ARM_SVE": 170,
+    "KVM_CAP_ARM_PTRAUTH_ADDRESS": 171, "KVM_CAP_ARM_PTRAUTH_GENERIC": 172,
+    "KVM_CAP_PMU_EVENT_FILTER": 173, "KVM_CAP_ARM_IRQ_LINE_LAYOUT_2": 174,
+    "KVM_CAP_ARM_NISV_TO_USER": 177, "KVM_CAP_ARM_INJECT_EXT_DABT": 178,
+    "KVM_CAP_HALT_POLL": 182, "KVM_CAP_ASYNC_PF_INT": 183, "KVM_CAP_SMALLER_MAXPHYADDR": 185,
+    "KVM_CAP_STEAL_TIME": 187, "KVM_CAP_X86_USER_SPACE_MSR": 188, "KVM_CAP_X86_MSR_FILTER": 189,
+    "KVM_CAP_ENFORCE_PV_FEATURE_CPUID": 190, "KVM_CAP_SYS_HYPERV_CPUID": 191,
+    "KVM_CAP_DIRTY_LOG_RING": 192, "KVM_CAP_X86_BUS_LOCK_EXIT": 193,
+    "KVM_CAP_SET_GUEST_DEBUG2": 195, "KVM_CAP_PTP_KVM": 198, "KVM_CAP_SREGS2": 200,
+    "KVM_CAP_EXIT_HYPERCALL": 201, "KVM_CAP_BINARY_STATS_FD": 203,
+    "KVM_CAP_EXIT_ON_EMULATION_FAILURE": 204, "KVM_CAP_ARM_MTE": 205, "KVM_CAP_VM_GPA_BITS": 207,
+    "KVM_CAP_XSAVE2": 208, "KVM_CAP_SYS_ATTRIBUTES": 209, "KVM_CAP_PMU_CAPABILITY": 212,
+    "KVM_CAP_DISABLE_QUIRKS2": 213, "KVM_CAP_VM_TSC_CONTROL": 214,
+    "KVM_CAP_SYSTEM_EVENT_DATA": 215, "KVM_CAP_ARM_SYSTEM_SUSPEND": 216,
+    "KVM_CAP_X86_TRIPLE_FAULT_EVENT": 218, "KVM_CAP_X86_NOTIFY_VMEXIT": 219,
+    "KVM_CAP_VM_DISABLE_NX_HUGE_PAGES": 220, "KVM_CAP_DIRTY_LOG_RING_ACQ_REL": 223,
+    "KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP": 225, "KVM_CAP_PMU_EVENT_MASKED_EVENTS": 226,
+    "KVM_CAP_COUNTER_OFFSET": 227, "KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE": 228,
+    "KVM_CAP_ARM_SUPPORTED_BLOCK_SIZES": 229, "KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES": 230,
+    "KVM_CAP_USER_MEMORY2": 231, "KVM_CAP_MEMORY_FAULT_INFO": 232,
+    "KVM_CAP_MEMORY_ATTRIBUTES": 233, "KVM_CAP_GUEST_MEMFD": 234, "KVM_CAP_VM_TYPES": 235,
+    "KVM_CAP_ARM_WRITABLE_IMP_ID_REGS": 239, "KVM_CAP_ARM_EL2": 240,
+    "KVM_CAP_ARM_EL2_E2H0": 241, "KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED": 243,
+    "KVM_CAP_ARM_SEA_TO_USER": 245,
+}
+
+# arm64 KVM_ARM_VCPU_INIT feature bits (features[0])
+ARM_VCPU_FEATURES: dict[str, int] = {
+    "EL1_32BIT": 1, "PSCI_0_2": 2, "PMU_V3": 3, "SVE": 4,
+    "PTRAUTH_ADDRESS": 5, "PTRAUTH_GENERIC": 6, "HAS_EL2": 7,
+}
+#: the capability that says a vCPU feature can be asked for
+ARM_FEATURE_CAP: dict[str, str] = {
+    "EL1_32BIT": "KVM_CAP_ARM_EL1_32BIT", "PSCI_0_2": "KVM_CAP_ARM_PSCI_0_2",
+    "PMU_V3": "KVM_CAP_ARM_PMU_V3", "SVE": "KVM_CAP_ARM_SVE",
+    "PTRAUTH_ADDRESS": "KVM_CAP_ARM_PTRAUTH_ADDRESS",
+    "PTRAUTH_GENERIC": "KVM_CAP_ARM_PTRAUTH_GENERIC", "HAS_EL2": "KVM_CAP_ARM_EL2",
+}
+ARM_FINALIZE_SVE = 4  # KVM_ARM_VCPU_SVE passed to KVM_ARM_VCPU_FINALIZE
+
+# ONE_REG id layout
+REG_ARCH_MASK = 0xFF00000000000000
+REG_ARM64 = 0x6000000000000000
+REG_SIZE_SHIFT = 52
+REG_SIZE_MASK = 0x00F0000000000000
+REG_SIZE_U64 = 0x0030000000000000
+ARM_COPROC_SHIFT = 16
+ARM_COPROC_MASK = 0x0FFF0000
+#: arm64 ONE_REG "coprocessor" groups (arch/arm64/include/uapi/asm/kvm.h)
+ARM_COPROC: dict[int, str] = {0x0010: "core", 0x0011: "demux", 0x0013: "sysreg",
+                              0x0014: "fw", 0x0015: "sve", 0x0016: "fw_bmap"}
+ARM_SVE_VLS = 0x606000000015FFFF
+ARM_FEATURE_ID_RANGE_SIZE = 192  # u64 entries filled by KVM_ARM_GET_REG_WRITABLE_MASKS
+
+
+def arm64_sysreg_id(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
+    return (REG_ARM64 | REG_SIZE_U64 | 0x13 << ARM_COPROC_SHIFT
+            | op0 << 14 | op1 << 11 | crn << 7 | crm << 3 | op2)
+
+
+def arm64_sysreg_encoding(reg_id: int) -> tuple[int, int, int, int, int]:
+    return ((reg_id >> 14) & 3, (reg_id >> 11) & 7, (reg_id >> 7) & 15,
+            (reg_id >> 3) & 15, reg_id & 7)
+
+
+def arm64_feature_id_range_index(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
+    """KVM_ARM_FEATURE_ID_RANGE_IDX: where a register's mask sits in the 192-entry array."""
+    op1 &= 3
+    return ((op1 - (op1 == 3)) << 6) | ((crm & 7) << 3) | op2
+
+
+def arm64_coproc(reg_id: int) -> str:
+    return ARM_COPROC.get((reg_id & ARM_COPROC_MASK) >> ARM_COPROC_SHIFT, "other")
+
+
+def reg_size(reg_id: int) -> int:
+    return 1 << ((reg_id & REG_SIZE_MASK) >> REG_SIZE_SHIFT)
+
+
+def errno_name(err: int) -> str:
+    return errno.errorcode.get(err, str(err))
+
+
+def _counted_list(fd: int, request: int, item: str) -> list[int]:
+    """A "count, then items" ioctl: asked with count 0, KVM fails with E2BIG and writes
+    the count it needs; asked again with room for that many, it fills them in."""
+    size = struct.calcsize(item)
+    # bigger than 1024 bytes: fcntl.ioctl then hands the kernel this very buffer instead of
+    # a copy; Python 3.14 no longer copies a failed ioctl's copy back, which lost the count
+    head = bytearray(2048)
+    try:
+        fcntl.ioctl(fd, request, head, True)
+    except OSError as e:
+        if e.errno != errno.E2BIG:
+            raise
+    n = struct.unpack_from("<" + item, head)[0]
+    buf = bytearray(size + size * n)
+    struct.pack_into("<" + item, buf, 0, n)
+    fcntl.ioctl(fd, request, buf, True)
+    n = struct.unpack_from("<" + item, buf, 0)[0]
+    return list(struct.unpack_from(f"<{n}{item}", buf, size))
+
+
+class _Fd:
+    """An owned file descriptor; closing twice is harmless."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_extension(self, cap: int) -> int:
+        return fcntl.ioctl(self.fd, KVM_CHECK_EXTENSION, cap)
+
+
+class KvmSystem(_Fd):
+    """``/dev/kvm``."""
+
+    def __init__(self, path: str = "/dev/kvm") -> None:
+        super().__init__(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+
+    def api_version(self) -> int:
+        return fcntl.ioctl(self.fd, KVM_GET_API_VERSION)
+
+    def create_vm(self, vm_type: int = 0) -> KvmVm:
+        return KvmVm(fcntl.ioctl(self.fd, KVM_CREATE_VM, vm_type))
+
+    # x86 --------------------------------------------------------------------------
+    def supported_cpuid(self) -> list[tuple[int, int, int, int, int, int, int]]:
+        """KVM_GET_SUPPORTED_CPUID: (function, index, flags, eax, ebx, ecx, edx) rows."""
+        nent = 128
+        while True:
+            buf = bytearray(8 + 40 * nent)
+            struct.pack_into("<I", buf, 0, nent)
+            try:
+                fcntl.ioctl(self.fd, KVM_GET_SUPPORTED_CPUID, buf, True)
+            except OSError as e:
+                if e.errno == errno.E2BIG and nent < 4096:
+                    nent *= 2
+                    continue
+                raise
+            count = struct.unpack_from("<I", buf, 0)[0]
+            return [struct.unpack_from("<7I", buf, 8 + 40 * i) for i in range(count)]
+
+    def msr_feature_indices(self) -> list[int]:
+        """KVM_GET_MSR_FEATURE_INDEX_LIST (struct kvm_msr_list: u32 count, u32 indices[])."""
+        return _counted_list(self.fd, KVM_GET_MSR_FEATURE_INDEX_LIST, "I")
+
+    def feature_msr(self, index: int) -> int | None:
+        """One feature MSR through KVM_GET_MSRS on the system fd; None if KVM reads 0 MSRs."""
+        buf = bytearray(struct.pack("<IIIIQ", 1, 0, index, 0, 0))
+        read = fcntl.ioctl(self.fd, KVM_GET_MSRS, buf, True)
+        if read != 1:
+            return None
+        return int(struct.unpack_from("<Q", buf, 16)[0])
+
+
+class KvmVm(_Fd):
+    def create_vcpu(self, index: int = 0) -> KvmVcpu:
+        return KvmVcpu(fcntl.ioctl(self.fd, KVM_CREATE_VCPU, index))
+
+    def arm_preferred_target(self) -> int:
+        buf = bytearray(32)
+        fcntl.ioctl(self.fd, KVM_ARM_PREFERRED_TARGET, buf, True)
+        return int(struct.unpack_from("<I", buf, 0)[0])
+
+    def arm_writable_masks(self) -> list[int]:
+        """KVM_ARM_GET_REG_WRITABLE_MASKS for range 0 (the feature ID range)."""
+        import ctypes
+
+        masks = (ctypes.c_uint64 * ARM_FEATURE_ID_RANGE_SIZE)()
+        req = struct.pack("<QI13I", ctypes.addressof(masks), 0, *([0] * 13))
+        fcntl.ioctl(self.fd, KVM_ARM_GET_REG_WRITABLE_MASKS, req)
+        return list(masks)
+
+    def enable_cap(self, cap: int, *args: int) -> None:
+        argv = list(args) + [0] * (4 - len(args))
+        fcntl.ioctl(self.fd, KVM_ENABLE_CAP, struct.pack("<II4Q64x", cap, 0, *argv))
+
+
+class KvmVcpu(_Fd):
+    def arm_init(self, target: int, features: list[str]) -> None:
+        word = 0
+        for name in features:
+            word |= 1 << ARM_VCPU_FEATURES[name]
+        fcntl.ioctl(self.fd, KVM_ARM_VCPU_INIT, struct.pack("<I7I", target, word, 0, 0, 0, 0, 0, 0))
+
+    def arm_finalize(self, what: int = ARM_FINALIZE_SVE) -> None:
+        fcntl.ioctl(self.fd, KVM_ARM_VCPU_FINALIZE, struct.pack("<i", what))
+
+    def reg_list(self) -> list[int]:
+        """KVM_GET_REG_LIST (struct kvm_reg_list: u64 n, u64 reg[])."""
+        return _counted_list(self.fd, KVM_GET_REG_LIST, "Q")
+
+    def get_one_reg(self, reg_id: int) -> int:
+        """Read a register of any size as an unsigned little-endian integer."""
+        import ctypes
+
+        value = ctypes.create_string_buffer(reg_size(reg_id))
+        fcntl.ioctl(self.fd, KVM_GET_ONE_REG, struct.pack("<QQ", reg_id, ctypes.addressof(value)))
+        return int.from_bytes(value.raw, "little")
+
+    def set_one_reg(self, reg_id: int, val: int) -> None:
+        import ctypes
+
+        size = reg_size(reg_id)
+        value = ctypes.create_string_buffer(val.to_bytes(size, "little"), size)
+        fcntl.ioctl(self.fd, KVM_SET_ONE_REG, struct.pack("<QQ", reg_id, ctypes.addressof(value)))
