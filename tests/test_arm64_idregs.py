@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from abiguard.arch.arm64 import idregs as idr
 
@@ -220,3 +221,84 @@ def test_safe_value_rejects_values_that_do_not_fit() -> None:
         idr.safe_value(_field("ID_AA64ISAR0_EL1", "AES"), -1, 0)   # unsigned field
     with pytest.raises(ValueError):
         idr.safe_value(_field("ID_AA64PFR0_EL1", "FP"), -9, 0)
+
+
+# -- the register-id parser the hook runs on every stream ---------------------------------
+
+def _reference_is_reg_id(reg: int) -> bool:
+    """uapi layout spelled out field by field: KVM_REG_ARM64, a size KVM defines, a group
+    KVM defines, nothing else set above the low 16 bits."""
+    return (0 <= reg < 1 << 64 and reg >> 56 == 0x60 and 2 <= (reg >> 52) & 0xF <= 8
+            and (reg >> 48) & 0xF == 0 and (reg >> 28) & 0xFFFFFF == 0
+            and (reg >> 16) & 0xFFF in (0x10, 0x11, 0x13, 0x14, 0x15, 0x16))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.integers(-(1 << 70), 1 << 70),
+                 st.builds(lambda size, group, low: (0x60 << 56) | (size << 52) | (group << 16) | low,
+                           st.integers(0, 15), st.integers(0, 0xFFF), st.integers(0, 0xFFFF)),
+                 st.sampled_from([0x6030000000130000, 0x603000000013C000, 0x6020000000110000,
+                                  0x6080000000150400, 0x6090000000150000, 0x6030000000120000])))
+def test_is_reg_id_is_the_uapi_layout(reg):
+    from abiguard.arch.arm64 import regs
+
+    assert regs.is_reg_id(reg) == _reference_is_reg_id(reg)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 1 << 64).map(hex), st.integers(0, 1 << 64).map(lambda i: f"{i:#X}"),
+                          st.sampled_from(["0x6030000000130000", "0x06030000000130000", "6030000000130000",
+                                           "-0x1", "0x", "", " 0x6030000000130000", "0x6030000000130000\n"]),
+                          st.text(max_size=8)), max_size=12))
+def test_parse_ids_keeps_only_canonical_well_formed_ids(words):
+    from abiguard.arch.arm64 import regs
+
+    ids, bad = regs.parse_ids(words)
+    want_ids = [int(w, 16) for w in words if _canonical_id(w)]
+    assert ids == want_ids
+    assert bad == [w for w in words if not _canonical_id(w)]
+
+
+def _canonical_id(w: str) -> bool:
+    try:
+        v = int(w, 16)
+    except ValueError:
+        return False
+    return hex(v) == w and _reference_is_reg_id(v)
+
+
+def _reference_kind(reg_id: int) -> str:
+    from abiguard.arch.arm64 import regs
+    from abiguard.probe import kvm
+
+    fw = regs.FW_BY_ID.get(reg_id)
+    if fw is not None:
+        return fw.kind
+    if reg_id in regs.VOLATILE_REGS:
+        return "state"
+    if kvm.arm64_coproc(reg_id) == "sysreg":
+        op0, op1, crn, _crm, _op2 = kvm.arm64_sysreg_encoding(reg_id)
+        if op0 == 3 and op1 in (0, 1, 3) and crn == 0:
+            return "idreg"
+    return {"demux": "ccsidr", "fw": "unknown_fw", "fw_bmap": "unknown_fw"}.get(kvm.arm64_coproc(reg_id), "state")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.builds(lambda size, group, low: (0x60 << 56) | (size << 52) | (group << 16) | low,
+                           st.integers(2, 8), st.sampled_from([0x10, 0x11, 0x13, 0x14, 0x15, 0x16]),
+                           st.integers(0, 0xFFFF)),
+                 st.sampled_from(sorted(__import__("abiguard.arch.arm64.regs", fromlist=["x"]).FW_BY_ID))))
+def test_kind_of_is_the_uapi_layout(reg_id):
+    from abiguard.arch.arm64 import regs
+
+    assert regs.kind_of(reg_id) == _reference_kind(reg_id)
+    assert regs.kind_of(reg_id) == _reference_kind(reg_id)      # and again, from the memo
+    assert regs.is_id_register(reg_id) == (_reference_kind(reg_id) == "idreg"
+                                           or (reg_id in regs.VOLATILE_REGS and _sysreg_id_range(reg_id)))
+
+
+def _sysreg_id_range(reg_id: int) -> bool:
+    from abiguard.probe import kvm
+
+    op0, op1, crn, _crm, _op2 = kvm.arm64_sysreg_encoding(reg_id)
+    return kvm.arm64_coproc(reg_id) == "sysreg" and op0 == 3 and op1 in (0, 1, 3) and crn == 0

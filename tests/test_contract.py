@@ -6,13 +6,13 @@ import json
 import os
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from lxml import etree
 
 from abiguard.builtin import builtin_profiles
 from abiguard.errors import ContractError
 from abiguard.model import contract, profile
-from abiguard.xml import contract as contract_xml
-from abiguard.xml import domain as domxml
+from abiguard.xml import contract as contract_xml, domain as domxml
 
 PROFILES = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
 
@@ -99,3 +99,33 @@ def test_x86_contract_from_this_machines_profile_validates(tmp_path):
     bad = tamper(sealed, lambda d: d["x86_64"]["features"].update({"sse2": "sometimes"}))
     with pytest.raises(ContractError, match="one of require, disable"):
         contract.Contract.from_json(bad, "x")
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.one_of(st.integers(-5, 1 << 70).map(hex), st.integers(0, 1 << 70).map(lambda i: f"{i:#X}"),
+                          st.integers(0, 1 << 64).map(lambda i: f"0x{i:04x}"),
+                          st.sampled_from(["0x", "0x0", "0x00", "0x1_f", " 0x1", "0x1 ", "0x\u0661", "-0x0", "0xa"]),
+                          st.text(max_size=6), st.integers(0, 9), st.none()), max_size=8),
+       st.sampled_from([1, 4, 16, 32]))
+def test_hex_values_agrees_with_is_hex_item_by_item(words, digits):
+    from abiguard.model.fields import hex_values, is_hex
+
+    got = hex_values(words, digits)
+    if all(is_hex(w, digits) for w in words):
+        assert got == [int(w, 16) for w in words]
+    else:
+        assert got is None
+
+
+_plain_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, blacklist_characters='"\\'), max_size=6)
+_json_docs = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), _plain_text),
+                          lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                  st.dictionaries(_plain_text, inner, max_size=4)),
+                          max_leaves=20)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_json_docs)
+def test_canonical_is_json_dumps_sorted_compact(doc):
+    """The digest's form, written without the json module: byte for byte json.dumps'."""
+    assert contract.canonical(doc) == json.dumps(doc, sort_keys=True, separators=(",", ":"))

@@ -79,7 +79,10 @@ def abiguard(lab: TwoHost, host: str, *args: str, check: bool = True) -> subproc
 
 
 def metadata(sealed: contract.Contract) -> str:
-    return "<metadata>" + to_xml_text(sealed) + "</metadata>"
+    """The contract as abiguard pin writes it: with its boot stamp."""
+    from abiguard.xml.edit import boot_stamp
+
+    return "<metadata>" + to_xml_text(sealed) + boot_stamp(sealed).decode() + "</metadata>"
 
 
 def live_xml(lab: TwoHost, host: str, name: str) -> str:
@@ -327,3 +330,33 @@ def test_destination_pins_travel_through_libvirt_into_qemu(lab: TwoHost, hosts):
         set_profile(lab, "b", hosts["b"])
         for h in ("a", "b"):
             lab.destroy_guest(h, name)
+
+
+def test_reconnect_with_a_broken_install_keeps_running_vms(lab: TwoHost, hosts):
+    """libvirt kills a running VM whose `reconnect` hook fails: with abiguard's package
+    gone (or half-upgraded), a libvirtd restart must leave every VM running under the same
+    QEMU, and what abiguard judges (an incoming migration) refuses with one line."""
+    from abiguard import install
+
+    name, other = "e2e-reconnect", "e2e-reconnect-in"
+    hook = state(lab, "a", "etc", "hooks", "qemu.d", "abiguard")
+    good = hook.read_text()
+    for h, n in (("a", name), ("b", other)):
+        lab.define_guest(h, "x86", n, cpu=qemu64(hosts))
+        abiguard(lab, h, "pin", n)
+        lab.start_guest(h, n)
+    try:
+        pid = lab.qemu_pid("a", name)
+        # the shim as install writes it, for a package directory that is gone
+        hook.write_text(install.render("qemu", PY, "/nonexistent/abiguard-removed"))
+        lab.restart("a")                      # libvirtd reconnects to the running QEMU
+        assert lab.domstate("a", name) == "running" and lab.qemu_pid("a", name) == pid
+        moving = lab.qemu_pid("b", other)
+        cp = lab.migrate("b", "a", other, *MOVE, check=False)
+        refused(cp, "abiguard: cannot load abiguard", "reinstall abiguard")
+        assert lab.domstate("b", other) == "running" and lab.qemu_pid("b", other) == moving
+    finally:
+        hook.write_text(good)
+        lab.restart("a")
+        lab.destroy_guest("a", name)
+        lab.destroy_guest("b", other)

@@ -53,7 +53,8 @@ def test_pin_edit_matches_golden(case: str) -> None:
     with open(os.path.join(GOLDEN, f"{source}-in.xml")) as f:
         xml = f.read()
     sealed = make()
-    out, notes, cannot = apply(xml, sealed, profile.load(P[host]) if host else None)
+    out, notes, cannot = apply(xml, sealed, profile.load(P[host]) if host else None, nonce="00112233445566aa",
+                               at="2026-12-01T12:00:00Z")
     report = "".join(f"pinned: {n}\n" for n in notes) + "".join(f"cannot pin: {c}\n" for c in cannot)
     files = {f"{case}-out.xml": out + "\n", f"{case}-notes.txt": report}
     if os.environ.get("ABIGUARD_REGENERATE") == "1":

@@ -13,9 +13,24 @@ from abiguard.builtin import builtin_profiles
 from abiguard.model import contract, profile
 from abiguard.xml import domain as domxml
 from abiguard.xml.contract import to_xml_text
+from abiguard.xml.edit import boot_stamp
 
 P = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
 UUID = "6f1c0d2e-8a51-4d8e-9d53-2b1f8c3e7a10"
+
+
+def pinned(c: contract.Contract) -> str:
+    """A contract as ``abiguard pin`` writes it into <metadata>: with its boot stamp."""
+    return to_xml_text(c) + boot_stamp(c).decode()
+
+
+def without_stamps(xml: bytes) -> bytes:
+    """The XML with abiguard's stamps cut out: what the hook must leave byte for byte."""
+    out, pos = b"", 0
+    for span in domxml.parse(xml).stamp_spans:
+        out += xml[pos:span.start]
+        pos = span.end
+    return out + xml[pos:]
 
 
 def domain(meta: str = "", machine: str = "virt") -> bytes:
@@ -59,17 +74,18 @@ def test_other_operations_exit_at_once(host):
 
 def test_allow_prints_the_same_xml_plus_a_stamp(host):
     c = sealed("7.2.13+deb14-arm64")
-    xml = domain(to_xml_text(c))
+    xml = domain(pinned(c))
     cp = host("vm", "migrate", "begin", "-", xml=xml)
     assert cp.returncode == 0, cp.stderr
     f = domxml.parse(cp.stdout)
-    assert cp.stdout[:f.stamp_spans[0].start] + cp.stdout[f.stamp_spans[0].end:] == xml
+    assert len(f.stamp_spans) == 1
+    assert without_stamps(cp.stdout) == without_stamps(xml)
     assert f.stamp.get("contract") == c.digest
     assert (host.root / "var/lib/abiguard/incoming" / UUID).exists()
 
 
 def test_refusal_is_one_line_naming_register_and_values(host):
-    xml = domain(to_xml_text(sealed("7.2.13+deb14-arm64")))
+    xml = domain(pinned(sealed("7.2.13+deb14-arm64")))
     cp = host("vm", "migrate", "begin", "-", xml=xml, profile_name="6.12.117+deb13-arm64")
     assert cp.returncode == 1 and cp.stdout == b""
     line = cp.stderr.decode().strip()
@@ -80,7 +96,7 @@ def test_refusal_is_one_line_naming_register_and_values(host):
 
 
 def test_restore_uses_the_same_rules(host):
-    xml = domain(to_xml_text(sealed("7.2.13+deb14-arm64")))
+    xml = domain(pinned(sealed("7.2.13+deb14-arm64")))
     cp = host("vm", "restore", "begin", "-", xml=xml, profile_name="6.12.117+deb13-arm64")
     assert cp.returncode == 1 and b"refusing restore of 'vm'" in cp.stderr
 
@@ -89,7 +105,7 @@ def test_stamp_of_the_last_hop_gives_the_stream(host):
     """A VM booted on 6.1 that then ran on 7.2 carries 7.2's stream: rolling it back to 6.1
     now fails on what 7.2 added, which the contract alone would not show."""
     c = sealed("6.1.0-50-arm64", "psci")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)))
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(c)))
     assert cp.returncode == 0, cp.stderr
     stamped = cp.stdout
     cp = host("vm", "migrate", "begin", "-", xml=stamped, profile_name="6.1.0-50-arm64")
@@ -99,7 +115,7 @@ def test_stamp_of_the_last_hop_gives_the_stream(host):
 
 def test_machine_type_must_match_the_contract(host):
     c = sealed("7.2.13+deb14-arm64").replace(machine_type="virt-7.2")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c), machine="virt-8.0"))
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(c), machine="virt-8.0"))
     assert cp.returncode == 1 and b"runs machine type virt-8.0 but its contract pins virt-7.2" in cp.stderr
 
 
@@ -120,7 +136,7 @@ def test_config_errors_fail_closed_with_the_file_named(host):
 
 def test_missing_profile_fails_closed(host):
     c = sealed("7.2.13+deb14-arm64")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)), profile_name=None)
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(c)), profile_name=None)
     assert cp.returncode == 1 and b"cannot read" in cp.stderr and b"abiguard probe -o" in cp.stderr
 
 
@@ -129,12 +145,12 @@ def test_internal_error_fails_closed_and_logs_the_traceback(host):
     (host.root / "var/lib/abiguard/host-profile.json").write_text("{}")
     (host.root / "var/lib/abiguard/host-profile.json.hookview").write_bytes(b"\x00garbage")
     c = sealed("7.2.13+deb14-arm64")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)), profile_name=None)
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(c)), profile_name=None)
     assert cp.returncode == 1 and cp.stderr.startswith(b"abiguard: ")
 
 
 def test_prepare_refuses_a_start_the_host_cannot_realise(host):
-    xml = domain(to_xml_text(sealed("7.2.13+deb14-arm64")))
+    xml = domain(pinned(sealed("7.2.13+deb14-arm64")))
     cp = host("vm", "prepare", "begin", "-", xml=xml, profile_name="6.12.117+deb13-arm64")
     assert cp.returncode == 1 and b"this host cannot start 'vm' with its contract" in cp.stderr
     assert host("vm", "prepare", "begin", "-", xml=xml).returncode == 0
@@ -144,7 +160,7 @@ def test_prepare_after_migrate_begin_is_incoming(host):
     """prepare runs for incoming migrations too; with the marker and stamp nonce left by
     migrate begin it does not demand that this host realise the contract by itself."""
     c = sealed("6.1.0-50-arm64", "psci")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)))
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(c)))
     assert cp.returncode == 0
     assert host("vm", "prepare", "begin", "-", xml=cp.stdout).returncode == 0
     # the marker is used up: a later plain start of the same XML is judged as a start
@@ -188,7 +204,7 @@ def test_x86_cpu_model_must_match_the_contract(host):
     body = {"cpu_model": "Skylake-Client", "pv_features": None, "features": {}}
     c = contract.seal_json({"arch": "x86_64", "machine_type": None,
                             "origin": {"kind": "profile", "hosts": []}, "x86_64": body})
-    xml = (f"<domain type='kvm'><name>vm</name><uuid>{UUID}</uuid><metadata>{to_xml_text(c)}</metadata>"
+    xml = (f"<domain type='kvm'><name>vm</name><uuid>{UUID}</uuid><metadata>{pinned(c)}</metadata>"
            "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
            "<cpu mode='custom'><model>qemu64</model></cpu></domain>").encode()
     cp = host("vm", "migrate", "begin", "-", xml=xml)
@@ -205,7 +221,7 @@ def test_incoming_adds_the_pins_the_destination_needs(host):
     import xml.etree.ElementTree as ET
 
     c = sealed("6.1.0-50-arm64", "psci")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)))
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(c)))
     assert cp.returncode == 0, cp.stderr
     env = {e.get("name"): e.get("value") for e in ET.fromstring(cp.stdout).iter(f"{{{QEMU_NS}}}env")}
     assert env["LD_PRELOAD"] == "/usr/lib/abiguard/abiguard_pin.so"
@@ -222,13 +238,13 @@ def test_incoming_adds_the_pins_the_destination_needs(host):
 def test_incoming_refuses_without_the_library(host):
     os.unlink(host.root / "usr/lib/abiguard/abiguard_pin.so")
     c = sealed("6.1.0-50-arm64", "psci")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)))
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(c)))
     assert cp.returncode == 1 and b"abiguard_pin.so is missing" in cp.stderr
 
 
 def test_incoming_refuses_a_foreign_ld_preload(host):
     c = sealed("6.1.0-50-arm64", "psci")
-    xml = domain(to_xml_text(c)).replace(
+    xml = domain(pinned(c)).replace(
         b"</domain>", f"<qemu:commandline xmlns:qemu='{QEMU_NS}'><qemu:env name='LD_PRELOAD' "
                       f"value='/opt/x.so'/></qemu:commandline></domain>".encode())
     cp = host("vm", "migrate", "begin", "-", xml=xml)
@@ -240,9 +256,9 @@ def test_prepare_demands_the_pins_in_the_definition(host):
     doc = sealed("7.2.13+deb14-arm64", "psci").to_json()
     doc["aarch64"]["values"]["0x6030000000140000"] = "0x10001"
     c = contract.seal_json(doc)
-    cp = host("vm", "prepare", "begin", "-", xml=domain(to_xml_text(c)))
+    cp = host("vm", "prepare", "begin", "-", xml=domain(pinned(c)))
     assert cp.returncode == 1 and b"run abiguard pin vm here" in cp.stderr
-    xml = domain(to_xml_text(c)).replace(
+    xml = domain(pinned(c)).replace(
         b"</domain>", f"<qemu:commandline xmlns:qemu='{QEMU_NS}'><qemu:env name='LD_PRELOAD' "
                       f"value='/usr/lib/abiguard/abiguard_pin.so'/><qemu:env name='ABIGUARD_PINS' "
                       f"value='0x6030000000140000=0x10001'/></qemu:commandline></domain>".encode())
@@ -259,10 +275,10 @@ def test_a_register_the_destination_adds_is_pinned_off_instead_of_refused(host):
     body["stream"] = [r for r in body["stream"] if r != "0x6030000000160000"]
     body["values"].pop("0x6030000000160000")
     c = contract.seal_json(doc)
-    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)))
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(c)))
     assert cp.returncode == 0, cp.stderr
     env = domxml.parse(cp.stdout).qemu_env
     assert "0x6030000000160000=0x0" in env["ABIGUARD_PINS"][0]
     os.unlink(host.root / "usr/lib/abiguard/abiguard_pin.so")
-    cp = host("vm", "migrate", "begin", "-", xml=domain(to_xml_text(c)))
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(c)))
     assert cp.returncode == 1 and b"abiguard_pin.so is missing" in cp.stderr

@@ -181,3 +181,18 @@ def test_every_rule_kind_has_a_row() -> None:
     kinds = {regs.kind_of(r.id) for r in regs.FW_REGS} | {"idreg", "ccsidr", "unknown_fw"}
     assert kinds == set(RULES)
     assert regs.kind_of(next(iter(regs.VOLATILE_REGS))) == "state"
+
+
+@pytest.mark.parametrize("kind", sorted(k for k, r in RULES.items() if r.default_is_fine))
+def test_a_row_that_says_its_default_is_fine_finds_nothing_there(kind: str) -> None:
+    """The verdict skips such a row's check when the VM's value is the destination's own
+    default: the row must agree, for every register of its kind and any masks."""
+    ids = [r for r in range(0x603000000013C000, 0x603000000013C000 + 0x400)] + \
+        [0x6020000000110000 | i for i in range(16)]
+    ids = [r for r in ids if regs.kind_of(r) == kind]
+    assert ids, kind
+    for rid in ids:
+        for value in (0, 1, 0x1122334455667788):
+            for masks in (None, {}, {regs.reg_name(rid): (1 << 64) - 1}):
+                assert RULES[kind].check(rid, regs.reg_name(rid), value, dest({rid: value}, masks)) == [], \
+                    (hex(rid), value, masks)

@@ -7,8 +7,7 @@ import os
 import pytest
 
 from abiguard.model import profile
-from abiguard.probe import host as probe
-from abiguard.probe import kvm
+from abiguard.probe import host as probe, kvm
 from helpers.realparts import need_kvm
 from helpers.run import abiguard
 

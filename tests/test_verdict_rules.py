@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from abiguard.arch.arm64 import idregs as arm64_idregs
-from abiguard.arch.arm64 import regs as arm64
+from abiguard.arch.arm64 import idregs as arm64_idregs, regs as arm64
 from abiguard.builtin import builtin_profiles
 from abiguard.engine import verdict
 from abiguard.model import contract, profile

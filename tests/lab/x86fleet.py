@@ -530,7 +530,7 @@ def judge(case: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- the fleet
 def newest_q35(profile: dict[str, Any]) -> str:
     sys.path.insert(0, str(PLUGIN))
-    from abiguard.model.profile import newest_machine
+    from abiguard.model.stack import newest_machine
 
     m = newest_machine([m["name"] for m in profile["stack"]["qemu"]["machines"]], "pc-q35")
     assert m, "no pc-q35 machine type"
@@ -694,8 +694,7 @@ def case_contract(case: dict[str, Any], profiles: dict[str, Any]) -> Any:
     start on this machine)."""
     sys.path.insert(0, str(PLUGIN))
     from abiguard.model import contract
-    from abiguard.xml import contract as contract_xml
-    from abiguard.xml import domain as domxml
+    from abiguard.xml import contract as contract_xml, domain as domxml
 
     if case["vm"] == "pinned":
         facts = domxml.parse(case["domain_xml"].encode(), f"domain {case['name']}")

@@ -18,8 +18,7 @@ def get(name: str) -> Arch:
     """The plugin for an arch name; KeyError for one abiguard does not know."""
     arch = _loaded.get(name)
     if arch is None:
-        import importlib
-
-        arch = importlib.import_module(PLUGINS[name]).ARCH
-        _loaded[name] = arch
+        # __import__, not importlib: importlib pulls in warnings, a cost on the hook's path
+        module = __import__(PLUGINS[name], fromlist=["ARCH"])
+        arch = _loaded[name] = module.ARCH
     return arch

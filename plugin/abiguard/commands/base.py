@@ -77,7 +77,7 @@ def qemu_version(text: str | None) -> tuple[int, ...] | None:
     """``--qemu 7.2`` as a version tuple."""
     if text is None:
         return None
-    from ..model.profile import parse_version
+    from ..model.stack import parse_version
 
     version = parse_version(text)
     if version is None:

@@ -27,7 +27,7 @@ def unique(profiles: list[Profile]) -> list[Profile]:
 
 def common_machine(profiles: list[Profile], family: str) -> str | None:
     """The newest machine type of a family every host's QEMU has."""
-    from ..model.profile import newest_machine
+    from ..model.stack import newest_machine
 
     sets = [p.qemu.machine_names() if p.qemu is not None else set() for p in profiles]
     if not sets or not all(sets):

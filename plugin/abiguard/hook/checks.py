@@ -2,7 +2,6 @@
 this host's profile, the unpinned policy, and the one refusal line."""
 from __future__ import annotations
 
-import os
 import sys
 
 from ..errors import ContractError, ProfileError, Refusal
@@ -51,20 +50,27 @@ def contract_of(facts: DomainFacts, dom: str) -> Contract | None:
 
 
 def stamp_of(facts: DomainFacts, sealed: Contract, dom: str) -> HopStamp | None:
-    """The stamp of the VM's last hop, if it has one and it is this contract's."""
+    """The stamp of the VM's last hop (or the boot stamp ``abiguard pin`` wrote), checked
+    against the contract. On an arch whose register stream moves with the VM a missing,
+    foreign or altered stamp refuses: the stream the VM carries would be unknown, and a
+    guess would be the favourable one."""
+    from ..arch import get
     from ..model.stamp import HopStamp
 
+    needs_stream = get(sealed.arch).carries_register_stream
     if facts.stamp is None:
+        if needs_stream:
+            raise Refusal(f"abiguard: VM '{dom}' has a contract but no hop stamp, so the register stream it "
+                          f"carries is unknown; pin it with abiguard pin {dom} (which writes the stamp) and "
+                          "restart it")
         return None
     try:
         stamp = HopStamp.from_element(facts.stamp)
     except ValueError:
         raise Refusal(f"abiguard: VM '{dom}': its hop stamp lists an invalid register stream") from None
-    from ..arch import get
-
-    if get(sealed.arch).carries_register_stream and stamp.get("contract") != sealed.digest:
-        raise Refusal(f"abiguard: VM '{dom}': its hop stamp belongs to another contract "
-                      f"({stamp.get('contract')}); re-pin the VM on its source")
+    problem = stamp.problem(sealed, needs_stream)
+    if problem is not None:
+        raise Refusal(f"abiguard: VM '{dom}': {problem}; re-pin the VM on its source (abiguard pin {dom})")
     return stamp
 
 
@@ -89,6 +95,7 @@ def refuse(what: str, problems: list[Problem], log_prefix: str) -> None:
 
 
 def library_present() -> bool:
+    from .. import _fs
     from ..preload import LIBRARY_PATH
 
-    return os.path.exists(state.rooted(LIBRARY_PATH))
+    return _fs.exists(state.rooted(LIBRARY_PATH))

@@ -2,10 +2,10 @@
 before any RAM moves, allow (and stamp) the VM or refuse it."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 
+from .. import _fs
 from ..errors import EnforceError, Refusal
 from . import checks, state
 
@@ -18,17 +18,17 @@ if TYPE_CHECKING:
 def new_stamp(profile: Profile, sealed: Contract, nonce: str) -> bytes:
     """This hop's stamp: this host, its profile, and the stream the VM carries from here."""
     from ..arch import get
-    from ..model.stamp import HopStamp
+    from ..model.stamp import HopStamp, safe_attr
 
-    attrs = {"host": os.uname().nodename[:64], "kernel": profile.kernel_release[:64],
-             "profile": profile.digest, "contract": sealed.digest, "nonce": nonce,
-             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if profile.qemu is not None and profile.qemu.version_text:
+    host = _fs.uname().nodename[:64]
+    attrs = {"host": host if safe_attr(host) else "?", "kernel": profile.kernel_release[:64],
+             "profile": profile.digest, "nonce": nonce, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if profile.qemu is not None and profile.qemu.version_text and safe_attr(profile.qemu.version_text):
         attrs["qemu"] = profile.qemu.version_text
-    return HopStamp(attrs, get(sealed.arch).stamp_stream(sealed, profile)).to_xml()
+    return HopStamp.made(attrs, sealed.digest, get(sealed.arch).stamp_stream(sealed, profile)).to_xml()
 
 
-def incoming(dom: str, op: str, data: bytes) -> int:
+def incoming(dom: str, op: str, data: bytes, deadline: float | None = None) -> int:
     from ..arch import get
     from ..engine import verdict
     from ..engine.pins import env_value
@@ -36,7 +36,7 @@ def incoming(dom: str, op: str, data: bytes) -> int:
     from ..xml import domain
     from .config import Config
 
-    facts = domain.parse(data, f"domain XML of '{dom}'")
+    facts = domain.parse(data, f"domain XML of '{dom}'", deadline)
     config = Config.load()
     sealed = checks.contract_of(facts, dom)
     if sealed is None:
@@ -74,7 +74,7 @@ def incoming(dom: str, op: str, data: bytes) -> int:
                           "(abiguard install builds it)")
     if widen:
         checks.refuse(what, widen, f"{op} {dom}")
-    nonce = os.urandom(8).hex()
+    nonce = _fs.urandom(8).hex()
     state.mark_incoming(facts.uuid, nonce)
     out = domain.with_stamp(data, facts, new_stamp(profile, sealed, nonce), pins)
     state.log(f"{op} {dom}: allow, contract {sealed.digest[:19]}, notes: {'; '.join(v.notes) or '-'}")

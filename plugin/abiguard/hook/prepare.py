@@ -2,11 +2,11 @@
 incoming start was judged at migrate/restore begin)."""
 from __future__ import annotations
 
-from ..errors import Refusal
+from ..errors import Refusal, printable
 from . import checks, state
 
 
-def prepare(dom: str, op: str, data: bytes) -> int:
+def prepare(dom: str, op: str, data: bytes, deadline: float | None = None) -> int:
     from ..arch import get
     from ..engine import verdict
     from ..engine.pins import env_value
@@ -14,22 +14,30 @@ def prepare(dom: str, op: str, data: bytes) -> int:
     from ..xml import domain
     from .config import Config
 
-    facts = domain.parse(data, f"domain XML of '{dom}'")
+    facts = domain.parse(data, f"domain XML of '{dom}'", deadline)
     config = Config.load()
     sealed = checks.contract_of(facts, dom)
     if sealed is None:
         return checks.unpinned(config, dom, op) if config.unpinned == "refuse" else 0
-    stamp = facts.stamp.get("nonce") if facts.stamp is not None else None
-    if state.was_incoming(facts.uuid, stamp):
+    nonce = facts.stamp.get("nonce") if facts.stamp is not None else None
+    if state.was_incoming(facts.uuid, nonce):
         state.log(f"{op} {dom}: incoming, checked at migrate/restore begin")
         return 0
     checks.check_domain_matches(facts, sealed, dom)
+    arch = get(sealed.arch)
+    stamp = checks.stamp_of(facts, sealed, dom)
     profile = checks.load_profile()
     v = verdict.realise(sealed, profile)
     what = f"this host cannot start '{dom}' with its contract"
     if v.problems:
         checks.refuse(what, v.problems, f"{op} {dom}: start")
-    arch = get(sealed.arch)
+    body_stream = getattr(sealed.body, "stream", None)
+    if arch.carries_register_stream and stamp is not None and stamp.stream != body_stream:
+        # started here, the VM carries the contract's stream (realise demands this host's
+        # list be exactly that); a stamp from an earlier hop would lie about it from now on
+        raise Refusal(f"abiguard: '{dom}' carries the hop stamp of another host "
+                      f"({printable(stamp.get('kernel') or '?', 64)}); a plain start here gives it the "
+                      f"contract's register stream: run abiguard pin {dom} (it resets the stamp), then start it")
     if arch.uses_preload:
         want = env_value(arch.plan_pins(sealed, profile, v))
         have = facts.qemu_env.get(ENV_PINS, ("", None))[0]

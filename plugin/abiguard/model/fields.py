@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 _HEXDIGITS = frozenset("0123456789abcdef")
+#: characters a label may not hold: markup, quotes, escapes
+_MARKUP = frozenset("<>&\"'\\`")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-~")
 #: sha256 digests are written "sha256:" + 64 lowercase hex digits
 DIGEST_PREFIX = "sha256:"
@@ -22,8 +24,28 @@ DIGEST_PREFIX = "sha256:"
 def is_hex(v: object, max_digits: int = 32) -> bool:
     """A canonical hex string as abiguard writes it: ``0x`` + lowercase digits, no
     leading zeros (``0x0`` for zero), so one value has exactly one spelling."""
-    return (isinstance(v, str) and v.startswith("0x") and 0 < len(v) - 2 <= max_digits
-            and _HEXDIGITS.issuperset(v[2:]) and (v[2] != "0" or len(v) == 3))
+    if type(v) is not str or not 2 < len(v) <= max_digits + 2 or not v.startswith("0x") or not v.isascii():
+        return False
+    try:
+        return f"{int(v, 16):#x}" == v   # int() alone would take "0X1F", " 1f", "1_f"
+    except ValueError:
+        return False
+
+
+def hex_values(vs: list[Any], max_digits: int = 32) -> list[int] | None:
+    """Many :func:`is_hex` strings at once (an arm64 contract has ~100): their values, or
+    None if any is not canonical. The checks run in C over the whole list, not per item."""
+    if not set(map(type, vs)) <= {str}:
+        return None
+    try:
+        ints = [int(v, 16) for v in vs]
+    except ValueError:
+        return None
+    # hex() spells each value the one canonical way: equal lists mean every string was
+    # canonical (no 0X, no blanks, no underscores, no non-ASCII digits); minus signs aside
+    if ints and (min(ints) < 0 or max(map(len, vs)) > max_digits + 2):
+        return None
+    return ints if list(map(hex, ints)) == vs else None
 
 
 def is_name(v: object, max_len: int = 64) -> bool:
@@ -36,7 +58,7 @@ def is_label(v: object, max_len: int = 64) -> bool:
     """Printable ASCII a report may show as it is (a register name such as
     ``DEMUX_CCSIDR[0]``): no markup, quote or escape characters."""
     return (isinstance(v, str) and 0 < len(v) <= max_len and v.isascii() and v.isprintable()
-            and not any(c in v for c in "<>&\"'\\`"))
+            and _MARKUP.isdisjoint(v))
 
 
 def is_digest(v: object) -> bool:

@@ -24,8 +24,7 @@ the hook needs neither json, re nor a digest over 160 KB (:func:`load_for_hook`)
 """
 from __future__ import annotations
 
-import os
-
+from .. import _fs
 from ..errors import InputError, ProfileError
 from .fields import Reader
 
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..arch.base import KvmSection
+    from .stack import LibvirtInfo, QemuInfo
 
 FORMAT = "abiguard-host-profile"
 VERSION = 1
@@ -41,122 +41,6 @@ VERSION = 1
 MAX_BYTES = 8 * 1024 * 1024
 _UNDIGESTED = ("digest", "meta")
 from ..arch import NAMES as ARCHES  # noqa: E402 (after the error import)
-
-
-def parse_version(text: object) -> tuple[int, ...] | None:
-    """"7.2.22" -> (7, 2, 22); None for anything else."""
-    if not isinstance(text, str) or not text or len(text) > 32:
-        return None
-    try:
-        parts = tuple(int(x) for x in text.split(".")[:3])
-    except ValueError:
-        return None
-    return parts if all(0 <= p < 1 << 31 for p in parts) else None
-
-
-# -- the stack: QEMU and libvirt -------------------------------------------------------
-
-class Machine:
-    """A QEMU machine type (query-machines)."""
-
-    __slots__ = ("name", "alias", "default", "deprecated")
-
-    def __init__(self, name: str, alias: str | None, default: bool, deprecated: bool) -> None:
-        self.name, self.alias, self.default, self.deprecated = name, alias, default, deprecated
-
-
-class QemuInfo:
-    """What QEMU said over QMP (``-machine none -accel kvm``).
-
-    :param host_cpu_props: ``query-cpu-model-expansion`` of ``host`` (full), or None
-    :param cpu_definitions: model -> the features QEMU names unavailable on this host
-    """
-
-    __slots__ = ("binary", "version_text", "version", "package", "machines", "host_cpu_model",
-                 "host_cpu_props", "cpu_definitions")
-
-    def __init__(self, binary: str | None, version_text: str | None, package: str | None,
-                 machines: tuple[Machine, ...], host_cpu_model: str | None,
-                 host_cpu_props: dict[str, Any] | None, cpu_definitions: dict[str, tuple[str, ...]] | None) -> None:
-        self.binary = binary
-        self.version_text = version_text
-        self.version = parse_version(version_text)
-        self.package = package
-        self.machines = machines
-        self.host_cpu_model = host_cpu_model
-        self.host_cpu_props = host_cpu_props
-        self.cpu_definitions = cpu_definitions
-
-    def machine_names(self) -> set[str]:
-        return {m.name for m in self.machines}
-
-    def resolve_machine(self, name: str | None) -> str | None:
-        """A machine type alias ('pc', 'q35', 'virt') made concrete with this QEMU."""
-        for m in self.machines:
-            if name is not None and m.alias == name:
-                return m.name
-        return name
-
-    def newest_machine(self, family: str) -> str | None:
-        return newest_machine(self.machine_names(), family)
-
-
-def newest_machine(names: set[str] | list[str], family: str) -> str | None:
-    """The newest versioned machine type of a family ("pc-q35-7.2" for "pc-q35")."""
-    best: tuple[tuple[int, ...], str] | None = None
-    for n in names:
-        head, _, tail = n.rpartition("-")
-        if head != family:
-            continue
-        version = parse_version(tail)
-        if version is None or len(version) != 2 or tail != f"{version[0]}.{version[1]}":
-            continue
-        if best is None or version > best[0]:
-            best = (version, n)
-    return best[1] if best else None
-
-
-class HostModel:
-    """domcapabilities ``<mode name='host-model'>``: the CPU libvirt gives host-model VMs."""
-
-    __slots__ = ("model", "vendor", "features")
-
-    def __init__(self, model: str | None, vendor: str | None, features: dict[str, str]) -> None:
-        self.model, self.vendor, self.features = model, vendor, features
-
-
-class CustomModel:
-    __slots__ = ("usable", "blockers")
-
-    def __init__(self, usable: str, blockers: tuple[str, ...]) -> None:
-        self.usable, self.blockers = usable, blockers
-
-
-class DomCaps:
-    """The guest-ABI parts of ``virsh domcapabilities``."""
-
-    __slots__ = ("machine", "emulator", "host_model", "cpu_modes", "custom_models", "host_model_xml")
-
-    def __init__(self, machine: str | None, emulator: str | None, host_model: HostModel | None,
-                 cpu_modes: tuple[str, ...], custom_models: dict[str, CustomModel] | None,
-                 host_model_xml: str | None = None) -> None:
-        self.machine, self.emulator, self.host_model = machine, emulator, host_model
-        self.cpu_modes, self.custom_models = cpu_modes, custom_models
-        #: the host-model <cpu> as libvirt wrote it, for libvirt's own baseline/compare APIs
-        self.host_model_xml = host_model_xml
-
-
-class LibvirtInfo:
-    __slots__ = ("uri", "version_text", "version", "hypervisor_version", "host_uuid", "domcaps")
-
-    def __init__(self, uri: str | None, version_text: str | None, hypervisor_version: str | None,
-                 host_uuid: str | None, domcaps: DomCaps | None) -> None:
-        self.uri = uri
-        self.version_text = version_text
-        self.version = parse_version(version_text)
-        self.hypervisor_version = hypervisor_version
-        self.host_uuid = host_uuid
-        self.domcaps = domcaps
 
 
 class KvmInfo:
@@ -258,8 +142,10 @@ class Profile:
         r.need(kvm_doc is None or isinstance(kvm_doc, dict), "member 'kvm' must be a JSON object or null")
         kvm = _kvm_from_json(r, kvm_doc, machine) if kvm_doc is not None else None
         stack = r.opt_obj(doc.get("stack"), "stack")
-        qemu = _qemu_from_json(r, stack.get("qemu")) if stack is not None and stack.get("qemu") is not None else None
-        libvirt = (_libvirt_from_json(r, stack.get("libvirt"))
+        from .stack import libvirt_from_json, qemu_from_json
+
+        qemu = qemu_from_json(r, stack.get("qemu")) if stack is not None and stack.get("qemu") is not None else None
+        libvirt = (libvirt_from_json(r, stack.get("libvirt"))
                    if stack is not None and stack.get("libvirt") is not None else None)
         unavailable = []
         for i, item in enumerate(r.lst(doc.get("unavailable"), "unavailable", 4096)):
@@ -319,6 +205,9 @@ class Profile:
             device, api, caps, section_v = kvm_v
             _dict_of(caps, str, int)
             kvm = KvmInfo(device, api, caps, None if section_v is None else get(machine).section_from_view(section_v))
+        if qemu_v is not None or libvirt_v is not None:
+            # the stack's model loads only for profiles that have one (not the lab's KVM-only ones)
+            from .stack import CustomModel, DomCaps, HostModel, LibvirtInfo, Machine, QemuInfo
         qemu = None
         if qemu_v is not None:
             binary, vtext, package, machines, model, props, defs = qemu_v
@@ -343,7 +232,8 @@ def _shown(v: object, limit: int = 40) -> str:
 
 
 def _dict_of(d: object, kt: type, vt: type) -> None:
-    if not isinstance(d, dict) or not all(isinstance(k, kt) and isinstance(x, vt) for k, x in d.items()):
+    # exact types, checked in C (set(map(type, ...))): a view holds only what to_view wrote
+    if type(d) is not dict or not set(map(type, d)) <= {kt} or not set(map(type, d.values())) <= {vt}:
         raise ValueError("not a profile view")
 
 
@@ -361,81 +251,6 @@ def _kvm_from_json(r: Reader, doc: dict[str, Any], machine: str) -> KvmInfo:
     if section_doc is not None:
         section = get(machine).section_from_json(r, r.obj(section_doc, f"kvm.{machine}"), f"kvm.{machine}")
     return KvmInfo(device, api_version, caps, section)
-
-
-def _qemu_from_json(r: Reader, doc: Any) -> QemuInfo:
-    q = r.obj(doc, "stack.qemu")
-    machines = []
-    for i, m in enumerate(r.lst(q.get("machines", []), "stack.qemu.machines", 4096)):
-        m = r.obj(m, f"stack.qemu.machines[{i}]")
-        machines.append(Machine(r.name(m.get("name"), f"stack.qemu.machines[{i}].name", "a machine type name"),
-                                r.opt_name(m.get("alias"), f"stack.qemu.machines[{i}].alias", "a machine type name"),
-                                m.get("default") is True, m.get("deprecated") is True))
-    expansion = r.opt_obj(q.get("host_cpu_expansion"), "stack.qemu.host_cpu_expansion")
-    model, props = None, None
-    if expansion is not None:
-        model = r.opt_string(expansion.get("model"), "stack.qemu.host_cpu_expansion.model", 64)
-        props_doc = r.obj(expansion.get("props", {}), "stack.qemu.host_cpu_expansion.props", 8192)
-        props = {}
-        for k, v in props_doc.items():
-            r.need(isinstance(k, str) and len(k) <= 128 and (v is None or isinstance(v, (bool, int, float, str))),
-                   "member 'stack.qemu.host_cpu_expansion.props' must map property names to plain values")
-            props[k] = v
-    defs_doc = r.opt_obj(q.get("cpu_definitions"), "stack.qemu.cpu_definitions", 8192)
-    defs = None
-    if defs_doc is not None:
-        defs = {}
-        for k, v in defs_doc.items():
-            feats = r.lst(v, f"stack.qemu.cpu_definitions.{_shown(k)}", 4096)
-            r.need(is_model_name(k) and all(isinstance(f, str) and len(f) <= 128 for f in feats),
-                   "member 'stack.qemu.cpu_definitions' must map CPU model names to lists of feature names")
-            defs[k] = tuple(feats)
-    return QemuInfo(r.opt_string(q.get("binary"), "stack.qemu.binary", 4096),
-                    r.opt_string(q.get("version"), "stack.qemu.version", 32),
-                    r.opt_string(q.get("package"), "stack.qemu.package", 256),
-                    tuple(machines), model, props, defs)
-
-
-def is_model_name(v: object) -> bool:
-    from .fields import is_name
-
-    return is_name(v, 128)
-
-
-def _libvirt_from_json(r: Reader, doc: Any) -> LibvirtInfo:
-    lv = r.obj(doc, "stack.libvirt")
-    dc_doc = r.opt_obj(lv.get("domcapabilities"), "stack.libvirt.domcapabilities")
-    dc = None
-    if dc_doc is not None:
-        w = "stack.libvirt.domcapabilities"
-        hm_doc = r.opt_obj(dc_doc.get("host_model"), f"{w}.host_model")
-        hm = None
-        if hm_doc is not None:
-            feats = r.obj(hm_doc.get("features", {}), f"{w}.host_model.features", 4096)
-            r.need(all(isinstance(k, str) and len(k) <= 128 and isinstance(v, str) and len(v) <= 16
-                       for k, v in feats.items()), f"member '{w}.host_model.features' must map names to policies")
-            hm = HostModel(r.opt_string(hm_doc.get("model"), f"{w}.host_model.model", 128),
-                           r.opt_string(hm_doc.get("vendor"), f"{w}.host_model.vendor", 128), dict(feats))
-        modes = r.lst(dc_doc.get("cpu_modes", []), f"{w}.cpu_modes", 16)
-        r.need(all(isinstance(m, str) and len(m) <= 64 for m in modes), f"member '{w}.cpu_modes' must list names")
-        custom_doc = r.opt_obj(dc_doc.get("custom_models"), f"{w}.custom_models", 8192)
-        custom = None
-        if custom_doc is not None:
-            custom = {}
-            for k, v in custom_doc.items():
-                v = r.obj(v, f"{w}.custom_models.{_shown(k)}")
-                blockers = r.lst(v.get("blockers", []), f"{w}.custom_models.{_shown(k)}.blockers", 4096)
-                r.need(is_model_name(k) and all(isinstance(b, str) and len(b) <= 128 for b in blockers),
-                       f"member '{w}.custom_models' must map CPU model names to usable/blockers")
-                custom[k] = CustomModel(r.string(v.get("usable", "unknown"), f"{w}.custom_models.usable", 16),
-                                        tuple(blockers))
-        dc = DomCaps(r.opt_string(dc_doc.get("machine"), f"{w}.machine", 128),
-                     r.opt_string(dc_doc.get("emulator"), f"{w}.emulator", 4096), hm, tuple(modes), custom,
-                     r.opt_string(dc_doc.get("host_model_xml"), f"{w}.host_model_xml", 1 << 16))
-    return LibvirtInfo(r.opt_string(lv.get("uri"), "stack.libvirt.uri", 1024),
-                       r.opt_string(lv.get("version"), "stack.libvirt.version", 32),
-                       r.opt_string(lv.get("hypervisor_version"), "stack.libvirt.hypervisor_version", 32),
-                       r.opt_string(lv.get("host_uuid"), "stack.libvirt.host_uuid", 64), dc)
 
 
 # -- files -----------------------------------------------------------------------------
@@ -478,6 +293,7 @@ def atomic_write(path: str, text: str | bytes, mode: int = 0o644) -> tuple[int, 
     """Write a file so that a reader sees the old content or the new one, never a torn one.
     Returns (inode, size, mtime_ns) of the file written, read from the file itself before
     it replaced the old one (a later look at the path may see another writer's file)."""
+    import os
     import tempfile
 
     directory = os.path.dirname(os.path.abspath(path))
@@ -500,8 +316,9 @@ def atomic_write(path: str, text: str | bytes, mode: int = 0o644) -> tuple[int, 
 
 
 HOOKVIEW_SUFFIX = ".hookview"
-#: the view's first bytes: format name and version; then 32 bytes of sha256 over the rest
-_VIEW_MAGIC = b"abiguard-hookview-2\n"
+#: the view's first bytes: format name and version; then the payload's length and CRC-32
+#: (8 bytes, big-endian): a torn or damaged view is noticed before marshal reads it
+_VIEW_MAGIC = b"abiguard-hookview-3\n"
 #: a view bigger than this is not one of ours
 MAX_VIEW_BYTES = 16 * 1024 * 1024
 
@@ -516,17 +333,23 @@ def save(doc: dict[str, Any], path: str) -> Profile:
     damaged view from ever reaching marshal."""
     import marshal
 
-    from .._sha import sha256
-
     model = Profile.from_json(doc, path)
     key = atomic_write(path, render(doc))
     payload = marshal.dumps((key, model.to_view()))
-    atomic_write(path + HOOKVIEW_SUFFIX, _VIEW_MAGIC + sha256(payload) + payload)
+    atomic_write(path + HOOKVIEW_SUFFIX, _VIEW_MAGIC + _check(payload) + payload)
     return model
 
 
+def _check(payload: bytes) -> bytes:
+    import zlib
+
+    return len(payload).to_bytes(4, "big") + zlib.crc32(payload).to_bytes(4, "big")
+
+
 def _stat_key(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
+    import posix
+
+    st = posix.stat(path)
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
@@ -535,16 +358,13 @@ def load_view(path: str) -> Profile | None:
     and made from the JSON now at ``path``; None otherwise (read the JSON then)."""
     import marshal
 
-    from .._sha import sha256
-
     try:
-        with open(path + HOOKVIEW_SUFFIX, "rb") as f:
-            data = f.read(MAX_VIEW_BYTES + 1)
+        data = _fs.read_capped(path + HOOKVIEW_SUFFIX, MAX_VIEW_BYTES)
         head = len(_VIEW_MAGIC)
-        if len(data) > MAX_VIEW_BYTES or data[:head] != _VIEW_MAGIC:
+        if data is None or data[:head] != _VIEW_MAGIC:
             return None
-        payload = data[head + 32:]
-        if sha256(payload) != data[head:head + 32]:
+        payload = data[head + 8:]
+        if _check(payload) != data[head:head + 8]:
             return None
         key, view = marshal.loads(payload)
         if tuple(key) != _stat_key(path):

@@ -1,10 +1,12 @@
-"""The hop stamp: what the hook writes into a VM's ``<metadata>`` on every allowed hop.
+"""The hop stamp: what abiguard writes into a VM's ``<metadata>`` beside its contract.
 
-It names the host the VM now runs on (its profile digest, kernel, QEMU), the contract it
-was judged against, a nonce that ties the hop to the ``prepare`` that follows, and, on
-arm64, the register stream the VM carries from now on: QEMU migrates the register list of
-the host it runs on, not of the host it was booted on, so the next hop is judged with
-this stream.
+``abiguard pin`` writes the first one (a *boot* stamp); the hook replaces it on every
+allowed hop. It names the contract it belongs to, the host the VM now runs on (profile
+digest, kernel, QEMU; absent in a boot stamp), a nonce that ties a hop to the ``prepare``
+that follows it, and, on arm64, the register stream the VM carries from now on: QEMU
+migrates the register list of the host it runs on, not of the host it was booted on, so
+the next hop is judged with this stream. A checksum binds the stream to the contract, so
+a stream copied or edited by hand is noticed.
 """
 from __future__ import annotations
 
@@ -13,10 +15,31 @@ from ..xml.names import STAMP_NS, STAMP_PREFIX
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..xml.domain import Element
+    from .contract import Contract
 
 #: attributes in the order they are written
-ATTRS = ("host", "kernel", "profile", "contract", "nonce", "at", "qemu")
+ATTRS = ("host", "kernel", "profile", "contract", "nonce", "at", "qemu", "boot", "stream-sum")
 MAX_STREAM = 4096
+#: what a stamp attribute value may not hold (it is written between double quotes)
+_UNSAFE = frozenset('<>&"')
+
+
+#: (contract digest, stream) -> checksum, for the last few: a hop checks the incoming
+#: stamp's and writes its own, often over the same stream
+_SUMS: dict[tuple[str, tuple[int, ...]], str] = {}
+
+
+def stream_sum(contract_digest: str, stream: tuple[int, ...]) -> str:
+    """The checksum that binds a stream to its contract (first 32 hex digits of sha256)."""
+    from .._sha import sha256_hex
+
+    key = (contract_digest, stream)
+    got = _SUMS.get(key)
+    if got is None:
+        if len(_SUMS) >= 4:
+            _SUMS.clear()
+        got = _SUMS[key] = sha256_hex((contract_digest + " " + " ".join(map(hex, stream))).encode())[:32]
+    return got
 
 
 class HopStamp:
@@ -26,6 +49,23 @@ class HopStamp:
         #: attribute -> value, in :data:`ATTRS` order, only those present
         self.attrs = attrs
         self.stream = stream
+
+    @classmethod
+    def made(cls, attrs: dict[str, str], contract_digest: str, stream: tuple[int, ...] | None) -> HopStamp:
+        """A new stamp for a contract: its attributes, its stream and the stream's checksum."""
+        attrs = dict(attrs, contract=contract_digest)
+        if stream is not None:
+            attrs["stream-sum"] = stream_sum(contract_digest, stream)
+        return cls({k: attrs[k] for k in ATTRS if k in attrs}, stream)
+
+    @classmethod
+    def boot(cls, contract: Contract, nonce: str, at: str) -> HopStamp:
+        """What ``abiguard pin`` writes: a VM started under abiguard carries exactly its
+        contract's stream (``prepare`` refuses a start where the host's list differs)."""
+        from ..arch import get
+
+        stream = getattr(contract.body, "stream", None) if get(contract.arch).carries_register_stream else None
+        return cls.made({"nonce": nonce, "at": at, "boot": "pin"}, contract.digest, stream)
 
     def get(self, name: str) -> str | None:
         return self.attrs.get(name)
@@ -39,26 +79,38 @@ class HopStamp:
         head = f'<{p}:stamp xmlns:{p}="{STAMP_NS}"' + "".join(f' {k}="{v}"' for k, v in self.attrs.items())
         if self.stream is None:
             return (head + "/>").encode()
-        return (head + f"><{p}:stream>" + " ".join(f"{r:#x}" for r in self.stream)
+        return (head + f"><{p}:stream>" + " ".join(map(hex, self.stream))
                 + f"</{p}:stream></{p}:stamp>").encode()
+
+    def problem(self, contract: Contract, needs_stream: bool) -> str | None:
+        """Why this stamp cannot be trusted for this contract (None: it can)."""
+        from ..errors import printable
+
+        if self.get("contract") != contract.digest:
+            return f"its hop stamp belongs to another contract ({printable(self.get('contract'), 80)})"
+        if self.stream is not None and self.get("stream-sum") != stream_sum(contract.digest, self.stream):
+            return "its hop stamp's register stream does not match its checksum (edited or copied by hand)"
+        if needs_stream and self.stream is None:
+            return "its hop stamp lists no register stream"
+        return None
 
     @classmethod
     def from_element(cls, el: Element) -> HopStamp:
         """The stamp as the hook's reader found it; ValueError when its stream is not a
         list of arm64 register ids (the caller decides what that means)."""
-        from ..arch.arm64.regs import is_reg_id
-        from .fields import is_hex
-
         attrs = {k: v for k, v in el.attrib.items() if k in ATTRS}
         stream_el = el.find(f"{{{STAMP_NS}}}stream")
         stream = None
         if stream_el is not None:
+            from ..arch.arm64.regs import parse_ids  # only arm64 stamps carry a stream
+
             words = stream_el.text.split()
-            if len(words) > MAX_STREAM or not all(is_hex(w, 16) and is_reg_id(int(w, 16)) for w in words):
+            ids, bad = parse_ids(words)
+            if len(words) > MAX_STREAM or bad:
                 raise ValueError("invalid register stream")
-            stream = tuple(int(w, 16) for w in words)
+            stream = tuple(ids)
         return cls(attrs, stream)
 
 
 def safe_attr(value: str) -> bool:
-    return value.isprintable() and not any(c in value for c in '<>&"')
+    return value.isprintable() and _UNSAFE.isdisjoint(value)

@@ -46,8 +46,10 @@ def _set_machine(root: Any, machine: str | None, notes: list[str]) -> None:
         os_type.set("machine", machine)
 
 
-def apply(xml: str, sealed: Contract, profile: Profile | None = None) -> tuple[str, list[str], list[str]]:
-    """Return the definition with the contract (and what realises it) written in."""
+def apply(xml: str, sealed: Contract, profile: Profile | None = None, nonce: str | None = None,
+          at: str | None = None) -> tuple[str, list[str], list[str]]:
+    """Return the definition with the contract, its boot stamp (:meth:`HopStamp.boot
+    <abiguard.model.stamp.HopStamp.boot>`) and what realises it written in."""
     from lxml import etree
 
     from .contract import to_xml_text
@@ -70,4 +72,16 @@ def apply(xml: str, sealed: Contract, profile: Profile | None = None) -> tuple[s
         if isinstance(child.tag, str) and child.tag.startswith("{urn:abiguard:"):
             metadata.remove(child)
     metadata.append(etree.fromstring(to_xml_text(sealed).encode(), parser()))
+    metadata.append(etree.fromstring(boot_stamp(sealed, nonce, at), parser()))
     return etree.tostring(root, encoding="unicode"), notes, cannot
+
+
+def boot_stamp(sealed: Contract, nonce: str | None = None, at: str | None = None) -> bytes:
+    """The stamp ``pin`` writes beside the contract: the stream a VM started under abiguard carries."""
+    import os
+    import time
+
+    from ..model.stamp import HopStamp
+
+    return HopStamp.boot(sealed, nonce or os.urandom(8).hex(),
+                         at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).to_xml()

@@ -4,6 +4,7 @@ and SVE registers) and the values of the registers that define the guest ABI (fi
 pseudo-registers, the feature ID range, CCSIDR)."""
 from __future__ import annotations
 
+from ...model.fields import hex_values, is_hex
 from . import regs
 
 TYPE_CHECKING = False
@@ -30,9 +31,10 @@ class Arm64Body:
         return regs.config_features(self.config)
 
     def to_json(self) -> dict[str, Any]:
-        return {"config": self.config, "sve_vls": None if self.sve_vls is None else f"{self.sve_vls:#x}",
-                "stream": [f"{r:#x}" for r in self.stream],
-                "values": {f"{k:#x}": f"{v:#x}" for k, v in sorted(self.values.items())}}
+        keys = sorted(self.values)
+        return {"config": self.config, "sve_vls": None if self.sve_vls is None else hex(self.sve_vls),
+                "stream": list(map(hex, self.stream)),
+                "values": dict(zip(map(hex, keys), map(hex, map(self.values.__getitem__, keys))))}
 
     def replace(self, **changes: Any) -> Arm64Body:
         d = {k: getattr(self, k) for k in self.__slots__} | changes
@@ -50,34 +52,29 @@ def from_json(r: Reader, doc: dict[str, Any], where: str) -> Arm64Body:
     stream_doc = doc.get("stream")
     r.need(isinstance(stream_doc, list), "member 'stream' must be a list")
     assert isinstance(stream_doc, list)
-    bad = [s for s in stream_doc if not _is_reg(s)]
+    ids, bad = regs.parse_ids(stream_doc)
     r.need(len(stream_doc) <= MAX_REGISTERS and not bad,
            f"member 'stream' must list at most {MAX_REGISTERS} arm64 register ids (0x60...) of groups "
            "KVM defines: " + _shown(bad))
-    stream = tuple(int(s, 16) for s in stream_doc)
-    r.need(all(a < b for a, b in zip(stream, stream[1:])),
-           "member 'stream' must list register ids in ascending order, each once")
+    stream = tuple(ids)
+    r.need(ids == sorted(set(ids)), "member 'stream' must list register ids in ascending order, each once")
     values_doc = doc.get("values")
-    in_stream = set(stream_doc)
-    r.need(isinstance(values_doc, dict) and len(values_doc) <= MAX_REGISTERS and all(
-        _is_hex(v, 16) and k in in_stream for k, v in values_doc.items()),
-        "member 'values' must map register ids of the stream to hex values")
+    r.need(type(values_doc) is dict and len(values_doc) <= MAX_REGISTERS,
+           "member 'values' must map register ids of the stream to hex values")
     assert isinstance(values_doc, dict)
-    values = {int(k, 16): int(v, 16) for k, v in values_doc.items()}
+    value_ints = hex_values(list(values_doc.values()), 16)
+    r.need(value_ints is not None and set(stream_doc).issuperset(values_doc),
+           "member 'values' must map register ids of the stream to hex values")
+    assert value_ints is not None
+    # the keys are stream words, so canonical ids already
+    values = dict(zip([int(k, 16) for k in values_doc], value_ints))
     state = [k for k in values if not regs.carries_abi_value(k)]
     r.need(not state, "member 'values' holds guest-state registers, which are not guest ABI: "
            + _shown([f"{k:#x}" for k in state]))
     return Arm64Body(config, None if vls is None else int(vls, 16), stream, values)
 
 
-def _is_hex(v: object, digits: int) -> bool:
-    from ...model.fields import is_hex
-
-    return is_hex(v, digits)
-
-
-def _is_reg(v: object) -> bool:
-    return isinstance(v, str) and len(v) == 18 and _is_hex(v, 16) and regs.is_reg_id(int(v, 16))
+_is_hex = is_hex
 
 
 def _shown(items: list[Any]) -> str:

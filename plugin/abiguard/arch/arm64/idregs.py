@@ -29,7 +29,9 @@ MPIDR, REVIDR, AIDR, CLIDR, the AFRs, ID_AA64DFR1, ID_AA64DFR2) therefore have n
 """
 from __future__ import annotations
 
-from ...probe import kvm
+from . import ids as kvm  # the uapi id layout, without the ioctls
+
+TYPE_CHECKING = False
 
 # Linux ``enum ftr_type``: which of two differing field values is the safe one. Plain
 # ints, not an Enum: this module is on the hook's path, and enum costs milliseconds.
@@ -100,62 +102,63 @@ class IdField:
         return f"IdField({self.reg}.{self.name}, shift={self.shift}, width={self.width})"
 
 
-ID_REGS: tuple[IdReg, ...] = (
+#: name, op0, op1, CRn, CRm, op2 (IdReg objects are made on first use: :data:`ID_REGS`)
+_ID_REG_ROWS: tuple[tuple[str, int, int, int, int, int], ...] = (
     # op1=0, CRm=0: implementation registers
-    IdReg("MIDR_EL1", 3, 0, 0, 0, 0),
-    IdReg("MPIDR_EL1", 3, 0, 0, 0, 5),      # per-vCPU affinity, not a feature register
-    IdReg("REVIDR_EL1", 3, 0, 0, 0, 6),
+    ("MIDR_EL1", 3, 0, 0, 0, 0),
+    ("MPIDR_EL1", 3, 0, 0, 0, 5),      # per-vCPU affinity, not a feature register
+    ("REVIDR_EL1", 3, 0, 0, 0, 6),
     # CRm=1..3: AArch32 views
-    IdReg("ID_PFR0_EL1", 3, 0, 0, 1, 0),
-    IdReg("ID_PFR1_EL1", 3, 0, 0, 1, 1),
-    IdReg("ID_DFR0_EL1", 3, 0, 0, 1, 2),
-    IdReg("ID_AFR0_EL1", 3, 0, 0, 1, 3),
-    IdReg("ID_MMFR0_EL1", 3, 0, 0, 1, 4),
-    IdReg("ID_MMFR1_EL1", 3, 0, 0, 1, 5),
-    IdReg("ID_MMFR2_EL1", 3, 0, 0, 1, 6),
-    IdReg("ID_MMFR3_EL1", 3, 0, 0, 1, 7),
-    IdReg("ID_ISAR0_EL1", 3, 0, 0, 2, 0),
-    IdReg("ID_ISAR1_EL1", 3, 0, 0, 2, 1),
-    IdReg("ID_ISAR2_EL1", 3, 0, 0, 2, 2),
-    IdReg("ID_ISAR3_EL1", 3, 0, 0, 2, 3),
-    IdReg("ID_ISAR4_EL1", 3, 0, 0, 2, 4),
-    IdReg("ID_ISAR5_EL1", 3, 0, 0, 2, 5),
-    IdReg("ID_MMFR4_EL1", 3, 0, 0, 2, 6),   # sits between ISAR5 and ISAR6
-    IdReg("ID_ISAR6_EL1", 3, 0, 0, 2, 7),
-    IdReg("MVFR0_EL1", 3, 0, 0, 3, 0),
-    IdReg("MVFR1_EL1", 3, 0, 0, 3, 1),
-    IdReg("MVFR2_EL1", 3, 0, 0, 3, 2),
-    IdReg("ID_PFR2_EL1", 3, 0, 0, 3, 4),
-    IdReg("ID_DFR1_EL1", 3, 0, 0, 3, 5),
-    IdReg("ID_MMFR5_EL1", 3, 0, 0, 3, 6),
+    ("ID_PFR0_EL1", 3, 0, 0, 1, 0),
+    ("ID_PFR1_EL1", 3, 0, 0, 1, 1),
+    ("ID_DFR0_EL1", 3, 0, 0, 1, 2),
+    ("ID_AFR0_EL1", 3, 0, 0, 1, 3),
+    ("ID_MMFR0_EL1", 3, 0, 0, 1, 4),
+    ("ID_MMFR1_EL1", 3, 0, 0, 1, 5),
+    ("ID_MMFR2_EL1", 3, 0, 0, 1, 6),
+    ("ID_MMFR3_EL1", 3, 0, 0, 1, 7),
+    ("ID_ISAR0_EL1", 3, 0, 0, 2, 0),
+    ("ID_ISAR1_EL1", 3, 0, 0, 2, 1),
+    ("ID_ISAR2_EL1", 3, 0, 0, 2, 2),
+    ("ID_ISAR3_EL1", 3, 0, 0, 2, 3),
+    ("ID_ISAR4_EL1", 3, 0, 0, 2, 4),
+    ("ID_ISAR5_EL1", 3, 0, 0, 2, 5),
+    ("ID_MMFR4_EL1", 3, 0, 0, 2, 6),   # sits between ISAR5 and ISAR6
+    ("ID_ISAR6_EL1", 3, 0, 0, 2, 7),
+    ("MVFR0_EL1", 3, 0, 0, 3, 0),
+    ("MVFR1_EL1", 3, 0, 0, 3, 1),
+    ("MVFR2_EL1", 3, 0, 0, 3, 2),
+    ("ID_PFR2_EL1", 3, 0, 0, 3, 4),
+    ("ID_DFR1_EL1", 3, 0, 0, 3, 5),
+    ("ID_MMFR5_EL1", 3, 0, 0, 3, 6),
     # CRm=4..7: AArch64
-    IdReg("ID_AA64PFR0_EL1", 3, 0, 0, 4, 0),
-    IdReg("ID_AA64PFR1_EL1", 3, 0, 0, 4, 1),
-    IdReg("ID_AA64PFR2_EL1", 3, 0, 0, 4, 2),
-    IdReg("ID_AA64ZFR0_EL1", 3, 0, 0, 4, 4),
-    IdReg("ID_AA64SMFR0_EL1", 3, 0, 0, 4, 5),
-    IdReg("ID_AA64FPFR0_EL1", 3, 0, 0, 4, 7),
-    IdReg("ID_AA64DFR0_EL1", 3, 0, 0, 5, 0),
-    IdReg("ID_AA64DFR1_EL1", 3, 0, 0, 5, 1),
+    ("ID_AA64PFR0_EL1", 3, 0, 0, 4, 0),
+    ("ID_AA64PFR1_EL1", 3, 0, 0, 4, 1),
+    ("ID_AA64PFR2_EL1", 3, 0, 0, 4, 2),
+    ("ID_AA64ZFR0_EL1", 3, 0, 0, 4, 4),
+    ("ID_AA64SMFR0_EL1", 3, 0, 0, 4, 5),
+    ("ID_AA64FPFR0_EL1", 3, 0, 0, 4, 7),
+    ("ID_AA64DFR0_EL1", 3, 0, 0, 5, 0),
+    ("ID_AA64DFR1_EL1", 3, 0, 0, 5, 1),
     # named in sysreg; an older sys_regs.c read (oupton tree @ 01308319) still declares
     # (5,2) ID_UNALLOCATED, i.e. RAZ
-    IdReg("ID_AA64DFR2_EL1", 3, 0, 0, 5, 2),
-    IdReg("ID_AA64AFR0_EL1", 3, 0, 0, 5, 4),
-    IdReg("ID_AA64AFR1_EL1", 3, 0, 0, 5, 5),
-    IdReg("ID_AA64ISAR0_EL1", 3, 0, 0, 6, 0),
-    IdReg("ID_AA64ISAR1_EL1", 3, 0, 0, 6, 1),
-    IdReg("ID_AA64ISAR2_EL1", 3, 0, 0, 6, 2),
-    IdReg("ID_AA64ISAR3_EL1", 3, 0, 0, 6, 3),
-    IdReg("ID_AA64MMFR0_EL1", 3, 0, 0, 7, 0),
-    IdReg("ID_AA64MMFR1_EL1", 3, 0, 0, 7, 1),
-    IdReg("ID_AA64MMFR2_EL1", 3, 0, 0, 7, 2),
-    IdReg("ID_AA64MMFR3_EL1", 3, 0, 0, 7, 3),
-    IdReg("ID_AA64MMFR4_EL1", 3, 0, 0, 7, 4),
+    ("ID_AA64DFR2_EL1", 3, 0, 0, 5, 2),
+    ("ID_AA64AFR0_EL1", 3, 0, 0, 5, 4),
+    ("ID_AA64AFR1_EL1", 3, 0, 0, 5, 5),
+    ("ID_AA64ISAR0_EL1", 3, 0, 0, 6, 0),
+    ("ID_AA64ISAR1_EL1", 3, 0, 0, 6, 1),
+    ("ID_AA64ISAR2_EL1", 3, 0, 0, 6, 2),
+    ("ID_AA64ISAR3_EL1", 3, 0, 0, 6, 3),
+    ("ID_AA64MMFR0_EL1", 3, 0, 0, 7, 0),
+    ("ID_AA64MMFR1_EL1", 3, 0, 0, 7, 1),
+    ("ID_AA64MMFR2_EL1", 3, 0, 0, 7, 2),
+    ("ID_AA64MMFR3_EL1", 3, 0, 0, 7, 3),
+    ("ID_AA64MMFR4_EL1", 3, 0, 0, 7, 4),
     # outside op1=0 but inside KVM's feature-ID range (op1 in {0,1,3}, CRn=0)
-    IdReg("CLIDR_EL1", 3, 1, 0, 0, 1),
-    IdReg("AIDR_EL1", 3, 1, 0, 0, 7),
-    IdReg("CTR_EL0", 3, 3, 0, 0, 1),
-    IdReg("DCZID_EL0", 3, 3, 0, 0, 7),
+    ("CLIDR_EL1", 3, 1, 0, 0, 1),
+    ("AIDR_EL1", 3, 1, 0, 0, 7),
+    ("CTR_EL0", 3, 3, 0, 0, 1),
+    ("DCZID_EL0", 3, 3, 0, 0, 7),
 )
 
 _U, _S = False, True
@@ -539,22 +542,51 @@ _TABLE: tuple[tuple[str, tuple[_Row, ...]], ...] = (
     )),
 )
 
-ID_FIELDS: tuple[IdField, ...] = tuple(
-    IdField(reg, *row) for reg, rows in _TABLE for row in rows
-)
+#: register name -> its rows; the IdField objects are made per register when first asked
+#: for (:func:`fields_of`): a hook run looks at a few registers, not all ~400 fields
+_ROWS: dict[str, tuple[_Row, ...]] = dict(_TABLE)
+_FIELDS: dict[str, tuple[IdField, ...]] = {}
 
 
+def fields_of(name: str) -> tuple[IdField, ...]:
+    """The known fields of register ``name`` in table order (none for a register whose
+    host table is missing or empty)."""
+    got = _FIELDS.get(name)
+    if got is None:
+        got = _FIELDS[name] = tuple(IdField(name, *row) for row in _ROWS.get(name, ()))
+    return got
 
-def _by_reg(fields: tuple[IdField, ...]) -> dict[str, tuple[IdField, ...]]:
-    grouped: dict[str, list[IdField]] = {}
-    for f in fields:
-        grouped.setdefault(f.reg, []).append(f)
-    return {reg: tuple(group) for reg, group in grouped.items()}
+
+def has_fields(name: str) -> bool:
+    return name in _ROWS
 
 
-FIELDS_BY_REG: dict[str, tuple[IdField, ...]] = _by_reg(ID_FIELDS)
-REG_BY_ID: dict[int, IdReg] = {r.id: r for r in ID_REGS}
-REG_BY_NAME: dict[str, IdReg] = {r.name: r for r in ID_REGS}
+def __getattr__(attr: str) -> object:
+    """The whole tables, made on first use (the CLI, the tests, a hook run that names an
+    ID register) and kept: ID_REGS, REG_BY_ID, REG_BY_NAME, ID_FIELDS (every field, table
+    order) and FIELDS_BY_REG (name -> fields)."""
+    if attr == "ID_REGS":
+        value: object = tuple(IdReg(*row) for row in _ID_REG_ROWS)
+    elif attr == "REG_BY_ID":
+        value = {r.id: r for r in __getattr__("ID_REGS")}  # type: ignore[attr-defined]
+    elif attr == "REG_BY_NAME":
+        value = {r.name: r for r in __getattr__("ID_REGS")}  # type: ignore[attr-defined]
+    elif attr == "ID_FIELDS":
+        value = tuple(f for name in _ROWS for f in fields_of(name))
+    elif attr == "FIELDS_BY_REG":
+        value = {name: fields_of(name) for name in _ROWS}
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+    globals()[attr] = value
+    return value
+
+
+if TYPE_CHECKING:
+    ID_REGS: tuple[IdReg, ...]
+    REG_BY_ID: dict[int, IdReg]
+    REG_BY_NAME: dict[str, IdReg]
+    ID_FIELDS: tuple[IdField, ...]
+    FIELDS_BY_REG: dict[str, tuple[IdField, ...]]
 
 
 def _to_signed(field: IdField, value: int) -> int:
@@ -620,7 +652,7 @@ def field_diffs(name: str, vm_value: int, host_value: int, mask: int) -> tuple[l
     ID register value is taken apart into fields (verdict, pin checks, baseline, plans)."""
     diffs = []
     covered = 0
-    for f in FIELDS_BY_REG.get(name, ()):
+    for f in fields_of(name):
         covered |= f.mask
         s, d = f.raw(vm_value), f.raw(host_value)
         if s == d:
@@ -632,7 +664,7 @@ def field_diffs(name: str, vm_value: int, host_value: int, mask: int) -> tuple[l
 def fold(name: str, values: list[int]) -> tuple[int, bool]:
     """Per field the kernel's safe value over all ``values``; bits outside known fields
     are kept from the first. Returns (value, whether those other bits agree)."""
-    fields = FIELDS_BY_REG.get(name, ())
+    fields = fields_of(name)
     covered = 0
     out = 0
     for f in fields:

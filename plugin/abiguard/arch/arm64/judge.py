@@ -34,13 +34,13 @@ def section_of(profile: Profile) -> Arm64Kvm | None:
 
 def dest_for(profile: Profile, config: str) -> tuple[Dest | None, list[Problem]]:
     """The destination's registers for one vCPU configuration, or why it has none."""
-    from ...probe import kvm
+    from . import ids
 
     section = section_of(profile)
     probed = section.usable(config) if section is not None else None
     if section is None or probed is None or probed.registers is None:
         caps = profile.kvm.caps if profile.kvm is not None else {}
-        lacking = [f for f in regs.config_features(config) if not caps.get(kvm.ARM_FEATURE_CAP[f])]
+        lacking = [f for f in regs.config_features(config) if not caps.get(ids.ARM_FEATURE_CAP[f])]
         why = (f"its KVM does not offer {', '.join(lacking)}" if lacking
                else "that vCPU configuration was not probed there")
         return None, [Problem("vCPU configuration", None, None, config, "cannot create it", why,
@@ -84,9 +84,10 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
                                 "a VM booted on a kernel that lists more registers cannot move here"))
     boot_pins: dict[int, int] = {}
     judged_bad: set[int] = set()
+    name_of = section.name_of      # names only for what is reported: most registers are fine
     for rid in stream:
-        name = section.name_of(rid)
         if rid not in dest_ids:
+            name = name_of(rid)
             if rid in dropped:
                 lost = values.get(rid)
                 notes.append(f"{name} ({rid:#x}) is unknown to the destination's kernel; {qemu_rule.name} "
@@ -105,7 +106,10 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
         value = values.get(rid)
         if value is None:
             continue
-        trouble = RULES[regs.kind_of(rid)].check(rid, name, value, dest)
+        row = RULES[regs.kind_of(rid)]
+        if row.default_is_fine and value == dest.registers.get(rid):
+            continue
+        trouble = row.check(rid, name_of(rid), value, dest)
         problems += trouble
         if trouble:
             judged_bad.add(rid)

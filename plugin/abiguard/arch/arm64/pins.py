@@ -12,7 +12,7 @@ from __future__ import annotations
 from ...engine.pins import Pin
 from ...errors import EnforceError
 from ...preload import MAX_PINS
-from . import idregs, regs
+from . import regs
 from .judge import section_of
 
 TYPE_CHECKING = False
@@ -68,9 +68,11 @@ def plan(contract: Contract, profile: Profile, verdict: Verdict, explicit: bool 
     pins: list[Pin] = []
     for rid, (value, why) in sorted(want.items()):
         if native and regs.kind_of(rid) == "idreg":
+            from . import idregs
+
             reg = idregs.REG_BY_ID[rid]
             base = host.get(rid) or 0
-            changed = [f for f in idregs.FIELDS_BY_REG.get(reg.name, ()) if f.raw(value ^ base)]
+            changed = [f for f in idregs.fields_of(reg.name) if f.raw(value ^ base)]
             props = {f"SYSREG_{reg.name.removesuffix('_EL1')}_{f.name}": f.raw(value) for f in changed}
             if props and all(p in native for p in props):
                 pins.append(Pin(rid, reg.name, value, "cpu-property", why, props))

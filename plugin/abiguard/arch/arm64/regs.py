@@ -10,7 +10,7 @@ Standard library only: this runs inside the arm64 lab's initramfs and on the hoo
 """
 from __future__ import annotations
 
-from ...probe import kvm
+from . import ids as kvm  # the uapi id layout, without the ioctls
 
 
 class FwReg:
@@ -152,9 +152,18 @@ _OTHER_SYSREGS: dict[tuple[int, int, int, int, int], str] = {
     (3, 3, 13, 0, 5): "TPIDR2_EL0", (3, 3, 14, 15, 7): "PMCCFILTR_EL0",
     (3, 4, 3, 0, 0): "DACR32_EL2", (3, 4, 5, 0, 1): "IFSR32_EL2", (3, 4, 5, 3, 0): "FPEXC32_EL2",
 }
-_OTHER_SYSREGS.update({(2, 0, 0, n, op2): f"DBG{kind}{n}_EL1" for n in range(16)
-                       for op2, kind in ((4, "BVR"), (5, "BCR"), (6, "WVR"), (7, "WCR"))})
-OTHER_SYSREG_NAMES: dict[int, str] = {kvm.arm64_sysreg_id(*enc): name for enc, name in _OTHER_SYSREGS.items()}
+_other_names: dict[int, str] = {}
+
+
+def other_sysreg_names() -> dict[int, str]:
+    """id -> name of the non-ID system registers reports name (built on first use: the hook
+    names registers from the profile's own list and rarely needs it)."""
+    if not _other_names:
+        table = dict(_OTHER_SYSREGS)
+        table.update({(2, 0, 0, n, op2): f"DBG{kind}{n}_EL1" for n in range(16)
+                      for op2, kind in ((4, "BVR"), (5, "BCR"), (6, "WVR"), (7, "WCR"))})
+        _other_names.update({kvm.arm64_sysreg_id(*enc): name for enc, name in table.items()})
+    return _other_names
 
 
 def reg_name(reg_id: int) -> str:
@@ -169,8 +178,9 @@ def reg_name(reg_id: int) -> str:
         return idreg.name
     if reg_id in VOLATILE_REGS:
         return VOLATILE_REGS[reg_id]
-    if reg_id in OTHER_SYSREG_NAMES:
-        return OTHER_SYSREG_NAMES[reg_id]
+    other = other_sysreg_names().get(reg_id)
+    if other is not None:
+        return other
     group = kvm.arm64_coproc(reg_id)
     if group == "sysreg":
         op0, op1, crn, crm, op2 = kvm.arm64_sysreg_encoding(reg_id)
@@ -184,19 +194,31 @@ def reg_name(reg_id: int) -> str:
 #: (cache geometry) reach the guest through the demux group; a firmware register this
 #: table lacks is judged "unknown_fw" (refused: upgrade abiguard)
 _KIND_BY_COPROC: dict[str, str] = {"demux": "ccsidr", "fw": "unknown_fw", "fw_bmap": "unknown_fw"}
+_KIND_BY_GROUP: dict[int, str] = {g: _KIND_BY_COPROC[n] for g, n in kvm.ARM_COPROC.items() if n in _KIND_BY_COPROC}
+_SYSREG_GROUP = 0x13
+#: reg id -> kind, for the ids already asked about (a hook run asks ~600 times about ~250 ids)
+_KINDS: dict[int, str] = {}
 
 
 def kind_of(reg_id: int) -> str:
     """The rule kind (:data:`.rules.RULES`) that judges this register's value;
     ``state`` for guest-run state, which is not guest ABI."""
+    kind = _KINDS.get(reg_id)
+    if kind is not None:
+        return kind
     fw = FW_BY_ID.get(reg_id)
     if fw is not None:
-        return fw.kind
-    if reg_id in VOLATILE_REGS:
-        return "state"
-    if is_id_register(reg_id):
-        return "idreg"
-    return _KIND_BY_COPROC.get(kvm.arm64_coproc(reg_id), "state")
+        kind = fw.kind
+    elif reg_id in VOLATILE_REGS:
+        kind = "state"
+    else:
+        group = (reg_id >> 16) & 0xFFF
+        if group == _SYSREG_GROUP:
+            kind = "idreg" if _is_id_encoding(reg_id) else "state"
+        else:
+            kind = _KIND_BY_GROUP.get(group, "state")
+    _KINDS[reg_id] = kind
+    return kind
 
 
 def carries_abi_value(reg_id: int) -> bool:
@@ -221,12 +243,14 @@ def ccsidr_visible(reg_id: int, clidr: int) -> bool:
     return ctype in ((1, 3) if instruction else (2, 3, 4))
 
 
+def _is_id_encoding(reg_id: int) -> bool:
+    """op0=3, op1 in {0,1,3}, CRn=0 (the sysreg id layout: op0 << 14 | op1 << 11 | CRn << 7 ...)."""
+    return (reg_id >> 14) & 3 == 3 and (reg_id >> 11) & 7 in (0, 1, 3) and not (reg_id >> 7) & 15
+
+
 def is_id_register(reg_id: int) -> bool:
     """Feature ID range as KVM defines it: op0=3, op1 in {0,1,3}, CRn=0."""
-    if kvm.arm64_coproc(reg_id) != "sysreg":
-        return False
-    op0, op1, crn, _crm, _op2 = kvm.arm64_sysreg_encoding(reg_id)
-    return op0 == 3 and op1 in (0, 1, 3) and crn == 0
+    return (reg_id >> 16) & 0xFFF == _SYSREG_GROUP and _is_id_encoding(reg_id)
 
 
 #: MIDR/REVIDR/AIDR become writable only after KVM_CAP_ARM_WRITABLE_IMP_ID_REGS is
@@ -261,10 +285,58 @@ def preload_allows(reg_id: int) -> bool:
 #: sysreg, fw, sve, fw_bmap) and sizes (KVM_REG_SIZE_U32 .. U2048)
 _ARM64_COPROCS = frozenset({0x10, 0x11, 0x13, 0x14, 0x15, 0x16})
 _ARM64_SIZES = frozenset(range(2, 9))
+#: ``id >> 16`` of every well-formed id: KVM_REG_ARM64 (0x60 << 56) | size << 52 | group << 16,
+#: every other bit above the low 16 zero -- one set lookup checks all of it
+_ID_PREFIXES = frozenset((0x60 << 40) | (size << 36) | coproc for size in _ARM64_SIZES for coproc in _ARM64_COPROCS)
 
 
 def is_reg_id(reg: int) -> bool:
     """A well-formed arm64 ONE_REG id of a group KVM defines (0x60..., 64-bit)."""
-    return (0 <= reg < 1 << 64 and reg >> 56 == 0x60 and (reg >> 16) & 0xFFF in _ARM64_COPROCS
-            and (reg >> 52) & 0xF in _ARM64_SIZES and (reg >> 28) & 0xFFFFFF == 0
-            and (reg >> 48) & 0xF == 0)
+    return reg >= 0 and reg >> 16 in _ID_PREFIXES
+
+
+#: the last few streams parsed, by their words: a hop's stamp usually lists the same
+#: stream as the contract (or the previous hop), and parsing ~200 hex words costs
+_PARSED: dict[tuple[str, ...], tuple[int, ...]] = {}
+_MAX_PARSED = 4
+
+
+def parse_ids(words: list[str]) -> tuple[list[int], list[str]]:
+    """Register ids from their canonical hex spelling, all at once (a stream has ~260):
+    (the ids, the words that are not a well-formed arm64 ONE_REG id as abiguard writes it)."""
+    key = tuple(words) if set(map(type, words)) <= {str} else None
+    if key is not None:
+        seen = _PARSED.get(key)
+        if seen is not None:
+            return list(seen), []
+    ids, bad = _parse_ids(words)
+    if key is not None and not bad:
+        if len(_PARSED) >= _MAX_PARSED:
+            _PARSED.clear()
+        _PARSED[key] = tuple(ids)
+    return ids, bad
+
+
+def _parse_ids(words: list[str]) -> tuple[list[int], list[str]]:
+    try:
+        ids = [int(w, 16) for w in words]
+    except (ValueError, TypeError):
+        pass
+    else:
+        # hex() is the one spelling abiguard writes: 0x, lowercase, no leading zeros
+        if all(type(w) is str for w in words) and [hex(i) for i in ids] == words \
+                and all(i >> 16 in _ID_PREFIXES for i in ids):
+            return ids, []
+    good: list[int] = []
+    bad: list[str] = []
+    for w in words:
+        try:
+            rid = int(w, 16)
+        except (ValueError, TypeError):
+            bad.append(str(w))
+            continue
+        if type(w) is not str or hex(rid) != w or not is_reg_id(rid):
+            bad.append(w if type(w) is str else str(w))
+        else:
+            good.append(rid)
+    return good, bad

@@ -10,7 +10,7 @@ the arm64 lab on real kernels. Which kind judges a register: :func:`.regs.kind_o
 from __future__ import annotations
 
 from ...engine.problem import Problem
-from . import idregs, regs
+from . import regs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,10 +47,13 @@ class Rule:
     :param kind: the name registers are tagged with (:func:`.regs.kind_of`)
     :param pinnable: abiguard_pin.so may write a value of this kind at vCPU init (and the
         library's allow-list admits the register: :func:`.regs.preload_allows`)
+    :param default_is_fine: :meth:`check` finds nothing when the value is the destination's
+        own default (the verdict then skips the call, which is most registers of a hop)
     """
 
     kind = ""
     pinnable = False
+    default_is_fine = False
 
     def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
         """Why the destination's KVM would not take ``value`` for this register."""
@@ -206,6 +209,7 @@ class IdRegister(Rule):
 
     kind = "idreg"
     pinnable = True
+    default_is_fine = True
 
     def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
         default = dest.registers.get(reg_id)
@@ -218,13 +222,18 @@ class IdRegister(Rule):
         return field_problems(name, reg_id, value, default, mask, "the destination's KVM (writable mask)")
 
     def fold(self, name: str, values: list[int], trials: list[Any]) -> tuple[int | None, str | None]:
+        from . import idregs
+
         value, agree = idregs.fold(name, values)
         return value, None if agree else f"{name}: bits outside known fields differ between hosts"
 
 
 def field_problems(name: str, reg_id: int, src: int, dst: int, mask: int, masked_by: str) -> list[Problem]:
-    """An ID register value against a host's, field by field (:func:`.idregs.field_diffs`)."""
-    if name not in idregs.FIELDS_BY_REG:
+    """An ID register value against a host's, field by field (:func:`.idregs.field_diffs`).
+    The field tables load only here: a move that keeps every ID value never needs them."""
+    from . import idregs
+
+    if not idregs.has_fields(name):
         # no cpufeature table (CLIDR_EL1, implementation registers): KVM's own set_user
         # handler takes any value inside the writable mask (measured: 6.1's CLIDR on 6.12/7.2)
         if (src ^ dst) & ~mask:
@@ -259,6 +268,7 @@ class Ccsidr(Rule):
     by 6.12 and 7.2, and 6.12's refused by 6.1."""
 
     kind = "ccsidr"
+    default_is_fine = True
 
     def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
         own = dest.registers.get(reg_id)

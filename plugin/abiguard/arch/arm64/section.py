@@ -19,6 +19,7 @@ from . import regs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
     from typing import Any
 
     from ...model.fields import Reader
@@ -41,10 +42,61 @@ class ArmConfig:
         self.registers = registers
 
 
+if TYPE_CHECKING:
+    _ConfigMap = Mapping[str, ArmConfig]
+else:
+    _ConfigMap = object   # collections.abc costs the hook ~2 ms; a read-only dict is all it needs
+
+
+class LazyConfigs(_ConfigMap):
+    """The configurations of a profile read from its hook view: each one's registers are
+    decoded when first asked for. A hook run judges one configuration of eight, and
+    decoding all of them would be most of its work."""
+
+    __slots__ = ("_raw", "_done")
+
+    def __init__(self, raw: dict[str, bytes]) -> None:
+        self._raw = raw
+        self._done: dict[str, ArmConfig] = {}
+
+    def __getitem__(self, name: str) -> ArmConfig:
+        done = self._done.get(name)
+        if done is None:
+            import marshal
+
+            features, vls, reg_list, registers = marshal.loads(self._raw[name])
+            if not (isinstance(features, tuple) and isinstance(reg_list, tuple)
+                    and (registers is None or isinstance(registers, dict))):
+                raise ValueError("not an arm64 profile view")
+            done = self._done[name] = ArmConfig(name, features, vls, reg_list, registers)
+        return done
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._raw
+
+    def get(self, name: str, default: ArmConfig | None = None) -> ArmConfig | None:  # type: ignore[override]
+        return self[name] if name in self._raw else default
+
+    def keys(self) -> Any:
+        return self._raw.keys()
+
+    def values(self) -> Any:
+        return [self[n] for n in self._raw]
+
+    def items(self) -> Any:
+        return [(n, self[n]) for n in self._raw]
+
+
 class Arm64Kvm(KvmSection):
     __slots__ = ("configs", "names", "acceptance", "masks", "vm_caps", "preferred_target")
 
-    def __init__(self, configs: dict[str, ArmConfig], names: dict[int, str], acceptance: dict[str, Any],
+    def __init__(self, configs: Mapping[str, ArmConfig], names: dict[int, str], acceptance: dict[str, Any],
                  masks: dict[str, int] | None, vm_caps: dict[str, int], preferred_target: int | None) -> None:
         self.configs = configs
         self.names = names
@@ -124,12 +176,15 @@ _VCPU_FEATURES = frozenset({"EL1_32BIT", "PSCI_0_2", "PMU_V3", "SVE", "PTRAUTH_A
 
 
 def to_view(s: Arm64Kvm) -> Any:
-    return ({n: (c.features, c.sve_vls, c.reg_list, c.registers) for n, c in s.configs.items()},
+    import marshal
+
+    return ({n: marshal.dumps((c.features, c.sve_vls, c.reg_list, c.registers)) for n, c in s.configs.items()},
             s.names, s.acceptance, s.masks, s.vm_caps, s.preferred_target)
 
 
 def from_view(v: Any) -> Arm64Kvm:
     configs, names, acceptance, masks, vm_caps, target = v
-    if not isinstance(configs, dict) or not isinstance(names, dict) or not isinstance(acceptance, dict):
+    if not (isinstance(configs, dict) and all(isinstance(b, bytes) for b in configs.values())
+            and isinstance(names, dict) and isinstance(acceptance, dict)):
         raise ValueError("not an arm64 profile view")
-    return Arm64Kvm({n: ArmConfig(n, *c) for n, c in configs.items()}, names, acceptance, masks, vm_caps, target)
+    return Arm64Kvm(LazyConfigs(configs), names, acceptance, masks, vm_caps, target)

@@ -1,0 +1,190 @@
+"""The fuzz suite: the hook's XML reader and splice, contracts, profiles, hook views and the
+command line's JSON inputs, with the hook's promises as oracles (tests/helpers/fuzz.py).
+
+The pure tier runs a short hypothesis campaign per class. The full suite (the README's
+test command; marker ``slow``) adds a long seeded campaign of at least 100,000 inputs and
+prints how many inputs of each class ran and how long it took.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from contextlib import redirect_stderr, redirect_stdout
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from abiguard import cli
+from abiguard.model import contract, profile
+from abiguard.xml import contract as contract_xml, domain as domxml
+from helpers import fuzz
+
+SEEDS = fuzz.xml_seeds()
+PROFILE_DOCS = {k: profile.load(fuzz.P[k]).doc for k in (fuzz.K61, fuzz.K612, fuzz.K72)}
+CONTRACT_DOCS = [contract.from_profile(profile.load(fuzz.P[k]), c).to_json()
+                 for k, c in ((fuzz.K61, "psci"), (fuzz.K72, None))]
+OPS = [["hook", "vm", "migrate", "begin", "-"], ["hook", "vm", "restore", "begin", "-"],
+       ["hook", "vm", "prepare", "begin", "-"]]
+HOSTS = [fuzz.K61, fuzz.K612, fuzz.K72]
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+                derandomize=True)
+
+
+# -- one input of each class ------------------------------------------------------------
+
+def hook_case(seed: int, xml_index: int, op: int, host: int) -> None:
+    rng = random.Random(seed)
+    seed_xml = SEEDS[xml_index % len(SEEDS)]
+    data = (fuzz.mutate_markup(rng, seed_xml) if rng.random() < 0.5 else
+            fuzz.mutate_bytes(rng, seed_xml, rounds=4))
+    root = fuzz._fake_root(HOSTS[host % len(HOSTS)])
+    argv = OPS[op % len(OPS)]
+    t0 = time.monotonic()
+    rc, out, err = fuzz.run_hook(root, argv, data)
+    fuzz.check_hook_answer(root, argv, data, rc, out, err, time.monotonic() - t0)
+
+
+def contract_case(seed: int) -> None:
+    rng = random.Random(seed)
+    doc = fuzz.mutate_json(rng, rng.choice(CONTRACT_DOCS))
+    if rng.random() < 0.5:
+        c = fuzz.check_model(contract.seal_json, doc, "fuzz") if isinstance(doc, dict) else None
+    else:
+        c = fuzz.check_model(contract.Contract.from_json, doc, "fuzz")
+    if c is not None:
+        again = contract_xml.from_element(domxml.parse(
+            b"<domain><metadata>" + contract_xml.to_xml_text(c).encode() + b"</metadata></domain>").contract, "x")
+        assert again == c and again.to_json() == c.to_json()
+    # the same document through the XML form, mutated as bytes
+    base = contract.Contract.from_json(rng.choice(CONTRACT_DOCS), "seed")
+    xml = b"<domain><metadata>" + contract_xml.to_xml_text(base).encode() + b"</metadata></domain>"
+    facts = fuzz.check_model(domxml.parse, fuzz.mutate_bytes(rng, xml, 2))
+    if facts is not None and facts.contract is not None:
+        fuzz.check_model(contract_xml.from_element, facts.contract, "fuzz")
+
+
+def profile_case(seed: int) -> None:
+    rng = random.Random(seed)
+    doc = fuzz.mutate_json(rng, PROFILE_DOCS[rng.choice(list(PROFILE_DOCS))], rounds=2)
+    if isinstance(doc, dict) and rng.random() < 0.9:
+        try:
+            doc["digest"] = profile.digest_of(doc)   # a valid digest over a broken inside
+        except (TypeError, ValueError):
+            return
+    p = fuzz.check_model(profile.Profile.from_json, doc, "fuzz.json")
+    if p is not None:
+        fuzz.check_engine(p)
+
+
+def view_case(seed: int, tmp: str) -> None:
+    rng = random.Random(seed)
+    path = os.path.join(tmp, "host-profile.json")
+    if not os.path.exists(path + profile.HOOKVIEW_SUFFIX):
+        profile.save(PROFILE_DOCS[fuzz.K72], path)
+        with open(path + profile.HOOKVIEW_SUFFIX, "rb") as f:
+            view_case.good = f.read()  # type: ignore[attr-defined]
+    good = view_case.good  # type: ignore[attr-defined]
+    with open(path + profile.HOOKVIEW_SUFFIX, "wb") as f:
+        f.write(fuzz.mutate_bytes(rng, good, 2))
+    got = profile.load_view(path)
+    assert got is None or got.digest == PROFILE_DOCS[fuzz.K72]["digest"]
+    assert profile.load_for_hook(path).digest == PROFILE_DOCS[fuzz.K72]["digest"]
+
+
+def cli_case(seed: int, tmp: str) -> None:
+    rng = random.Random(seed)
+    doc = fuzz.mutate_json(rng, rng.choice(list(PROFILE_DOCS.values()) + CONTRACT_DOCS), rounds=2)
+    if isinstance(doc, dict) and rng.random() < 0.7:
+        try:
+            if doc.get("format") == contract.FORMAT:
+                doc["digest"] = contract.seal_json(doc).digest
+            else:
+                doc["digest"] = profile.digest_of(doc)
+        except Exception:  # noqa: BLE001 - an unsealable document stays as it is
+            pass
+    path = os.path.join(tmp, f"in-{seed}.json")
+    with open(path, "w") as f:
+        f.write(json.dumps(doc) if rng.random() < 0.95 else json.dumps(doc)[:rng.randrange(200)])
+    k72 = fuzz.P[fuzz.K72]
+    argv = rng.choice([["check", "--from", path, "--to", k72], ["check", "--from", k72, "--to", path],
+                       ["diff", path, k72], ["baseline", path, k72], ["check", "--json", "--from", path,
+                                                                      "--to", k72]])
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = cli.main(argv)
+    assert rc in (0, 1, 2), (argv, rc, err.getvalue()[-500:])
+    assert "Traceback" not in err.getvalue(), err.getvalue()[-1500:]
+    if rc == 2:
+        assert err.getvalue().startswith("abiguard: "), err.getvalue()[:300]
+    os.unlink(path)
+
+
+# -- the short run: hypothesis, every test run ------------------------------------------------
+
+@FAST
+@given(st.integers(0, 2 ** 32), st.integers(0, 99), st.integers(0, 2), st.integers(0, 2))
+def test_fuzz_hook(seed, xml_index, op, host):
+    hook_case(seed, xml_index, op, host)
+
+
+@FAST
+@given(st.integers(0, 2 ** 32))
+def test_fuzz_contracts(seed):
+    contract_case(seed)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(st.integers(0, 2 ** 32))
+def test_fuzz_profiles(seed):
+    profile_case(seed)
+
+
+@FAST
+@given(st.integers(0, 2 ** 32))
+def test_fuzz_hook_views(tmp_path_factory, seed):
+    view_case(seed, str(tmp_path_factory.getbasetemp()))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(st.integers(0, 2 ** 32))
+def test_fuzz_cli_inputs(tmp_path_factory, seed):
+    cli_case(seed, str(tmp_path_factory.getbasetemp()))
+
+
+# -- the long run: >= 100,000 inputs in the full suite -----------------------------------------
+
+#: inputs per class in the long run (the sum is the campaign's size)
+LONG = {"hook": 72_000, "contract": 20_000, "view": 6_000, "profile": 1_500, "cli": 500}
+
+
+@pytest.mark.slow
+def test_fuzz_long_run():
+    assert sum(LONG.values()) >= 100_000
+    base = int(os.environ.get("ABIGUARD_FUZZ_SEED", "20261201"))
+    timings = {}
+    with tempfile.TemporaryDirectory(prefix="abiguard-fuzz-") as tmp:
+        for name, count in LONG.items():
+            t0 = time.monotonic()
+            for i in range(count):
+                seed = base * 1_000_003 + i
+                try:
+                    if name == "hook":
+                        hook_case(seed, i, i // 7, i // 3)
+                    elif name == "contract":
+                        contract_case(seed)
+                    elif name == "profile":
+                        profile_case(seed)
+                    elif name == "view":
+                        view_case(seed, tmp)
+                    else:
+                        cli_case(seed, tmp)
+                except AssertionError as e:
+                    raise AssertionError(f"fuzz {name} input {i} (seed {seed}): {e}") from None
+            timings[name] = time.monotonic() - t0
+    report = ", ".join(f"{n} {LONG[n]:,} in {t:.0f} s" for n, t in timings.items())
+    sys.stderr.write(f"\nfuzz long run: {sum(LONG.values()):,} inputs: {report}\n")
