@@ -91,7 +91,7 @@ def test_hostile_contracts_are_refused(mutate, message):
 
 
 def test_x86_contract_from_this_machines_profile_validates(tmp_path):
-    body = {"cpu_model": "qemu64", "pv_features": "0x1007efb",
+    body = {"cpu_model": "qemu64", "pv_features": "0x1007efb", "arch_capabilities": "0x0",
             "features": {"pni": "disable", "sse2": "require"}}
     sealed = contract.seal_json({"arch": "x86_64", "machine_type": "pc-i440fx-7.2",
                                  "origin": {"kind": "profile", "hosts": []}, "x86_64": body})
@@ -99,6 +99,9 @@ def test_x86_contract_from_this_machines_profile_validates(tmp_path):
     bad = tamper(sealed, lambda d: d["x86_64"]["features"].update({"sse2": "sometimes"}))
     with pytest.raises(ContractError, match="one of require, disable"):
         contract.Contract.from_json(bad, "x")
+    older = tamper(sealed, lambda d: d["x86_64"].pop("arch_capabilities"))
+    with pytest.raises(ContractError, match="did not record IA32_ARCH_CAPABILITIES; pin the VM again"):
+        contract.Contract.from_json(older, "x")
 
 
 @settings(max_examples=1500, deadline=None)

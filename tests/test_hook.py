@@ -201,7 +201,7 @@ def test_concurrent_refresh_never_shows_a_torn_profile(tmp_path):
 
 
 def test_x86_cpu_model_must_match_the_contract(host):
-    body = {"cpu_model": "Skylake-Client", "pv_features": None, "features": {}}
+    body = {"cpu_model": "Skylake-Client", "pv_features": None, "arch_capabilities": "0x0", "features": {}}
     c = contract.seal_json({"arch": "x86_64", "machine_type": None,
                             "origin": {"kind": "profile", "hosts": []}, "x86_64": body})
     xml = (f"<domain type='kvm'><name>vm</name><uuid>{UUID}</uuid><metadata>{pinned(c)}</metadata>"

@@ -194,7 +194,7 @@ def test_a_missing_stamp_is_not_the_favourable_case(host):
 
 
 def test_x86_stamps_are_checked(host):
-    body = {"cpu_model": "Skylake-Client", "pv_features": None, "features": {}}
+    body = {"cpu_model": "Skylake-Client", "pv_features": None, "arch_capabilities": "0x0", "features": {}}
     c = contract.seal_json({"arch": "x86_64", "machine_type": None, "origin": {"kind": "profile", "hosts": []},
                             "x86_64": body})
     other = HopStamp.made({"nonce": "00", "at": "2026-12-01T00:00:00Z"}, "sha256:" + "1" * 64, None).to_xml()

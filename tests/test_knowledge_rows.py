@@ -110,11 +110,30 @@ def test_feature_name_row(row: tuple[str, str]) -> None:
     assert x86.qemu_feature_name(libvirt_name + "_x") == (libvirt_name + "_x").replace("_", "-")
 
 
-@pytest.mark.parametrize("row", sorted(x86.KVM_PV_FEATURES.items()), ids=lambda r: r[1])
-def test_pv_feature_row(row: tuple[int, str]) -> None:
-    bit, name = row
-    assert x86.pv_feature_names(1 << bit) == [name]
-    assert name not in x86.pv_feature_names(~(1 << bit) & 0xFFFFFFFF)
+@pytest.mark.parametrize("row", sorted(x86.KVM_PV_FEATURES.items()), ids=lambda r: r[1][0])
+def test_pv_feature_row(row: tuple[int, tuple[str, tuple[str, ...]]]) -> None:
+    bit, (_linux, props) = row
+    assert x86.pv_feature_names(1 << bit) == [props[0]]
+    assert props[0] not in x86.pv_feature_names(~(1 << bit) & 0xFFFFFFFF)
+    # QEMU's property turns the bit on, whichever of its names that QEMU has; only that bit,
+    # unless an older QEMU's one property covers two (kvmclock: bits 0 and 3)
+    for prop in props:
+        got = x86.pv_bits_from_props({prop: True})
+        assert got >> bit & 1, prop
+        assert x86.pv_bits_from_props({prop: False}) == 0
+        assert got & ~(1 << bit) == 0 or prop == "kvmclock", prop
+
+
+@pytest.mark.parametrize("row", sorted(x86.ARCH_CAPABILITIES.items()), ids=lambda r: r[1][0])
+def test_arch_capability_row(row: tuple[int, tuple[str, str]]) -> None:
+    bit, (linux, feat) = row
+    assert x86.ARCH_CAPABILITY_BY_FEATURE[feat] == bit
+    on = {x86.ARCH_CAPABILITIES_FEATURE: "require", feat: "require"}
+    assert x86.arch_capabilities_of(on) == 1 << bit
+    assert x86.arch_capabilities_of({feat: "require"}) == 0      # no MSR without arch-capabilities
+    assert x86.arch_capabilities_of(dict(on, **{feat: "disable"})) == 0
+    assert linux in x86.arch_capability_names(1 << bit)[0] and feat in x86.arch_capability_names(1 << bit)[0]
+    assert x86.ARCH_CAPABILITIES_NAMED >> bit & 1
 
 
 @pytest.mark.parametrize("row", x86.LIBVIRT_DROPS_ON_INCOMING, ids=lambda r: r[1])
@@ -163,6 +182,7 @@ TABLES: dict[str, tuple[list[object], object]] = {
     "QEMU cpreg rules (cpreg.QEMU_CPREG_RULES)": (list(cpreg.QEMU_CPREG_RULES), test_cpreg_rule_row_both_ways),
     "x86 feature names": (list(x86.LIBVIRT_TO_QEMU_FEATURE.items()), test_feature_name_row),
     "x86 KVM PV features": (list(x86.KVM_PV_FEATURES.items()), test_pv_feature_row),
+    "x86 IA32_ARCH_CAPABILITIES bits": (list(x86.ARCH_CAPABILITIES.items()), test_arch_capability_row),
     "x86 libvirt drops": (list(x86.LIBVIRT_DROPS_ON_INCOMING), test_libvirt_drop_row_both_ways),
     "x86 per-CPU CPUID bits": (list(x86.PER_CPU_CPUID_BITS.items()), test_per_cpu_cpuid_row_is_zeroed_by_the_probe),
 }

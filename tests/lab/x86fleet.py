@@ -62,7 +62,8 @@ CPUID_ASM = r"""
 /* abiguard x86 fleet lab guest: a multiboot kernel that prints, on COM1, every CPUID
    leaf/subleaf the guest sees, then halts with interrupts off; an NMI (virsh inject-nmi)
    wakes it and it prints everything again (on whichever host it runs by then), once.
-   Line format: LEAF SUBLEAF: EAX EBX ECX EDX (hex). */
+   Line format: LEAF SUBLEAF: EAX EBX ECX EDX (hex); then, when CPUID.7.0:EDX[29] says the
+   MSR is there, "MSR 0000010a: EDX EAX" (IA32_ARCH_CAPABILITIES as the guest reads it). */
         .code32
         .section .text
         .align 4
@@ -96,6 +97,7 @@ dump:   incl round
         xor %ecx, %ecx
         cpuid
         mov %eax, maxleaf
+        mov %eax, maxbasic
         xor %edi, %edi
 1:      call leaf
         inc %edi
@@ -115,7 +117,25 @@ dump:   incl round
         inc %edi
         cmp maxleaf, %edi
         jbe 3b
-        mov $s_end, %esi
+        cmpl $7, maxbasic           /* IA32_ARCH_CAPABILITIES, when CPUID.7.0:EDX[29] says it is there */
+        jb 12f
+        mov $7, %eax
+        xor %ecx, %ecx
+        cpuid
+        bt $29, %edx
+        jnc 12f
+        mov $s_msr, %esi
+        call puts
+        mov $0x10a, %ecx
+        rdmsr
+        mov %eax, r_a
+        mov %edx, %eax
+        call sphex
+        mov r_a, %eax
+        call sphex
+        mov $'\n', %al
+        call putc
+12:     mov $s_end, %esi
         call puts
         hlt
         jmp dump
@@ -217,10 +237,12 @@ idtr:   .word 8 * 3 - 1
         .long idt
 s_begin: .asciz "ABIGUARD-CPUID-BEGIN "
 s_end:  .asciz "ABIGUARD-CPUID-END\n"
+s_msr:  .asciz "MSR 0000010a:"
         .align 8
 idt:    .fill 3, 8, 0
 round:  .long 0
 maxleaf: .long 0
+maxbasic: .long 0
 r_a:    .long 0
 r_b:    .long 0
 r_c:    .long 0
@@ -329,6 +351,9 @@ def parse_dumps(text: str) -> dict[int, dict[str, list[str]]]:
             rnd, cur = int(line.split()[1], 16), {}
         elif line.startswith("ABIGUARD-CPUID-END") and cur is not None:
             out[rnd], cur = cur, None
+        elif cur is not None and line.startswith("MSR ") and ":" in line:
+            key, regs = line.split(":", 1)
+            cur[f"msr.{int(key.split()[1], 16):#x}"] = [f"0x{r}" for r in regs.split()]
         elif cur is not None and ":" in line:
             key, regs = line.split(":", 1)
             leaf, sub = key.split()
@@ -343,14 +368,18 @@ def cpuid_digest(dump: dict[str, list[str]]) -> str:
 def cpuid_diff(a: dict[str, list[str]], b: dict[str, list[str]]) -> list[str]:
     """Human lines for every leaf/subleaf/register that differs."""
     lines = []
-    for key in sorted(set(a) | set(b), key=lambda k: (int(k.split(".")[0], 16), int(k.split(".")[1]))):
+    def order(k: str) -> tuple[int, int, int]:
+        head, _, tail = k.partition(".")
+        return (1, int(tail, 16), 0) if head == "msr" else (0, int(head, 16), int(tail))
+
+    for key in sorted(set(a) | set(b), key=order):
         ra, rb = a.get(key), b.get(key)
         if ra == rb:
             continue
         if ra is None or rb is None:
             lines.append(f"{key}: {'absent' if ra is None else ra} -> {'absent' if rb is None else rb}")
             continue
-        for name, x, y in zip(("eax", "ebx", "ecx", "edx"), ra, rb):
+        for name, x, y in zip(("edx", "eax") if key.startswith("msr.") else ("eax", "ebx", "ecx", "edx"), ra, rb):
             if x != y:
                 gained, lost = int(y, 16) & ~int(x, 16), int(x, 16) & ~int(y, 16)
                 lines.append(f"{key} {name}: {x} -> {y} (bits +{gained:#x} -{lost:#x})")
@@ -562,8 +591,10 @@ def record(out: Path = DATA, keep_unpinned_cpu: dict[str, str] | None = None) ->
                 case: dict[str, Any] = {"source": sv, "dest": dv, "vm": kind, "name": name}
                 t0 = time.monotonic()
                 try:
-                    if kind == "unpinned":
-                        machine = newest_q35(profiles[sv])
+                    if kind in ("unpinned", "host-model"):
+                        # unpinned: the newest machine type of its boot host; host-model: the
+                        # baseline's machine type, so that the CPU is the first thing that differs
+                        machine = newest_q35(profiles[sv]) if kind == "unpinned" else fleet_machine()
                         cpus = [unpinned_cpu[sv]] if sv in unpinned_cpu else ["host-model", "host-model-noarchcap"]
                         case["start_attempts"] = []
                         for cpu in cpus:
@@ -620,26 +651,60 @@ def record(out: Path = DATA, keep_unpinned_cpu: dict[str, str] | None = None) ->
             if fl.version[h] not in profiles:
                 profiles[fl.version[h]] = fl.probe(h)
 
-    def make_fleet() -> None:
+    def fleet_machine() -> str:
+        assert fleet is not None
+        return str(fleet["contract"]["machine_type"])
+
+    def make_fleet(uris: dict[str, str]) -> None:
+        """``abiguard baseline`` over the three fresh profiles, libvirt computing the CPU
+        (the oldest of the three) and every host's libvirt confirming it."""
         nonlocal fleet
+        from abiguard.arch.x86.hypervisor_cpu import HypervisorCpu
+
         for v, doc in profiles.items():  # JSON only (profile.save would add the hook's marshal view)
             (out / "profiles" / f"{v}.json").write_text(profile_mod.render(doc))
         docs = [profile_mod.load(str(out / "profiles" / f"{v}.json")).with_label(v) for v in VERSIONS]
-        fleet = baseline_mod.compute(docs)
+        hypervisors = [HypervisorCpu.open(uris[v]) for v in VERSIONS]
+        try:
+            fleet = baseline_mod.compute(docs, hypervisors=hypervisors)
+        finally:
+            for h in hypervisors:
+                h.conn.close()
+        # the URIs are this run's sockets: name the hosts instead
+        fleet["libvirt"] = {v: fleet.get("libvirt", {}).get(uris[v]) for v in VERSIONS}
+        def named(text: str) -> str:
+            for v, uri in uris.items():
+                text = text.replace(uri, v)
+            return text
+
+        fleet["conflicts"] = [named(c) for c in fleet["conflicts"]]
         (out / "fleet.json").write_text(json.dumps(fleet, indent=1, sort_keys=True) + "\n")
         log(f"baseline: machine {fleet['contract']['machine_type']}, CPU model "
-            f"{fleet['contract']['x86_64']['cpu_model']}, conflicts {fleet['conflicts']}")
+            f"{fleet['contract']['x86_64']['cpu_model']} with {len(fleet['contract']['x86_64']['features'])} "
+            f"features, libvirt {({v: (x or {}).get('compare') for v, x in fleet['libvirt'].items()})}, "
+            f"conflicts {fleet['conflicts']}")
 
+    kinds = ("unpinned", "host-model", "pinned")
+    labs: list[FleetLab] = []
     try:
-        # trixie+sid: probe both, unpinned both ways
-        with_lab("trixie", "sid", "abgf1", lambda fl: (probe_all(fl), run_cases(fl, ("unpinned",))))
-        # sid+bookworm: probe bookworm -> baseline; unpinned and pinned both ways
-        with_lab("sid", "bookworm", "abgf2",
-                 lambda fl: (probe_all(fl), make_fleet(), run_cases(fl, ("unpinned", "pinned"))))
-        # bookworm+trixie: both kinds; then trixie+sid again for the pinned VM
-        with_lab("bookworm", "trixie", "abgf3", lambda fl: run_cases(fl, ("unpinned", "pinned")))
-        with_lab("trixie", "sid", "abgf1", lambda fl: run_cases(fl, ("pinned",)))
+        # bookworm+trixie and sid+bookworm at once: all three libvirts answer the baseline
+        t0 = time.monotonic()
+        for a, b, prefix in (("bookworm", "trixie", "abgf1"), ("sid", "bookworm", "abgf2")):
+            labs.append(FleetLab(a, b, prefix, rootfs))
+            labs[-1].up()
+        for fl in labs:
+            probe_all(fl)
+        make_fleet({"bookworm": labs[0].lab.uri("a"), "trixie": labs[0].lab.uri("b"), "sid": labs[1].lab.uri("a")})
+        for fl in labs:
+            run_cases(fl, kinds)
+        for fl in labs:
+            fl.down()
+        timings["labs bookworm+trixie, sid+bookworm"] = round(time.monotonic() - t0, 1)
+        labs = []
+        with_lab("trixie", "sid", "abgf3", lambda fl: run_cases(fl, kinds))
     finally:
+        for fl in labs:
+            fl.down()
         shutil.rmtree(SHARED, ignore_errors=True)
 
     # CPUID dumps are shared between cases: keep each distinct dump once
@@ -698,11 +763,13 @@ def case_contract(case: dict[str, Any], profiles: dict[str, Any]) -> Any:
 
     if case["vm"] == "pinned":
         facts = domxml.parse(case["domain_xml"].encode(), f"domain {case['name']}")
-        return contract_xml.from_element(facts.contract, f"contract of {case['name']}")
+        sealed = contract_xml.from_element(facts.contract, f"contract of {case['name']}")
+        assert sealed is not None
+        return sealed
     sealed = contract.from_profile(profiles[case["source"]], machine_type=case["machine"])
     if case["cpu"] == "host-model-noarchcap":
         features = dict(sealed.body.features, **{"arch-capabilities": "disable"})
-        sealed = sealed.replace(body=sealed.body.replace(features=features))
+        sealed = sealed.replace(body=sealed.body.replace(features=features, arch_capabilities=0))
     return sealed
 
 
@@ -723,7 +790,7 @@ def verdicts(doc: dict[str, Any], profiles: dict[str, Any]) -> dict[tuple[str, s
 def matrix(doc: dict[str, Any], verdicts: dict[tuple[str, str, str], str] | None = None) -> str:
     """The 3x3 table: real outcome (and abiguard's verdict) per ordered pair."""
     lines = []
-    for kind in ("unpinned", "pinned"):
+    for kind in ("unpinned", "host-model", "pinned"):
         lines.append(f"{kind}: source \\ dest".ljust(24) + "".join(v.ljust(34) for v in VERSIONS))
         for s in VERSIONS:
             row = s.ljust(24)

@@ -102,8 +102,20 @@ class Arch:
         """The pins that realise ``verdict`` on ``profile``'s host (none by default)."""
         return []
 
-    def baseline(self, profiles: list[Profile], config: str | None) -> tuple[Body, list[str]]:
+    def baseline(self, profiles: list[Profile], config: str | None,
+                 hypervisors: list[Any] | None = None) -> tuple[Body, list[str]]:
+        """The richest body every profile's host provides, and the conflicts. ``hypervisors``:
+        the fleet's libvirts, where the arch asks libvirt itself (x86: HypervisorCpu)."""
         raise NotImplementedError
+
+    def verify_pin(self, conn: Any, label: str, contract: Contract) -> str | None:
+        """Why the libvirt at ``conn`` cannot run a VM pinned to this contract (None: it can,
+        or the arch has nothing to ask)."""
+        return None
+
+    def verify_on(self, contract: Contract, hypervisors: list[Any]) -> dict[str, Any]:
+        """What each given libvirt says of the contract (x86: compareHypervisorCPU), by label."""
+        return {}
 
     def host_report(self, contract: Contract, profile: Profile) -> dict[str, Any]:
         return {}
@@ -122,10 +134,14 @@ class Arch:
         return None
 
     def domain_contract(self, root: Any, host: Profile) -> Contract:
-        """The contract of what a domain definition (lxml root) asks for on this host."""
+        """The contract of what a domain definition (lxml root) asks for on this host: the
+        host's defaults, on the domain's own machine type (made concrete by this host's
+        QEMU: 'q35' or 'virt' name whichever version it has now)."""
         from ..model import contract
 
-        return contract.from_profile(host)
+        sealed = contract.from_profile(host)
+        machine = domain_machine(root, host)
+        return sealed.replace(machine_type=machine) if machine else sealed
 
     def edit_definition(self, root: Any, contract: Contract, notes: list[str], cannot: list[str],
                         profile: Profile | None) -> None:
@@ -136,3 +152,23 @@ class Arch:
     # -- the probe --------------------------------------------------------------------------
     def probe(self, system: KvmSystem, caps: dict[str, int], missing: Missing) -> dict[str, Any]:
         raise NotImplementedError
+
+    #: a named CPU model whose QEMU expansion the probe records (what QEMU gives any named
+    #: model beyond its own features, such as x86's KVM PV defaults); None: none
+    qemu_named_model: str | None = None
+
+    def probe_libvirt(self, conn: Any, domcaps: Any, unavailable: list[dict[str, Any]]) -> dict[str, Any]:
+        """What libvirt knows about this arch's CPUs, beyond domcapabilities (``conn``: an open
+        libvirt connection; ``domcaps``: its domcapabilities, lxml); nothing by default."""
+        return {}
+
+
+def domain_machine(root: Any, host: Profile) -> str | None:
+    """The machine type a domain definition (lxml root) names, an alias resolved by the
+    host's QEMU."""
+    os_type = root.find("os/type")
+    name = os_type.get("machine") if os_type is not None else None
+    if not name:
+        return None
+    return host.qemu.resolve_machine(name) if host.qemu is not None else name
+

@@ -17,6 +17,12 @@ class Baseline(Command):
         parser.add_argument("--rollback-to", action="append", default=[], metavar="PROFILE",
                             help="a host the fleet may roll back to (repeatable)")
         parser.add_argument("--config", help="arm64 vCPU configuration (default: the richest all have)")
+        parser.add_argument("--libvirt", action="append", default=[], metavar="URI",
+                            help="a fleet host's libvirt (repeatable): x86 asks the oldest for the baseline "
+                                 "CPU (baselineHypervisorCPU) and every one to confirm it (compareHypervisorCPU); "
+                                 "default: this host's libvirt, if it answers")
+        parser.add_argument("--no-libvirt", action="store_true",
+                            help="compute the x86 CPU from the profiles alone")
         parser.add_argument("-o", "--output", help="write the baseline here (default: stdout)")
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -25,8 +31,17 @@ class Baseline(Command):
         from ..model import profile
 
         verified: dict[str, profile.Profile] = {}
-        result = baseline.compute(profile.load_labelled(args.profiles, verified),
-                                  profile.load_labelled(args.rollback_to, verified), args.config)
+        profiles = profile.load_labelled(args.profiles, verified)
+        rollback = profile.load_labelled(args.rollback_to, verified)
+        hypervisors = None
+        if any(p.machine == "x86_64" for p in profiles + rollback) and not args.no_libvirt:
+            from ..arch.x86.hypervisor_cpu import HypervisorCpu
+
+            if args.libvirt:
+                hypervisors = [HypervisorCpu.open(uri) for uri in args.libvirt]
+            else:
+                hypervisors = HypervisorCpu.local()
+        result = baseline.compute(profiles, rollback, args.config, hypervisors)
         text = json.dumps(result, sort_keys=True, indent=1) + "\n"
         if args.output:
             write(text, args.output)
@@ -39,6 +54,9 @@ class Baseline(Command):
                   f"machine {c.get('machine_type')}, {body.get('config', body.get('cpu_model'))}")
             for conflict in result["conflicts"]:
                 print(f"  conflict: {conflict}")
+            for uri, v in sorted(result.get("libvirt", {}).items()):
+                print(f"  libvirt {v['libvirt']} at {uri}: compareHypervisorCPU says {v['compare']}"
+                      + (f" ({v['reason']})" if v.get("reason") else ""))
             for host, rep in sorted(result["hosts"].items()):
                 state = "accepts" if rep["accepts_incoming"] else "REFUSES"
                 print(f"  {host}: {state} VMs with this contract"

@@ -3,9 +3,10 @@ definition, through libvirt."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import Refusal, UsageError
 from .base import Command, load_contract_or_profile, print_json
 
 TYPE_CHECKING = False
@@ -69,11 +70,16 @@ def pin(uri: str | None, name: str, sealed: Contract | None, profile_path: str) 
         host = None
         if sealed is None or get(sealed.arch).uses_preload:
             host = profile_mod.load(profile_path)
+        elif os.path.exists(profile_path):       # x86: to say which PV features QEMU adds here
+            host = profile_mod.load(profile_path)
         if sealed is None:
             assert host is not None
             from lxml import etree
 
             sealed = get(host.machine).domain_contract(etree.fromstring(xml.encode(), parser()), host)
+        refused = get(sealed.arch).verify_pin(conn, conn.getURI(), sealed)
+        if refused:
+            raise Refusal(f"abiguard: not pinning {name!r} to {sealed.digest[:19]}: {refused}")
         new_xml, notes, cannot = apply(xml, sealed, host)
         try:
             conn.defineXML(new_xml)

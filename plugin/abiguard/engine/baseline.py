@@ -36,8 +36,12 @@ def common_machine(profiles: list[Profile], family: str) -> str | None:
 
 
 def compute(profiles: list[Profile], rollback: list[Profile] | None = None,
-            config: str | None = None) -> dict[str, Any]:
-    """The baseline document: its contract, the conflicts, and a report per host."""
+            config: str | None = None, hypervisors: list[Any] | None = None) -> dict[str, Any]:
+    """The baseline document: its contract, the conflicts, and a report per host.
+
+    :param hypervisors: the fleet's libvirts (``--libvirt URI``): the arch asks them to
+        compute (x86: baselineHypervisorCPU) and to confirm (compareHypervisorCPU)
+    """
     from ..arch import get
     from ..model.contract import Origin, OriginHost, seal
 
@@ -50,13 +54,19 @@ def compute(profiles: list[Profile], rollback: list[Profile] | None = None,
                          "one baseline per architecture")
     name = arches.pop()
     arch = get(name)
-    body, conflicts = arch.baseline(everyone, config)
+    body, conflicts = arch.baseline(everyone, config, hypervisors)
     origin = Origin("baseline", tuple(OriginHost(p.kernel_release, p.digest)
                                       for p in sorted(everyone, key=lambda p: p.digest)))
     sealed = seal(name, common_machine(everyone, arch.machine_family), origin, body)
     hosts = {p.label: host_report(sealed, p) for p in everyone}
-    return {"format": FORMAT, "contract": sealed.to_json(), "conflicts": conflicts, "hosts": hosts,
-            "rollback_hosts": sorted({p.label for p in rollback or []})}
+    doc = {"format": FORMAT, "contract": sealed.to_json(), "conflicts": conflicts, "hosts": hosts,
+           "rollback_hosts": sorted({p.label for p in rollback or []})}
+    if hypervisors:
+        verified = arch.verify_on(sealed, hypervisors)
+        doc["libvirt"] = verified
+        conflicts += [f"{label}: libvirt says the CPU is {v['compare']}: {v.get('reason', '')}".rstrip(": ")
+                      for label, v in sorted(verified.items()) if v["compare"] not in ("identical", "superset")]
+    return doc
 
 
 def host_report(sealed: Contract, profile: Profile) -> dict[str, Any]:

@@ -175,7 +175,7 @@ class Profile:
             q = self.qemu
             qemu = (q.binary, q.version_text, q.package,
                     tuple((m.name, m.alias, m.default, m.deprecated) for m in q.machines),
-                    q.host_cpu_model, q.host_cpu_props, q.cpu_definitions)
+                    q.host_cpu_model, q.host_cpu_props, q.cpu_definitions, q.named_cpu_props)
         libvirt = None
         if self.libvirt is not None:
             lv = self.libvirt
@@ -188,7 +188,8 @@ class Profile:
                         None if dc.custom_models is None else
                         {k: (m.usable, m.blockers) for k, m in dc.custom_models.items()},
                         dc.host_model_xml)
-            libvirt = (lv.uri, lv.version_text, lv.hypervisor_version, lv.host_uuid, caps)
+            cpu = None if lv.cpu is None else (lv.cpu.features, lv.cpu.models, lv.cpu.host_features)
+            libvirt = (lv.uri, lv.version_text, lv.hypervisor_version, lv.host_uuid, caps, cpu)
         return (self.kernel_release, self.kernel_version, self.machine, kvm, qemu, libvirt,
                 tuple((u.what, u.errno, u.error, u.detail) for u in self.unavailable), self.digest)
 
@@ -207,20 +208,20 @@ class Profile:
             kvm = KvmInfo(device, api, caps, None if section_v is None else get(machine).section_from_view(section_v))
         if qemu_v is not None or libvirt_v is not None:
             # the stack's model loads only for profiles that have one (not the lab's KVM-only ones)
-            from .stack import CustomModel, DomCaps, HostModel, LibvirtInfo, Machine, QemuInfo
+            from .stack import CustomModel, DomCaps, HostModel, LibvirtCpu, LibvirtInfo, Machine, QemuInfo
         qemu = None
         if qemu_v is not None:
-            binary, vtext, package, machines, model, props, defs = qemu_v
-            qemu = QemuInfo(binary, vtext, package, tuple(Machine(*m) for m in machines), model, props, defs)
+            binary, vtext, package, machines, model, props, defs, named = qemu_v
+            qemu = QemuInfo(binary, vtext, package, tuple(Machine(*m) for m in machines), model, props, defs, named)
         libvirt = None
         if libvirt_v is not None:
-            uri, vtext, hv, uuid, caps_v = libvirt_v
+            uri, vtext, hv, uuid, caps_v, cpu_v = libvirt_v
             dc = None
             if caps_v is not None:
                 m, emu, hm, modes, custom, hm_xml = caps_v
                 dc = DomCaps(m, emu, None if hm is None else HostModel(*hm), tuple(modes),
                              None if custom is None else {k: CustomModel(*c) for k, c in custom.items()}, hm_xml)
-            libvirt = LibvirtInfo(uri, vtext, hv, uuid, dc)
+            libvirt = LibvirtInfo(uri, vtext, hv, uuid, dc, None if cpu_v is None else LibvirtCpu(*cpu_v))
         return cls(kernel, kernel_version, machine, kvm, qemu, libvirt,
                    tuple(Unavailable(*u) for u in unavail), digest)
 
@@ -318,7 +319,7 @@ def atomic_write(path: str, text: str | bytes, mode: int = 0o644) -> tuple[int, 
 HOOKVIEW_SUFFIX = ".hookview"
 #: the view's first bytes: format name and version; then the payload's length and CRC-32
 #: (8 bytes, big-endian): a torn or damaged view is noticed before marshal reads it
-_VIEW_MAGIC = b"abiguard-hookview-3\n"
+_VIEW_MAGIC = b"abiguard-hookview-4\n"
 #: a view bigger than this is not one of ours
 MAX_VIEW_BYTES = 16 * 1024 * 1024
 

@@ -34,14 +34,17 @@ class QemuInfo:
 
     :param host_cpu_props: ``query-cpu-model-expansion`` of ``host`` (full), or None
     :param cpu_definitions: model -> the features QEMU names unavailable on this host
+    :param named_cpu_props: the full expansion of a named model (the arch's
+        ``qemu_named_model``): what QEMU adds to any named model, such as x86's PV defaults
     """
 
     __slots__ = ("binary", "version_text", "version", "package", "machines", "host_cpu_model",
-                 "host_cpu_props", "cpu_definitions")
+                 "host_cpu_props", "cpu_definitions", "named_cpu_props")
 
     def __init__(self, binary: str | None, version_text: str | None, package: str | None,
                  machines: tuple[Machine, ...], host_cpu_model: str | None,
-                 host_cpu_props: dict[str, Any] | None, cpu_definitions: dict[str, tuple[str, ...]] | None) -> None:
+                 host_cpu_props: dict[str, Any] | None, cpu_definitions: dict[str, tuple[str, ...]] | None,
+                 named_cpu_props: dict[str, Any] | None = None) -> None:
         self.binary = binary
         self.version_text = version_text
         self.version = parse_version(version_text)
@@ -50,6 +53,7 @@ class QemuInfo:
         self.host_cpu_model = host_cpu_model
         self.host_cpu_props = host_cpu_props
         self.cpu_definitions = cpu_definitions
+        self.named_cpu_props = named_cpu_props
 
     def machine_names(self) -> set[str]:
         return {m.name for m in self.machines}
@@ -110,17 +114,34 @@ class DomCaps:
         self.host_model_xml = host_model_xml
 
 
+class LibvirtCpu:
+    """What this libvirt knows about CPUs (``stack.libvirt.cpu``).
+
+    :param features: every feature name its CPU map accepts (aliases included), None unknown
+    :param models: every CPU model name it knows, None unknown
+    :param host_features: the host-model CPU expanded by this libvirt into every feature
+        it has (libvirt's names), None unknown
+    """
+
+    __slots__ = ("features", "models", "host_features")
+
+    def __init__(self, features: frozenset[str] | None, models: frozenset[str] | None,
+                 host_features: frozenset[str] | None) -> None:
+        self.features, self.models, self.host_features = features, models, host_features
+
+
 class LibvirtInfo:
-    __slots__ = ("uri", "version_text", "version", "hypervisor_version", "host_uuid", "domcaps")
+    __slots__ = ("uri", "version_text", "version", "hypervisor_version", "host_uuid", "domcaps", "cpu")
 
     def __init__(self, uri: str | None, version_text: str | None, hypervisor_version: str | None,
-                 host_uuid: str | None, domcaps: DomCaps | None) -> None:
+                 host_uuid: str | None, domcaps: DomCaps | None, cpu: LibvirtCpu | None = None) -> None:
         self.uri = uri
         self.version_text = version_text
         self.version = parse_version(version_text)
         self.hypervisor_version = hypervisor_version
         self.host_uuid = host_uuid
         self.domcaps = domcaps
+        self.cpu = cpu
 
 
 
@@ -138,16 +159,8 @@ def qemu_from_json(r: Reader, doc: Any) -> QemuInfo:
         machines.append(Machine(r.name(m.get("name"), f"stack.qemu.machines[{i}].name", "a machine type name"),
                                 r.opt_name(m.get("alias"), f"stack.qemu.machines[{i}].alias", "a machine type name"),
                                 m.get("default") is True, m.get("deprecated") is True))
-    expansion = r.opt_obj(q.get("host_cpu_expansion"), "stack.qemu.host_cpu_expansion")
-    model, props = None, None
-    if expansion is not None:
-        model = r.opt_string(expansion.get("model"), "stack.qemu.host_cpu_expansion.model", 64)
-        props_doc = r.obj(expansion.get("props", {}), "stack.qemu.host_cpu_expansion.props", 8192)
-        props = {}
-        for k, v in props_doc.items():
-            r.need(isinstance(k, str) and len(k) <= 128 and (v is None or isinstance(v, (bool, int, float, str))),
-                   "member 'stack.qemu.host_cpu_expansion.props' must map property names to plain values")
-            props[k] = v
+    model, props = _expansion(r, q, "host_cpu_expansion")
+    _named, named_props = _expansion(r, q, "named_cpu_expansion")
     defs_doc = r.opt_obj(q.get("cpu_definitions"), "stack.qemu.cpu_definitions", 8192)
     defs = None
     if defs_doc is not None:
@@ -160,7 +173,22 @@ def qemu_from_json(r: Reader, doc: Any) -> QemuInfo:
     return QemuInfo(r.opt_string(q.get("binary"), "stack.qemu.binary", 4096),
                     r.opt_string(q.get("version"), "stack.qemu.version", 32),
                     r.opt_string(q.get("package"), "stack.qemu.package", 256),
-                    tuple(machines), model, props, defs)
+                    tuple(machines), model, props, defs, named_props)
+
+
+def _expansion(r: Reader, q: dict[str, Any], member: str) -> tuple[str | None, dict[str, Any] | None]:
+    """A ``query-cpu-model-expansion`` answer: (model, props) or (None, None)."""
+    expansion = r.opt_obj(q.get(member), f"stack.qemu.{member}")
+    if expansion is None:
+        return None, None
+    model = r.opt_string(expansion.get("model"), f"stack.qemu.{member}.model", 64)
+    props_doc = r.obj(expansion.get("props", {}), f"stack.qemu.{member}.props", 8192)
+    props = {}
+    for k, v in props_doc.items():
+        r.need(isinstance(k, str) and len(k) <= 128 and (v is None or isinstance(v, (bool, int, float, str))),
+               f"member 'stack.qemu.{member}.props' must map property names to plain values")
+        props[k] = v
+    return model, props
 
 
 def is_model_name(v: object) -> bool:
@@ -199,7 +227,20 @@ def libvirt_from_json(r: Reader, doc: Any) -> LibvirtInfo:
         dc = DomCaps(r.opt_string(dc_doc.get("machine"), f"{w}.machine", 128),
                      r.opt_string(dc_doc.get("emulator"), f"{w}.emulator", 4096), hm, tuple(modes), custom,
                      r.opt_string(dc_doc.get("host_model_xml"), f"{w}.host_model_xml", 1 << 16))
+    cpu = None
+    cpu_doc = r.opt_obj(lv.get("cpu"), "stack.libvirt.cpu")
+    if cpu_doc is not None:
+        def names(member: str, limit: int) -> frozenset[str] | None:
+            v = cpu_doc.get(member)
+            if v is None:
+                return None
+            items = r.lst(v, f"stack.libvirt.cpu.{member}", limit)
+            r.need(all(isinstance(x, str) and 0 < len(x) <= 128 for x in items),
+                   f"member 'stack.libvirt.cpu.{member}' must list names")
+            return frozenset(items)
+
+        cpu = LibvirtCpu(names("features", 8192), names("models", 4096), names("host_features", 4096))
     return LibvirtInfo(r.opt_string(lv.get("uri"), "stack.libvirt.uri", 1024),
                        r.opt_string(lv.get("version"), "stack.libvirt.version", 32),
                        r.opt_string(lv.get("hypervisor_version"), "stack.libvirt.hypervisor_version", 32),
-                       r.opt_string(lv.get("host_uuid"), "stack.libvirt.host_uuid", 64), dc)
+                       r.opt_string(lv.get("host_uuid"), "stack.libvirt.host_uuid", 64), dc, cpu)

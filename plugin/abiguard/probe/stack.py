@@ -43,9 +43,10 @@ def _qmp_class() -> Any:
     return QEMUMonitorProtocol
 
 
-def _qmp_session(binary: str, commands: list[tuple[str, dict[str, Any] | None]]
+def _qmp_session(binary: str, commands: list[tuple[str, str, dict[str, Any] | None]]
                  ) -> dict[str, Any]:
-    """Run QMP commands against a throw-away ``-machine none -accel kvm`` QEMU."""
+    """Run QMP commands (label, command, arguments) against a throw-away ``-machine none
+    -accel kvm`` QEMU; the answers by label."""
     QEMUMonitorProtocol = _qmp_class()
 
     with tempfile.TemporaryDirectory(prefix="abiguard-qmp-") as tmp:
@@ -59,8 +60,8 @@ def _qmp_session(binary: str, commands: list[tuple[str, dict[str, Any] | None]]
         try:
             monitor.accept(timeout=QMP_TIMEOUT)
             monitor.settimeout(QMP_TIMEOUT)
-            for name, args in commands:
-                answers[name] = monitor.cmd_raw(name, args)
+            for label, name, args in commands:
+                answers[label] = monitor.cmd_raw(name, args)
             try:
                 monitor.cmd_raw("quit")
             except Exception:  # QEMU may close the socket before its reply arrives
@@ -100,14 +101,17 @@ def probe_qemu(machine: str, unavailable: list[dict[str, Any]]) -> dict[str, Any
     if binary is None:
         _note(unavailable, f"QEMU ({binary_name or machine})", errno.ENOENT, "no QEMU binary for this host")
         return None
-    cpu_model = {"name": "host"}
+    named = get(machine).qemu_named_model if machine in PLUGINS else None
+    commands: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("query-version", "query-version", None),
+        ("query-machines", "query-machines", None),
+        ("query-cpu-model-expansion", "query-cpu-model-expansion", {"type": "full", "model": {"name": "host"}}),
+        ("query-cpu-definitions", "query-cpu-definitions", None),
+    ]
+    if named:
+        commands.append(("named", "query-cpu-model-expansion", {"type": "full", "model": {"name": named}}))
     try:
-        answers = _qmp_session(binary, [
-            ("query-version", None),
-            ("query-machines", None),
-            ("query-cpu-model-expansion", {"type": "full", "model": cpu_model}),
-            ("query-cpu-definitions", None),
-        ])
+        answers = _qmp_session(binary, commands)
     except Exception as e:  # QEMU or QMP failed: recorded, the rest of the profile stands
         _note(unavailable, f"QMP on {binary} -machine none -accel kvm", errno.EIO, str(e)[:500])
         return {"binary": binary}
@@ -128,6 +132,13 @@ def probe_qemu(machine: str, unavailable: list[dict[str, Any]]) -> dict[str, Any
                                      "props": dict(sorted(expansion["model"].get("props", {}).items()))}
     except RuntimeError as e:
         _note(unavailable, "query-cpu-model-expansion host", errno.EIO, str(e))
+    if named:
+        try:
+            expansion = _unwrap(answers["named"], f"query-cpu-model-expansion {named}")
+            out["named_cpu_expansion"] = {"model": expansion["model"]["name"],
+                                          "props": dict(sorted(expansion["model"].get("props", {}).items()))}
+        except RuntimeError as e:
+            _note(unavailable, f"query-cpu-model-expansion {named}", errno.EIO, str(e))
     try:
         defs = _unwrap(answers["query-cpu-definitions"], "query-cpu-definitions")
         out["cpu_definitions"] = {d["name"]: sorted(d.get("unavailable-features", []))
@@ -137,8 +148,23 @@ def probe_qemu(machine: str, unavailable: list[dict[str, Any]]) -> dict[str, Any
     return out
 
 
-def _domcaps_summary(xml: str) -> dict[str, Any]:
-    """The guest-ABI parts of ``virsh domcapabilities``: host-model CPU and machine."""
+def host_model_cpu_xml(host_model: Any) -> str:
+    """The ``<mode name='host-model'>`` of domcapabilities as the ``<cpu>`` libvirt's CPU
+    APIs take (what ``virsh hypervisor-cpu-baseline`` does with a domcapabilities file)."""
+    from copy import deepcopy
+
+    from lxml import etree
+
+    cpu = deepcopy(host_model)
+    cpu.tag = "cpu"
+    for attr in list(cpu.attrib):
+        del cpu.attrib[attr]
+    return etree.tostring(cpu, encoding="unicode").strip()
+
+
+def _domcaps_summary(xml: str) -> tuple[dict[str, Any], Any]:
+    """The guest-ABI parts of ``virsh domcapabilities``: host-model CPU and machine (and
+    the parsed document, for the arch's own questions)."""
     from lxml import etree
 
     root = etree.fromstring(xml.encode(), etree.XMLParser(resolve_entities=False, no_network=True))
@@ -151,6 +177,7 @@ def _domcaps_summary(xml: str) -> dict[str, Any]:
             "vendor": host_model.findtext("vendor"),
             "features": {f.get("name"): f.get("policy") for f in host_model.findall("feature")},
         }
+        out["host_model_xml"] = host_model_cpu_xml(host_model)
     out["cpu_modes"] = sorted(m.get("name") or "" for m in root.findall("cpu/mode")
                               if m.get("supported") == "yes")
     custom = root.find("cpu/mode[@name='custom']")
@@ -159,7 +186,7 @@ def _domcaps_summary(xml: str) -> dict[str, Any]:
                     for b in custom.findall("blockers")}
         out["custom_models"] = {m.text: {"usable": m.get("usable", "unknown"), "blockers": blockers.get(m.text, [])}
                                 for m in sorted(custom.findall("model"), key=lambda m: m.text or "") if m.text}
-    return out
+    return out, root
 
 
 def probe_libvirt(machine: str, unavailable: list[dict[str, Any]], uri: str = "qemu:///system"
@@ -186,10 +213,15 @@ def probe_libvirt(machine: str, unavailable: list[dict[str, Any]], uri: str = "q
         }
         virttype = "kvm" if os.path.exists("/dev/kvm") else "qemu"
         try:
-            out["domcapabilities"] = _domcaps_summary(
+            out["domcapabilities"], root = _domcaps_summary(
                 conn.getDomainCapabilities(None, machine, None, virttype, 0))
         except libvirt.libvirtError as e:
             _note(unavailable, f"domcapabilities {machine} {virttype}", errno.EIO, str(e))
+        else:
+            from ..arch import PLUGINS, get
+
+            if machine in PLUGINS:
+                out.update(get(machine).probe_libvirt(conn, root, unavailable))
         return out
     finally:
         conn.close()

@@ -88,7 +88,8 @@ def from_element(el: Any, source: str) -> Contract:
         shape = get(arch).xml
         body_el = el.find(_q(shape.element))
         _need(body_el is not None, source, f"an {arch} contract needs an <{shape.element}> element")
-        body: dict[str, Any] = {m: body_el.get(a) for a, m in shape.attrs}
+        # an absent attribute is an absent member (the JSON reader says which one is missing)
+        body: dict[str, Any] = {m: body_el.get(a) for a, m in shape.attrs if body_el.get(a) is not None}
         for tag, member in shape.lists:
             list_el = body_el.find(_q(tag))
             _need(list_el is not None, source, f"<{shape.element}> lacks <{tag}>")

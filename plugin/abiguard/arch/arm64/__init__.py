@@ -96,7 +96,8 @@ class Arm64(Arch):
 
         return pins.plan(contract, profile, verdict, explicit, stream)
 
-    def baseline(self, profiles: list[Profile], config: str | None) -> tuple[Arm64Body, list[str]]:
+    def baseline(self, profiles: list[Profile], config: str | None,
+                 hypervisors: list[Any] | None = None) -> tuple[Arm64Body, list[str]]:
         from . import baseline
 
         return baseline.baseline(profiles, config)

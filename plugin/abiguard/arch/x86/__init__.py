@@ -22,7 +22,8 @@ class X86(Arch):
     name = "x86_64"
     machine_family = "pc-q35"
     qemu_binary = "qemu-system-x86_64"
-    xml = XmlShape("x86", (("cpu-model", "cpu_model"), ("pv-features", "pv_features")),
+    xml = XmlShape("x86", (("cpu-model", "cpu_model"), ("pv-features", "pv_features"),
+                           ("arch-capabilities", "arch_capabilities")),
                    maps=(("feature", "features", "name", "policy"),))
 
     def section_from_json(self, r: Reader, doc: dict[str, Any], where: str) -> X86Kvm:
@@ -64,10 +65,31 @@ class X86(Arch):
 
         return judge.check(contract, profile, Policy(), incoming=False)
 
-    def baseline(self, profiles: list[Profile], config: str | None) -> tuple[X86Body, list[str]]:
+    def baseline(self, profiles: list[Profile], config: str | None,
+                 hypervisors: list[Any] | None = None) -> tuple[X86Body, list[str]]:
         from .baseline import baseline
 
-        return baseline(profiles)
+        return baseline(profiles, hypervisors)
+
+    def verify_pin(self, conn: Any, label: str, contract: Contract) -> str | None:
+        from .hypervisor_cpu import HypervisorCpu
+
+        got = self.verify_on(contract, [HypervisorCpu(conn, label)])[label]
+        if got["compare"] in ("identical", "superset"):
+            return None
+        return f"libvirt {got['libvirt']} says this host cannot run the contract's CPU ({got.get('reason')})"
+
+    def verify_on(self, contract: Contract, hypervisors: list[Any]) -> dict[str, Any]:
+        from .hypervisor_cpu import cpu_xml
+
+        body: X86Body = contract.body  # type: ignore[assignment]
+        xml = cpu_xml(body.cpu_model, body.features)
+        out = {}
+        for h in hypervisors:
+            verdict, reason = h.compare(xml)
+            out[h.label] = {"libvirt": ".".join(map(str, h.version())), "compare": verdict,
+                            **({"reason": reason} if reason else {})}
+        return out
 
     def domain_contract(self, root: Any, host: Profile) -> Contract:
         from .definition import domain_contract
@@ -78,12 +100,20 @@ class X86(Arch):
                         profile: Profile | None) -> None:
         from .definition import edit
 
-        edit(root, contract, notes)
+        edit(root, contract, notes, cannot, profile)
 
     def probe(self, system: KvmSystem, caps: dict[str, int], missing: Missing) -> dict[str, Any]:
         from . import probe
 
         return probe.probe(system, caps, missing)
+
+    #: any named model gets QEMU's KVM PV defaults: the probe records qemu64's expansion
+    qemu_named_model = "qemu64"
+
+    def probe_libvirt(self, conn: Any, domcaps: Any, unavailable: list[dict[str, Any]]) -> dict[str, Any]:
+        from . import probe
+
+        return probe.probe_libvirt(conn, domcaps, unavailable)
 
 
 ARCH = X86()

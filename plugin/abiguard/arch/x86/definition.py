@@ -19,8 +19,10 @@ def x86_cpu_of(root: Any) -> tuple[str, dict[str, str]] | None:
             {f.get("name"): f.get("policy", "require") for f in cpu.findall("feature")})
 
 
-def edit(root: Any, contract: Contract, notes: list[str]) -> None:
-    """<cpu mode='custom' match='exact' check='partial'> with the contract's model and features."""
+def edit(root: Any, contract: Contract, notes: list[str], cannot: list[str], profile: Profile | None) -> None:
+    """<cpu mode='custom' match='exact' check='partial'> with the contract's model and
+    features (IA32_ARCH_CAPABILITIES bits among them); the KVM PV features this host's
+    QEMU would add to the contract's, switched off where libvirt has a knob for them."""
     from .body import X86Body
 
     body = contract.body
@@ -45,24 +47,71 @@ def edit(root: Any, contract: Contract, notes: list[str]) -> None:
         etree.SubElement(cpu, "feature", policy=policy, name=name)
     notes.append(f"x86 CPU: custom {body.cpu_model} with {len(body.features)} explicit features, "
                  "check=partial")
+    _pv_knobs(root, body, notes, cannot, profile)
+
+
+def _pv_knobs(root: Any, body: Any, notes: list[str], cannot: list[str], profile: Profile | None) -> None:
+    from lxml import etree
+
+    from . import features
+    from .judge import guest_pv
+
+    gives = guest_pv(profile) if profile is not None else None
+    if gives is None or body.pv_features is None:
+        notes.append("KVM PV features: left to QEMU (no host profile to compare with)")
+        return
+    extra = gives & ~body.pv_features
+    for bit in range(32):
+        if not extra >> bit & 1:
+            continue
+        name = features.pv_feature_names(1 << bit)[0]
+        if bit in (0, 3):
+            clock = root.find("clock")
+            if clock is None:
+                clock = etree.SubElement(root, "clock", offset="utc")
+            if clock.find("timer[@name='kvmclock']") is None:
+                etree.SubElement(clock, "timer", name="kvmclock", present="no")
+            notes.append(f"KVM PV {name}: off (<timer name='kvmclock' present='no'/>)")
+        elif bit in (11, 12):
+            knob = "pv-ipi" if bit == 11 else "poll-control"
+            feats = root.find("features")
+            if feats is None:
+                feats = etree.SubElement(root, "features")
+            kvm = feats.find("kvm")
+            if kvm is None:
+                kvm = etree.SubElement(feats, "kvm")
+            for old in kvm.findall(knob):
+                kvm.remove(old)
+            etree.SubElement(kvm, knob, state="off")
+            notes.append(f"KVM PV {name}: off (<features><kvm><{knob} state='off'/>)")
+        else:
+            cannot.append(f"KVM PV {name} (CPUID 0x40000001 EAX bit {bit}): QEMU turns it on here and the "
+                          "contract has it off; libvirt has no knob for it")
 
 
 def domain_contract(root: Any, host: Profile) -> Contract:
     """The contract of what the VM asks for now on this host: its own CPU model and
-    features (custom mode) with its machine type made concrete; else the host-model one."""
+    features (custom mode), else the host-model one; with its own machine type made
+    concrete (an alias such as 'q35' resolved by this host's QEMU)."""
     from ...errors import ContractError
     from ...model import contract
     from ...model.fields import Reader
+    from ..base import domain_machine
     from . import body as body_mod
 
     sealed = contract.from_profile(host)
+    machine = domain_machine(root, host)
     cpu = x86_cpu_of(root)
     if cpu is None:
-        return sealed
+        return sealed.replace(machine_type=machine or sealed.machine_type)
     model, features = cpu
     doc = sealed.body.to_json() | {"cpu_model": model, "features": features}
+    doc["arch_capabilities"] = f"{_arch_capabilities_of(features):#x}"
     new_body = body_mod.from_json(Reader("the domain's <cpu>", ContractError), doc, "x86_64")
-    os_type = root.find("os/type")
-    machine = host.qemu.resolve_machine(os_type.get("machine")) if host.qemu is not None and os_type is not None \
-        else None
     return sealed.replace(body=new_body, machine_type=machine or sealed.machine_type)
+
+
+def _arch_capabilities_of(features: dict[str, str]) -> int:
+    from .features import arch_capabilities_of
+
+    return arch_capabilities_of(features)

@@ -22,26 +22,58 @@ def section_of(profile: Profile) -> X86Kvm | None:
     return s if isinstance(s, X86Kvm) else None
 
 
+def guest_pv(profile: Profile) -> int | None:
+    """The KVM PV bits a VM with a named CPU model sees on this host: what QEMU turns on for
+    any named model (its expansion of one, from the probe) that this host's KVM offers.
+    Without that expansion in the profile: everything KVM offers (an older profile)."""
+    section = section_of(profile)
+    offered = section.pv_eax if section is not None else None
+    named = profile.qemu.named_cpu_props if profile.qemu is not None else None
+    if offered is None or named is None:
+        return offered
+    return features.pv_bits_from_props(named) & offered
+
+
+def explicit_arch_capabilities(feats: dict[str, str], known: frozenset[str] | None) -> dict[str, str]:
+    """The features with every IA32_ARCH_CAPABILITIES bit spelled out: what the features
+    require stays, every other bit this libvirt can name is disabled (so no CPU model's
+    definition on another host can add one), and the MSR itself is off when no bit is on."""
+    out = dict(feats)
+    if known is None:       # without the libvirt's CPU map: no name can be added safely
+        return dict(sorted(out.items()))
+    on = {f for f in features.ARCH_CAPABILITY_BY_FEATURE if out.get(f) in features.ON}
+    if out.get(features.ARCH_CAPABILITIES_FEATURE) not in features.ON:
+        on = set()
+    for feat in features.ARCH_CAPABILITY_BY_FEATURE:
+        if feat not in on and feat in known:
+            out[feat] = "disable"
+    if not on and features.ARCH_CAPABILITIES_FEATURE in known:
+        out[features.ARCH_CAPABILITIES_FEATURE] = "disable"
+    return dict(sorted(out.items()))
+
+
 def contract_body(profile: Profile) -> X86Body:
-    """What a VM started there with ``<cpu mode='host-model'/>`` gets."""
+    """What a VM started there with ``<cpu mode='host-model'/>`` gets, as the custom CPU
+    ``abiguard pin`` writes for it (named model: QEMU's PV defaults apply)."""
     from ...errors import ContractError
     from .body import X86Body
 
-    section = section_of(profile)
-    pv = section.pv_eax if section is not None else None
+    pv = guest_pv(profile)
     props = profile.qemu.host_cpu_props if profile.qemu is not None else None
     dc = profile.libvirt.domcaps if profile.libvirt is not None else None
+    known = profile.libvirt.cpu.features if profile.libvirt is not None and profile.libvirt.cpu else None
     host_model = dc.host_model if dc is not None else None
     if host_model is not None:
         # a running host-model VM is migratable: features QEMU's migratable host expansion
         # leaves out (invtsc) are not in it, whatever domcapabilities lists
         expanded = props or {}
         feats = {f: pol for f, pol in host_model.features.items()
-                 if not (pol in ("require", "force") and expanded.get(features.qemu_feature_name(f)) is False)}
-        return X86Body(host_model.model, pv, dict(sorted(feats.items())))
+                 if not (pol in features.ON and expanded.get(features.qemu_feature_name(f)) is False)}
+        feats = explicit_arch_capabilities(feats, known)
+        return X86Body(host_model.model, pv, feats, features.arch_capabilities_of(feats))
     if props is not None:
-        return X86Body(None, pv, {k: ("require" if v else "disable") for k, v in sorted(props.items())
-                                  if isinstance(v, bool)})
+        feats = {k: ("require" if v else "disable") for k, v in sorted(props.items()) if isinstance(v, bool)}
+        return X86Body(None, pv, feats, features.arch_capabilities_of(feats))
     raise ContractError("profile", "no host-model CPU in it (neither libvirt domcapabilities nor QEMU's "
                         "host CPU expansion): probe the host with QEMU installed")
 
@@ -95,13 +127,88 @@ def check(contract: Contract, dest: Profile, policy: Policy, incoming: bool = Tr
             problems.append(Problem("CPU feature", None, feat, "it required",
                                     f"runs libvirt {libvirt.version_text if libvirt else None}", dropped[feat],
                                     "pin a baseline without it", pinnable=True))
+    problems += _libvirt_names(body, dest)
+    problems += _arch_capabilities(body, dest, policy)
+    problems += _pv_features(body, dest, policy)
+    return Verdict(problems, [])
+
+
+def _libvirt_names(body: X86Body, dest: Profile) -> list[Problem]:
+    """Every name in the contract must be one the destination's libvirt knows: it refuses
+    a definition (and so an incoming migration) naming a CPU model or feature it does not."""
+    cpu = dest.libvirt.cpu if dest.libvirt is not None else None
+    if cpu is None:
+        return []
+    version = dest.libvirt.version_text if dest.libvirt is not None else None
+    out = []
+    if body.cpu_model and cpu.models is not None and body.cpu_model not in cpu.models:
+        out.append(Problem("CPU model", None, body.cpu_model, body.cpu_model, f"libvirt {version} does not know it",
+                           "libvirt refuses a definition with a CPU model its CPU map lacks",
+                           "pin a CPU model every host's libvirt knows (abiguard baseline)", pinnable=True))
+    if cpu.features is not None:
+        for feat in sorted(set(body.features) - cpu.features):
+            out.append(Problem("CPU feature", None, feat, f"{feat} {body.features[feat]}",
+                               f"libvirt {version} does not know it",
+                               "libvirt refuses a definition with a CPU feature its CPU map lacks",
+                               "pin a baseline every host's libvirt can read (abiguard baseline)", pinnable=True))
+    return out
+
+
+def _arch_capabilities(body: X86Body, dest: Profile, policy: Policy) -> list[Problem]:
+    """IA32_ARCH_CAPABILITIES, bit by bit: what the guest reads must be what the destination
+    gives it. A bit the destination cannot give refuses; one it would add (the contract does
+    not pin it off) widens."""
+    props = (dest.qemu.host_cpu_props if dest.qemu is not None else None) or {}
+    want = body.arch_capabilities
+    has_msr = body.features.get(features.ARCH_CAPABILITIES_FEATURE) in features.ON
+    out = []
+    if has_msr and props.get(features.qemu_feature_name(features.ARCH_CAPABILITIES_FEATURE)) is not True:
+        out.append(Problem("IA32_ARCH_CAPABILITIES", None, features.ARCH_CAPABILITIES_FEATURE, "the MSR",
+                           "cannot give it", "the guest reads the MSR to choose its mitigations",
+                           "pin a baseline without arch-capabilities", pinnable=True))
+        return out
+    for bit, (linux, feat) in sorted(features.ARCH_CAPABILITIES.items()):
+        vm = bool(want >> bit & 1)
+        dest_has = props.get(features.qemu_feature_name(feat)) is True
+        field = f"bit {bit} {linux} ({feat})"
+        if vm and not dest_has:
+            out.append(Problem("IA32_ARCH_CAPABILITIES", None, field, "1", "gives 0",
+                               "the guest chose its mitigations by this bit", "keep the VM on hosts with it, or "
+                               "pin a baseline without it", pinnable=True))
+        elif not vm and dest_has and has_msr and body.features.get(feat) not in ("disable", "forbid"):
+            p = Problem("IA32_ARCH_CAPABILITIES", None, field, "0", "gives 1",
+                        "the guest would read a bit it did not have", "pin the bit off "
+                        f"(<feature policy='disable' name='{feat}'/>) or allow widening", "widen", True)
+            if policy.allow_widening:
+                continue
+            out.append(p)
+    return out
+
+
+def _pv_features(body: X86Body, dest: Profile, policy: Policy) -> list[Problem]:
+    """KVM PV features (CPUID 0x40000001 EAX), bit by bit, both ways."""
     pv = body.pv_features
     section = section_of(dest)
-    dest_pv = section.pv_eax if section is not None else None
-    if pv and dest_pv is not None:
-        lacking = pv & ~dest_pv
-        if lacking:
-            problems.append(Problem("KVM PV features", None, ", ".join(features.pv_feature_names(lacking)),
-                                    f"{pv:#x}", f"offers {dest_pv:#x}", "its KVM lacks these paravirtual features",
-                                    "pin the PV features every host offers", pinnable=True))
-    return Verdict(problems, [])
+    offered = section.pv_eax if section is not None else None
+    if pv is None or offered is None:
+        return []
+    out = []
+    for bit in range(32):
+        if not pv >> bit & 1 or offered >> bit & 1:
+            continue
+        name = features.pv_feature_names(1 << bit)[0]
+        out.append(Problem("KVM PV features", None, f"bit {bit} {name}", "1", f"offers 0 (KVM {offered:#x})",
+                           "its KVM lacks this paravirtual feature", "pin the PV features every host offers",
+                           pinnable=True))
+    gives = guest_pv(dest)
+    if gives is not None and not policy.allow_widening:
+        for bit in range(32):
+            if gives >> bit & 1 and not pv >> bit & 1:
+                name = features.pv_feature_names(1 << bit)[0]
+                how = features.PV_LIBVIRT_KNOBS.get(bit)
+                out.append(Problem("KVM PV features", None, f"bit {bit} {name}", "0", "gives 1",
+                                   "QEMU turns it on for the VM's CPU model there", (f"pin it off ({how})" if how
+                                   else "keep the VM on hosts without it (libvirt has no knob to turn it off)")
+                                   + " or allow widening", "widen", True))
+    return out
+

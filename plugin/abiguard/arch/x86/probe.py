@@ -46,3 +46,42 @@ def probe(system: kvm.KvmSystem, caps: dict[str, int], missing: Missing) -> dict
         missing.add("KVM_GET_MSR_FEATURE_INDEX_LIST", errno.ENOTTY, "KVM_CAP_GET_MSR_FEATURES is 0")
     out["disable_quirks2"] = _hex(caps.get("KVM_CAP_DISABLE_QUIRKS2", 0))
     return out
+
+
+#: libvirt's x86 CPU map (the names its domain XML and CPU APIs accept), as the package installs it
+CPU_MAP = "/usr/share/libvirt/cpu_map/x86_features.xml"
+
+
+def probe_libvirt(conn: Any, domcaps: Any, unavailable: list[dict[str, Any]]) -> dict[str, Any]:
+    """``stack.libvirt.cpu``: the CPU feature and model names this libvirt knows, and the
+    host-model CPU expanded by this libvirt into every feature it has (what libvirt's own
+    baseline takes from each host)."""
+    import libvirt
+    from lxml import etree
+
+    from ...probe.stack import _note, host_model_cpu_xml
+
+    out: dict[str, Any] = {}
+    try:
+        tree = etree.parse(CPU_MAP, etree.XMLParser(resolve_entities=False, no_network=True))
+        out["features"] = sorted({f.get("name") for f in tree.iter("feature") if f.get("name")}
+                                 | {a.get("name") for a in tree.iter("alias") if a.get("name")})
+    except (OSError, etree.XMLSyntaxError) as e:
+        _note(unavailable, f"libvirt CPU map {CPU_MAP}", errno.ENOENT, str(e)[:200])
+    try:
+        out["models"] = sorted(conn.getCPUModelNames("x86_64", 0) or [])
+    except libvirt.libvirtError as e:
+        _note(unavailable, "libvirt getCPUModelNames x86_64", errno.EIO, str(e))
+    host_model = domcaps.find("cpu/mode[@name='host-model']")
+    if host_model is not None and host_model.get("supported") == "yes":
+        try:
+            expanded = conn.baselineHypervisorCPU(
+                domcaps.findtext("path"), "x86_64", domcaps.findtext("machine"), domcaps.findtext("domain"),
+                [host_model_cpu_xml(host_model)],
+                libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES | libvirt.VIR_CONNECT_BASELINE_CPU_MIGRATABLE)
+            root = etree.fromstring(expanded.encode(), etree.XMLParser(resolve_entities=False, no_network=True))
+            out["host_features"] = sorted(f.get("name") for f in root.findall("feature")
+                                          if f.get("policy") == "require" and f.get("name"))
+        except (libvirt.libvirtError, etree.XMLSyntaxError) as e:
+            _note(unavailable, "libvirt baselineHypervisorCPU of the host-model CPU", errno.EIO, str(e)[:300])
+    return {"cpu": out} if out else {}
