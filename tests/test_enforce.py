@@ -287,3 +287,33 @@ def test_rendered_config_is_accepted_by_the_library(lib):
     c = contract.from_profile(load("6.12.117+deb13-arm64"), "psci")
     r = run_with(lib, enforce.env_value(plan(c, load("7.2.13+deb14-arm64"), explicit=True)))
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+# -- the record the started hook reads ------------------------------------------------------
+
+def run_at_home(lib: str, pins: str, home: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", preload.ENV_PINS, "HOME")}
+    env.update({"LD_PRELOAD": lib, preload.ENV_PINS: pins})
+    if home is not None:
+        env["HOME"] = home
+    return subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_the_library_records_what_it_loaded_in_home(lib, tmp_path):
+    """libvirt starts QEMU with HOME = the domain's private directory: the record goes there."""
+    pins = f"{PSCI:#x}=0x10001,{BMAP2:#x}=0x0"
+    r = run_at_home(lib, pins, str(tmp_path))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = (tmp_path / preload.RECORD_NAME).read_text().splitlines()
+    pid = lines[0].split()[3]
+    assert lines == [f"abiguard-pin 1 pid {pid} loaded 2: {pins}"]     # no vCPU init on this host
+    assert (tmp_path / preload.RECORD_NAME).stat().st_mode & 0o777 == 0o600
+
+
+def test_no_home_no_record_and_an_unwritable_home_is_said(lib, tmp_path):
+    assert run_at_home(lib, f"{PSCI:#x}=0x10001", None).stderr == ""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    r = run_at_home(lib, f"{PSCI:#x}=0x10001", str(locked / "missing"))
+    assert r.returncode == 0 and "abiguard-pin: cannot write" in r.stderr and "started" in r.stderr, r.stderr

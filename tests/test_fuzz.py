@@ -29,7 +29,7 @@ PROFILE_DOCS = {k: profile.load(fuzz.P[k]).doc for k in (fuzz.K61, fuzz.K612, fu
 CONTRACT_DOCS = [contract.from_profile(profile.load(fuzz.P[k]), c).to_json()
                  for k, c in ((fuzz.K61, "psci"), (fuzz.K72, None))]
 OPS = [["hook", "vm", "migrate", "begin", "-"], ["hook", "vm", "restore", "begin", "-"],
-       ["hook", "vm", "prepare", "begin", "-"]]
+       ["hook", "vm", "prepare", "begin", "-"], ["hook", "vm", "started", "begin", "-"]]
 HOSTS = [fuzz.K61, fuzz.K612, fuzz.K72]
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 derandomize=True)

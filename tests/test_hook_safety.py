@@ -91,6 +91,8 @@ def refused_once(cp: subprocess.CompletedProcess, *fragments: str) -> str:
 
 # -- harm to VMs abiguard does not judge ------------------------------------------------
 
+#: started begin is judged only for VMs that carry abiguard's register pins (hook/started.py):
+#: for every other VM it must behave as an unjudged operation
 UNJUDGED = [("reconnect", "begin"), ("started", "begin"), ("stopped", "end"), ("release", "end"),
             ("start", "begin"), ("attach", "begin"), ("migrate", "end"), ("restore", "end")]
 
@@ -111,6 +113,20 @@ def test_unjudged_operations_exit_0_without_the_package(tmp_path, op, sub):
     cp = subprocess.run([str(shim), "vm", op, sub, "-"], input=domain(), capture_output=True, timeout=30,
                         env={"PATH": "/usr/bin:/bin"})
     assert (cp.returncode, cp.stdout, cp.stderr) == (0, b"", b"")
+
+
+def test_started_of_a_pinned_vm_without_the_package_fails_closed(tmp_path):
+    """A VM whose definition carries abiguard's pins cannot be checked without abiguard: its
+    start is refused (libvirt then stops QEMU); any other VM starts."""
+    shim = tmp_path / "hook"
+    shim.write_text(install.render("qemu", sys.executable, str(tmp_path / "no-such-dir")))
+    shim.chmod(0o755)
+    xml = domain().replace(b"</domain>", b"<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+                           b"<qemu:env name='ABIGUARD_PINS' value='0x6030000000140000=0x10000'/></qemu:commandline>"
+                           b"</domain>")
+    cp = subprocess.run([str(shim), "vm", "started", "begin", "-"], input=xml, capture_output=True, timeout=30,
+                        env={"PATH": "/usr/bin:/bin"})
+    refused_once(cp, "cannot load abiguard", "refusing started")
 
 
 def test_judged_operation_without_the_package_fails_closed_with_one_line(tmp_path):

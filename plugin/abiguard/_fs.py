@@ -20,6 +20,7 @@ unlink = posix.unlink
 replace = posix.replace
 urandom = posix.urandom
 uname = posix.uname
+listdir = posix.listdir
 
 
 def read_capped(path: str, cap: int) -> bytes | None:

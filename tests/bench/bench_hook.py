@@ -104,6 +104,21 @@ def domain(sealed: contract.Contract | None, arch: str = "aarch64") -> bytes:
                          cpu="<cpu mode='host-passthrough' check='none'/>", ports=PORTS).encode()
 
 
+#: the pins of the started path and the record the library would have left for them
+STARTED_PINS = "0x6030000000140000=0x10000,0x6030000000160002=0x0,0x603000000013c020=0x1100000011111112"
+STARTED_RECORD = (f"abiguard-pin 1 pid 4242 loaded 3: {STARTED_PINS}\n"
+                  + "".join(f"vcpu fd {17 + i} pinned 3 kept 0 of 3\n" for i in range(4)) * 2)
+
+
+def started_pinned(xml: bytes) -> bytes:
+    """A running pinned VM's live XML (domain id 1, four vCPUs, abiguard's qemu:env)."""
+    env = (f"<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+           f"<qemu:env name='LD_PRELOAD' value='/usr/lib/abiguard/abiguard_pin.so'/>"
+           f"<qemu:env name='ABIGUARD_PINS' value='{STARTED_PINS}'/></qemu:commandline>").encode()
+    live = xml.replace(b"<domain type='kvm'>", b"<domain type='kvm' id='1'>", 1)
+    return live.replace(b"</domain>", env + b"</domain>")
+
+
 def paths() -> dict[str, tuple[list[str], bytes, str, int]]:
     """name -> (hook arguments, domain XML, host profile, expected exit code)"""
     p61, p72 = (profile.load(_arm(k)) for k in ("6.1.0-50-arm64", "7.2.13+deb14-arm64"))
@@ -120,8 +135,11 @@ def paths() -> dict[str, tuple[list[str], bytes, str, int]]:
         "migrate, unpinned (policy warn)": (begin, domain(None), _arm("7.2.13+deb14-arm64"), 0),
         "prepare, plain start (7.2 on 7.2)": (["bench-vm", "prepare", "begin", "-"], same,
                                               _arm("7.2.13+deb14-arm64"), 0),
+        "started, a VM without pins": (["bench-vm", "started", "begin", "-"], same, _arm("7.2.13+deb14-arm64"), 0),
+        "started, pinned VM (record checked)": (["bench-vm", "started", "begin", "-"], started_pinned(same),
+                                                _arm("7.2.13+deb14-arm64"), 0),
         **{f"unjudged: {op} {sub}": (["bench-vm", op, sub, "-"], same, _arm("6.12.117+deb13-arm64"), 0)
-           for op, sub in (("start", "begin"), ("started", "begin"), ("stopped", "end"), ("release", "end"),
+           for op, sub in (("start", "begin"), ("stopped", "end"), ("release", "end"),
                            ("reconnect", "begin"), ("attach", "begin"))},
     }
 
@@ -172,6 +190,10 @@ def main() -> int:
         with open(shim, "w") as f:
             f.write(install.render("qemu", PYTHON, os.path.join(REPO, "plugin")))
         os.chmod(shim, 0o755)
+        libdir = os.path.join(root, "var/lib/libvirt/qemu/domain-1-bench-vm")
+        os.makedirs(libdir)
+        with open(os.path.join(libdir, "abiguard-pin.record"), "w") as f:
+            f.write(STARTED_RECORD)
         if not args.no_bundle:
             bundle.write(os.path.join(root, bundle.RELPATH))
         env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "ABIGUARD_ROOT": root}

@@ -9,6 +9,9 @@ LIBRARY_NAME = "abiguard_pin.so"
 LIBRARY_DIR = "/usr/lib/abiguard"
 LIBRARY_PATH = f"{LIBRARY_DIR}/{LIBRARY_NAME}"
 SOURCE_PATH = __file__.rpartition("/")[0] + "/abiguard_pin.c"   # no os: the hook's path reads this module
+#: what the library writes into $HOME (libvirt: the domain's private directory,
+#: /var/lib/libvirt/qemu/domain-ID-NAME) so the started hook can see the pins took effect
+RECORD_NAME = "abiguard-pin.record"
 #: the library's own limits (MAX_PINS, 4096 characters)
 MAX_PINS = 64
 MAX_ENV_CHARS = 4096

@@ -22,11 +22,23 @@
  *     after an incoming migration, the value came with the stream and the hook checked it),
  *     so the guest keeps the value it had; that is logged, and the VM keeps running.
  *
- * Nothing else is touched: no other ioctl, no allocation after load, no files, no threads.
+ * The record: so that abiguard can tell pins that took effect from a library that never
+ * loaded (AppArmor denied it, the file is missing or unreadable), the library writes what
+ * it did to $HOME/abiguard-pin.record -- libvirt starts QEMU with HOME set to the domain's
+ * private directory (/var/lib/libvirt/qemu/domain-ID-NAME), the one place its AppArmor
+ * profile lets QEMU create a file -- one line at load ("abiguard-pin 1 pid P loaded N: LIST")
+ * and one per vCPU init ("vcpu fd F pinned K kept E of N"). The qemu hook's "started"
+ * operation, which libvirt runs once QEMU is up (for an incoming migration before any RAM
+ * arrives) and whose failure stops the start, refuses a pinned VM whose record is missing
+ * or does not say every pin was written. No record can be written: one line on stderr, and
+ * the hook refuses.
+ *
+ * Nothing else is touched: no other ioctl, no allocation after load, no threads; one file.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -47,6 +59,47 @@ struct kvm_one_reg_abi { uint64_t id; uint64_t addr; };
 static struct { uint64_t id, value; } pins[MAX_PINS];
 static int npins;
 static int (*real_ioctl)(int, unsigned long, ...);
+static int record_fd = -1;
+
+#define RECORD_NAME "abiguard-pin.record"
+
+/* one whole line, appended (O_APPEND): the hook reads complete lines only */
+static void record(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void record(const char *fmt, ...)
+{
+    char buf[4600];
+    va_list ap;
+    int n;
+    if (record_fd < 0)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (n > (int)sizeof buf - 2)
+        n = sizeof buf - 2;
+    buf[n++] = '\n';
+    (void)!write(record_fd, buf, n);
+}
+
+static void open_record(const char *list)
+{
+    char path[4096], line[300];
+    const char *home = getenv("HOME");
+    int n;
+    if (!home || home[0] != '/' || strlen(home) > sizeof path - sizeof RECORD_NAME - 2)
+        return;
+    snprintf(path, sizeof path, "%s/%s", home, RECORD_NAME);
+    record_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (record_fd < 0) {
+        n = snprintf(line, sizeof line, "abiguard-pin: cannot write %s: errno %d (%s); abiguard's started "
+                     "hook refuses a VM whose pins it cannot see\n", path, errno, strerror(errno));
+        (void)!write(2, line, n > (int)sizeof line - 1 ? (int)sizeof line - 1 : n);
+        return;
+    }
+    record("abiguard-pin 1 pid %ld loaded %d: %s", (long)getpid(), npins, list);
+}
 
 static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void die(const char *fmt, ...)
@@ -151,6 +204,7 @@ __attribute__((constructor)) static void abiguard_pin_init(void)
         return;
     parse(s);
     resolve();
+    open_record(s);
 }
 
 static void apply(int fd)
@@ -180,6 +234,7 @@ static void apply(int fd)
     }
     n = snprintf(line, sizeof line, "abiguard-pin: vCPU fd %d: %d register(s) pinned\n", fd, npins - kept);
     (void)!write(2, line, n);
+    record("vcpu fd %d pinned %d kept %d of %d", fd, npins - kept, kept, npins);
 }
 
 /* glibc's prototype: int ioctl(int fd, unsigned long request, ...) */

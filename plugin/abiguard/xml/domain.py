@@ -93,14 +93,18 @@ class Env:
 class DomainFacts:
     """What the hook reads from a domain XML."""
 
-    __slots__ = ("name", "uuid", "domain_type", "arch", "machine", "cpu_mode", "cpu_model",
-                 "cpu_features", "contract", "stamp", "stamp_spans", "metadata", "domain_end",
-                 "commandlines", "envs")
+    __slots__ = ("name", "uuid", "domain_type", "domain_id", "vcpu", "vcpu_current", "arch", "machine",
+                 "cpu_mode", "cpu_model", "cpu_features", "contract", "stamp", "stamp_spans", "metadata",
+                 "domain_end", "commandlines", "envs")
 
     def __init__(self) -> None:
         self.name: str | None = None
         self.uuid: str | None = None
         self.domain_type: str | None = None
+        #: the running domain's id (live XML only), its <vcpu> text and current= attribute
+        self.domain_id: str | None = None
+        self.vcpu: str | None = None
+        self.vcpu_current: str | None = None
         self.arch: str | None = None
         self.machine: str | None = None
         self.cpu_mode: str | None = None
@@ -231,6 +235,7 @@ def parse(data: bytes, source: str = "domain XML", deadline: float | None = None
             if (uri, local) != ("", "domain"):
                 fail(f"root element is <{printable(local, 40)}>, expected <domain>")
             facts.domain_type = attrs.get("type")
+            facts.domain_id = attrs.get("id")
             return
         parent = tags[-2]
         if depth == 2:
@@ -245,9 +250,11 @@ def parse(data: bytes, source: str = "domain XML", deadline: float | None = None
             elif (uri, local) == ("", "os") and "os" not in first:
                 first.add("os")
                 os_[0] = True
-            elif (uri, local) in (("", "name"), ("", "uuid")) and local not in first:
+            elif (uri, local) in (("", "name"), ("", "uuid"), ("", "vcpu")) and local not in first:
                 first.add(local)
                 text, text_key, text_depth = [], local, depth
+                if local == "vcpu":
+                    facts.vcpu_current = attrs.get("current")
             return
         if depth == 3:
             if parent == ("", "metadata") and uri in _OURS:
