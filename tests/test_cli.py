@@ -27,7 +27,25 @@ def test_check_json_names_register_field_and_values():
     assert cp.returncode == 1 and doc["allow"] is False
     midr = [p for p in doc["problems"] if p["register"] == "MIDR_EL1"][0]
     assert (midr["reg_id"], midr["source"], midr["destination"]) == ("0x603000000013c000", "0x410fd083", "has 0xf0510")
-    assert any(n.startswith("QEMU 7.2-11.0 as destination QEMU") for n in doc["notes"])
+    assert doc["verdict"] == "refuse"
+
+
+def test_check_tells_one_story_per_destination_qemu():
+    """A destination profile without its QEMU (a KVM-only profile): what holds on every
+    released QEMU first, then each QEMU range with its own verdict; registers that fail
+    for one reason on one line, an indexed run as a range."""
+    cp = abiguard("check", "--from", P["7.2.13+deb14-arm64"], "--to", P["6.1.0-50-arm64"])
+    out = cp.stdout.splitlines()
+    assert cp.returncode == 1 and out[0].endswith(": REFUSE"), out[:3]
+    assert out[1] == "  on every destination QEMU:"
+    assert "  destination QEMU 7.2-11.0: REFUSE" in out and "  destination QEMU >= 11.1: REFUSE" in out
+    ranged = [ln for ln in out if "DEMUX_CCSIDR[3..13]" in ln]
+    assert len(ranged) == 2 and all("(14 registers)" in ln for ln in ranged), ranged
+    assert not any("as destination QEMU" in ln or "strict model" in ln for ln in out), out
+    doc = json.loads(abiguard("check", "--json", "--from", P["7.2.13+deb14-arm64"], "--to",
+                              P["6.1.0-50-arm64"]).stdout)
+    assert [q["qemu"] for q in doc["by_qemu"]] == ["QEMU 7.2-11.0", "QEMU >= 11.1"]
+    assert all(q["verdict"] == "refuse" for q in doc["by_qemu"])
 
 
 def test_diff_both_directions():

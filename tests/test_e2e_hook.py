@@ -150,7 +150,8 @@ def test_x86_pinned_vm_migrates_and_carries_the_stamp(lab: TwoHost, hosts):
         assert "urn:abiguard:contract:1" in xml and "urn:abiguard:stamp:1" in xml
         assert f'profile="{hosts["b"]["digest"]}"' in xml
         assert lab.domstate("b", name) == "running"
-        status = json.loads(abiguard(lab, "b", "status", "--json", "/var/lib/abiguard/host-profile.json").stdout)
+        status = json.loads(abiguard(lab, "b", "status", "--json",
+                                     "/var/lib/abiguard/host-profile.json").stdout)["domains"]
         row = [r for r in status if r["domain"] == name][0]
         assert row["contract"].startswith("sha256:") and row["running_on_profile"] == hosts["b"]["digest"]
         assert row["may_move_to"] == ["/var/lib/abiguard/host-profile.json"]
@@ -322,7 +323,7 @@ def test_destination_pins_travel_through_libvirt_into_qemu(lab: TwoHost, hosts):
         assert pins and b"0x6030000000140000=0x10001" in pins[0], environ
         assert b"LD_PRELOAD=/usr/lib/abiguard/abiguard_pin.so" in environ
         assert "/usr/lib/abiguard/abiguard_pin.so" in Path(f"/proc/{pid}/maps").read_text()
-        status = json.loads(abiguard(lab, "b", "status", "--json").stdout)
+        status = json.loads(abiguard(lab, "b", "status", "--json").stdout)["domains"]
         row = [r for r in status if r["domain"] == name][0]
         assert "PSCI_VERSION" in json.dumps(row), row
     finally:

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="abiguard",
         description="Keep a VM's guest ABI identical across live migration, upgrades and rollbacks.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"abiguard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS.values():
         p = sub.add_parser(command.name, help=command.help, description=command.help)

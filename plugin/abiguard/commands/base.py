@@ -28,7 +28,15 @@ class Command:
         raise NotImplementedError
 
 
-def print_json(doc: Any) -> None:
+#: the version of every --json document's layout (documented in abiguard(8), JSON OUTPUT):
+#: a member is only ever added within a version; a change of meaning is a new version
+JSON_SCHEMA_VERSION = 1
+
+
+def print_json(doc: Any, schema: str | None = None) -> None:
+    """A command's --json answer; ``schema`` names its layout ("abiguard-check/1")."""
+    if schema is not None:
+        doc = {"schema": f"abiguard-{schema}/{JSON_SCHEMA_VERSION}", **doc}
     sys.stdout.write(json.dumps(doc, sort_keys=True, indent=1) + "\n")
 
 
@@ -64,13 +72,11 @@ def load_contract_or_profile(path: str, config: str | None = None) -> Contract:
 
 def print_verdict(v: Verdict, as_json: bool, header: str) -> None:
     if as_json:
-        print_json(v.to_json())
+        print_json(v.to_json(), "check")
         return
-    print(f"{header}: {'ALLOW' if v.allow else 'REFUSE'}")
-    for p in v.problems:
-        print(f"  - {p.line()}")
-    for n in v.notes:
-        print(f"  note: {n}")
+    from ..engine.report import story
+
+    print("\n".join(story(v, header)))
 
 
 def qemu_version(text: str | None) -> tuple[int, ...] | None:

@@ -29,6 +29,7 @@ class Check(Command):
 
         source = load_contract_or_profile(args.source, args.config)
         dest = profile.load(args.dest)
-        v = verdict.check(source, dest, Policy(allow_widening=args.allow_widening, qemu=qemu_version(args.qemu)))
+        v = verdict.check(source, dest, Policy(allow_widening=args.allow_widening, qemu=qemu_version(args.qemu)),
+                          per_qemu=True)
         print_verdict(v, args.json, f"{args.source} -> {args.dest}")
         return 0 if v.allow else 1

@@ -27,9 +27,9 @@ class Diff(Command):
             config = get(a.machine).common_config([a, b])
         out = {}
         for label, src, dst in (("a_to_b", a, b), ("b_to_a", b, a)):
-            out[label] = verdict.check(contract.from_profile(src, config), dst)
+            out[label] = verdict.check(contract.from_profile(src, config), dst, per_qemu=True)
         if args.json:
-            print_json({k: v.to_json() for k, v in out.items()})
+            print_json({k: v.to_json() for k, v in out.items()}, "diff")
         else:
             print_verdict(out["a_to_b"], False, f"{args.a} -> {args.b}")
             print_verdict(out["b_to_a"], False, f"{args.b} -> {args.a}")

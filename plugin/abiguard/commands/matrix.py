@@ -51,8 +51,8 @@ class Matrix(Command):
             versions = [("destination QEMU as profiled", None)]
         tables = {label: self._cells(names, hosts, version) for label, version in versions}
         if args.json:
-            print_json({label: {f"{s} -> {d}": c for (s, d), c in cells.items()}
-                        for label, cells in tables.items()})
+            print_json({"tables": {label: {f"{s} -> {d}": c for (s, d), c in cells.items()}
+                                    for label, cells in tables.items()}}, "matrix")
             return 0
         print("Can a VM booted on SOURCE (QEMU -cpu host defaults) move to DEST with its guest ABI unchanged?")
         print("  keeps     = yes, exactly")

@@ -38,7 +38,7 @@ class Pin(Command):
             sealed = contract.from_profile(profile.load(args.profile))
         report = pin(args.connect, args.domain, sealed, args.host_profile)
         if args.json:
-            print_json(report)
+            print_json(report, "pin")
         else:
             print(f"pinned {report['domain']} to {report['contract']} ({report['arch']}); {report['note']}")
             for line in report["pinned"]:

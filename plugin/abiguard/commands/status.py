@@ -28,7 +28,7 @@ class Status(Command):
         hosts = profile.load_labelled(args.profiles)
         rows = status(args.connect, hosts)
         if args.json:
-            print_json(rows)
+            print_json({"domains": rows}, "status")
             return 0
         for row in rows:
             print(f"{row['domain']}: {row['state']}, contract {row['contract']}")

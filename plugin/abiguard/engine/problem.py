@@ -88,7 +88,7 @@ class Verdict:
         the VM never had, which a pin keeps off there whatever the widening policy
     """
 
-    __slots__ = ("problems", "notes", "boot_pins", "keep_off")
+    __slots__ = ("problems", "notes", "boot_pins", "keep_off", "by_qemu")
 
     def __init__(self, problems: list[Problem], notes: list[str], boot_pins: dict[int, int] | None = None,
                  keep_off: dict[int, int] | None = None) -> None:
@@ -96,10 +96,17 @@ class Verdict:
         self.notes = notes
         self.boot_pins = boot_pins if boot_pins is not None else {}
         self.keep_off = keep_off if keep_off is not None else {}
+        #: where the destination's QEMU version is unknown and the answer depends on it:
+        #: (QEMU versions, the verdict there) for each released QEMU behaviour
+        self.by_qemu: list[tuple[str, Verdict]] = []
 
     @property
     def allow(self) -> bool:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        return {"allow": self.allow, "problems": [p.to_json() for p in self.problems], "notes": self.notes}
+        doc: dict[str, Any] = {"allow": self.allow, "verdict": "allow" if self.allow else "refuse",
+                               "problems": [p.to_json() for p in self.problems], "notes": self.notes}
+        if self.by_qemu:
+            doc["by_qemu"] = [{"qemu": label, **v.to_json()} for label, v in self.by_qemu]
+        return doc

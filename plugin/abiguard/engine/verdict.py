@@ -18,17 +18,49 @@ def _wrong_arch(arch: str, dest: Profile) -> Verdict:
 
 
 def check(contract: Contract, dest: Profile, policy: Policy | None = None,
-          stream: tuple[int, ...] | None = None, incoming: bool = True) -> Verdict:
+          stream: tuple[int, ...] | None = None, incoming: bool = True, per_qemu: bool = False) -> Verdict:
     """An incoming migration or restore of a VM with this contract.
 
     :param stream: the register stream the VM carries now (arm64: its last hop's, from
         the stamp); default the contract's
+    :param per_qemu: where the destination's QEMU version is not known, judge on each
+        released QEMU behaviour (what a report shows); otherwise on the strict model, which
+        fails wherever any QEMU could (what the hook and the engine use)
     """
     from ..arch import get
 
     if dest.machine != contract.arch:
         return _wrong_arch(contract.arch, dest)
-    return get(contract.arch).check(contract, dest, policy or Policy(), stream, incoming)
+    policy = policy or Policy()
+    arch = get(contract.arch)
+    rules = arch.qemu_rules()
+    if not per_qemu or not rules or policy.qemu is not None or dest.qemu_version() is not None:
+        return arch.check(contract, dest, policy, stream, incoming)
+    # the destination's QEMU is not known (a KVM-only profile): the answer on each released
+    # QEMU behaviour, one story where they agree
+    return by_qemu([(name, arch.check(contract, dest, Policy(policy.allow_widening, since), stream, incoming))
+                    for name, since in rules])
+
+
+def by_qemu(verdicts: list[tuple[str, Verdict]]) -> Verdict:
+    """One verdict from a verdict per destination QEMU version: allowed only where every
+    one allows; its problems and notes those of any; ``by_qemu`` set where they differ."""
+    first = verdicts[0][1]
+    lines = [[p.line() for p in v.problems] + v.notes for _label, v in verdicts]
+    if all(x == lines[0] for x in lines):
+        return first
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    notes: list[str] = []
+    for _label, v in verdicts:
+        for p in v.problems:
+            if p.line() not in seen:
+                seen.add(p.line())
+                problems.append(p)
+        notes += [n for n in v.notes if n not in notes]
+    out = Verdict(problems, notes, first.boot_pins, first.keep_off)
+    out.by_qemu = verdicts
+    return out
 
 
 def check_pair(source: Profile, dest: Profile, policy: Policy | None = None) -> Verdict:

@@ -28,10 +28,10 @@ def load_profile() -> Profile:
 
 def unpinned(config: Config, dom: str, op: str) -> int:
     if config.unpinned == "refuse":
-        state.log(f"{op} {dom}: no contract; policy refuse: REFUSE")
+        state.log(f"{op} {dom}: REFUSE, no contract (policy refuse)")
         raise Refusal(f"abiguard: VM '{dom}' has no guest ABI contract and this host refuses unpinned "
                       f"VMs ({state.CONFIG}); pin it first: abiguard pin {dom}")
-    state.log(f"{op} {dom}: no contract; policy {config.unpinned}: allowed")
+    state.log(f"{op} {dom}: ALLOW, no contract (policy {config.unpinned})")
     if config.unpinned == "warn":
         print(f"abiguard: warning: VM '{dom}' has no guest ABI contract; its ABI is not checked", file=sys.stderr)
     return 0
@@ -88,10 +88,12 @@ def check_domain_matches(facts: DomainFacts, sealed: Contract, dom: str) -> None
 
 
 def refuse(what: str, problems: list[Problem], log_prefix: str) -> None:
-    """Raise the one refusal line: the first problem and how many more."""
-    more = len(problems) - 1
-    state.log(f"{log_prefix}: REFUSE " + " | ".join(p.line() for p in problems))
-    raise Refusal(f"abiguard: {what}: {problems[0].line()}" + (f" (+{more} more: abiguard check)" if more else ""))
+    """Raise the one refusal line: the first reason, every register it holds for, and the
+    registers of the other reasons (engine.report)."""
+    from ..engine.report import group, refusal_line
+
+    state.log(f"{log_prefix}: REFUSE " + " | ".join(g.line() for g in group(problems)))
+    raise Refusal(refusal_line(what, problems))
 
 
 def library_present() -> bool:

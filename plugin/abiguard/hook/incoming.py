@@ -77,7 +77,7 @@ def incoming(dom: str, op: str, data: bytes, deadline: float | None = None) -> i
     nonce = _fs.urandom(8).hex()
     state.mark_incoming(facts.uuid, nonce)
     out = domain.with_stamp(data, facts, new_stamp(profile, sealed, nonce), pins)
-    state.log(f"{op} {dom}: allow, contract {sealed.digest[:19]}, notes: {'; '.join(v.notes) or '-'}")
+    state.log(f"{op} {dom}: ALLOW, contract {sealed.digest[:19]}, notes: {'; '.join(v.notes) or '-'}")
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     return 0

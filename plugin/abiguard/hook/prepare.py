@@ -21,7 +21,7 @@ def prepare(dom: str, op: str, data: bytes, deadline: float | None = None) -> in
         return checks.unpinned(config, dom, op) if config.unpinned == "refuse" else 0
     nonce = facts.stamp.get("nonce") if facts.stamp is not None else None
     if state.was_incoming(facts.uuid, nonce):
-        state.log(f"{op} {dom}: incoming, checked at migrate/restore begin")
+        state.log(f"{op} {dom}: ALLOW, an incoming VM (judged at migrate/restore begin)")
         return 0
     checks.check_domain_matches(facts, sealed, dom)
     arch = get(sealed.arch)
@@ -47,5 +47,5 @@ def prepare(dom: str, op: str, data: bytes, deadline: float | None = None) -> in
         if want and not checks.library_present():
             raise Refusal(f"abiguard: '{dom}' needs register pins and {LIBRARY_PATH} is missing "
                           "(abiguard install builds it)")
-    state.log(f"{op} {dom}: start realises contract {sealed.digest[:19]}")
+    state.log(f"{op} {dom}: ALLOW, this host realises contract {sealed.digest[:19]}")
     return 0

@@ -58,18 +58,24 @@ KEEP = _Keep()
 
 
 class Contract:
-    __slots__ = ("arch", "machine_type", "origin", "body", "digest")
+    """:param sealed_by: the abiguard version that sealed it (``meta``: outside the digest)"""
 
-    def __init__(self, arch: str, machine_type: str | None, origin: Origin, body: Body, digest: str) -> None:
+    __slots__ = ("arch", "machine_type", "origin", "body", "digest", "sealed_by")
+
+    def __init__(self, arch: str, machine_type: str | None, origin: Origin, body: Body, digest: str,
+                 sealed_by: str | None = None) -> None:
         self.arch = arch
         self.machine_type = machine_type
         self.origin = origin
         self.body = body
         self.digest = digest
+        self.sealed_by = sealed_by
 
     def to_json(self) -> dict[str, Any]:
         doc = _unsealed(self.arch, self.machine_type, self.origin, self.body)
         doc["digest"] = self.digest
+        if self.sealed_by:
+            doc["meta"] = {"abiguard_version": self.sealed_by}
         return doc
 
     def replace(self, machine_type: str | None | _Keep = KEEP, origin: Origin | None = None,
@@ -115,10 +121,15 @@ class Contract:
                        for h in origin_doc["hosts"]),
                "member 'origin' must name its kind and hosts (kernel, sha256 profile digest)")
         origin = Origin(origin_doc["kind"], tuple(OriginHost(h["kernel"], h["profile"]) for h in origin_doc["hosts"]))
-        extra = set(doc) - {"format", "version", "arch", "machine_type", arch, "digest", "origin"}
+        extra = set(doc) - {"format", "version", "arch", "machine_type", arch, "digest", "origin", "meta"}
         r.need(not extra, "unknown member(s) " + printable(", ".join(sorted(map(str, extra))), 80))
+        meta = doc.get("meta")
+        r.need(meta is None or (isinstance(meta, dict) and set(meta) <= {"abiguard_version"}
+                                and is_name(meta.get("abiguard_version"), 32)),
+               "member 'meta' may only name the abiguard_version that sealed the contract")
         sealed = seal(arch, mt, origin, body)
         r.need(digest == sealed.digest, "content does not match its digest: it was edited or damaged")
+        sealed.sealed_by = meta["abiguard_version"] if meta else None
         return sealed
 
 
@@ -166,10 +177,12 @@ def canonical(obj: object) -> str:
 
 
 def seal(arch: str, machine_type: str | None, origin: Origin, body: Body) -> Contract:
+    from .. import __version__
     from .._sha import sha256_hex
 
     doc = _unsealed(arch, machine_type, origin, body)
-    return Contract(arch, machine_type, origin, body, "sha256:" + sha256_hex(canonical(doc).encode()))
+    return Contract(arch, machine_type, origin, body, "sha256:" + sha256_hex(canonical(doc).encode()),
+                    __version__)
 
 
 def loads(text: str | bytes, source: str) -> Contract:
@@ -193,10 +206,14 @@ def seal_json(doc: dict[str, Any], source: str = "contract") -> Contract:
     other, then sealed anew (for callers that build or edit contract documents)."""
     from .._sha import sha256_hex
 
-    body = {k: v for k, v in doc.items() if k != "digest"}
+    body = {k: v for k, v in doc.items() if k not in ("digest", "meta")}   # meta is outside the digest
     body.update(format=FORMAT, version=VERSION)
     try:
         digest = "sha256:" + sha256_hex(canonical(body).encode())
     except ContractError as e:
         raise ContractError(source, e.detail) from None
-    return Contract.from_json(body | {"digest": digest}, source)
+    sealed = Contract.from_json(body | {"digest": digest}, source)
+    from .. import __version__
+
+    sealed.sealed_by = __version__
+    return sealed

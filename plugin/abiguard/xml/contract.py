@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 #: (XML attribute, JSON member) of <contract>, <origin> and <host>
 CONTRACT = (("version", "version"), ("arch", "arch"), ("machine", "machine_type"), ("digest", "digest"))
+#: the abiguard version that sealed it (the JSON form's ``meta``, outside the digest)
+SEALED_BY = "abiguard-version"
 ORIGIN = (("kind", "kind"),)
 HOST = (("kernel", "kernel"), ("profile", "profile"))
 #: repeated children a hostile document may not multiply without bound
@@ -43,7 +45,8 @@ def to_xml_text(contract: Contract, prefix: str = CONTRACT_PREFIX) -> str:
     shape = get(contract.arch).xml
     body = doc[contract.arch]
     p = prefix
-    parts = [f'<{p}:contract xmlns:{p}="{CONTRACT_NS}"' + _attrs(CONTRACT, doc) + ">",
+    sealed_by = f' {SEALED_BY}="{contract.sealed_by}"' if contract.sealed_by else ""
+    parts = [f'<{p}:contract xmlns:{p}="{CONTRACT_NS}"' + _attrs(CONTRACT, doc) + sealed_by + ">",
              f"<{p}:origin" + _attrs(ORIGIN, doc["origin"]) + ">"]
     parts += [f"<{p}:host" + _attrs(HOST, h) + "/>" for h in doc["origin"]["hosts"]]
     parts.append(f"</{p}:origin>")
@@ -73,6 +76,8 @@ def from_element(el: Any, source: str) -> Contract:
     doc: dict[str, Any] = {"format": FORMAT}
     for attr, member in CONTRACT:
         doc[member] = el.get(attr)
+    if el.get(SEALED_BY) is not None:
+        doc["meta"] = {"abiguard_version": el.get(SEALED_BY)}
     try:
         doc["version"] = int(doc["version"] or "")
     except ValueError:

@@ -137,15 +137,6 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
             notes.append("widening allowed by policy: " + w.line())
         else:
             problems.append(w)
-    for rule in cpreg.RELEASED:
-        other = cpreg.stream_outcome(rule, stream, dest_ids, values)
-        if other.length_fails or other.failing:
-            why = (f"stream of {len(stream)} > {len(dest_ids)} registers" if other.length_fails
-                   else "unknown " + ", ".join(section.name_of(r) for r in other.failing[:3]))
-            notes.append(f"{rule.name} as destination QEMU: load fails ({why})")
-        else:
-            notes.append(f"{rule.name} as destination QEMU: register list loads"
-                         + (f", dropping {len(other.dropped)}" if other.dropped else ""))
     return Verdict(problems, notes, boot_pins, keep_off)
 
 

@@ -101,7 +101,7 @@ def check(contract: Contract, dest: Profile, policy: Policy, incoming: bool = Tr
     if model:
         defs = qemu.cpu_definitions or {}
         if model not in defs:
-            problems.append(Problem("CPU model", None, None, model, f"QEMU {qemu.version_text} lacks it",
+            problems.append(Problem("CPU model", None, model, "it", f"QEMU {qemu.version_text} lacks it",
                                     "QEMU cannot create this CPU model", "pin an older CPU model", pinnable=True))
         else:
             # QEMU names the model's features it cannot give (query-cpu-definitions), and
@@ -133,6 +133,10 @@ def check(contract: Contract, dest: Profile, policy: Policy, incoming: bool = Tr
     return Verdict(problems, [])
 
 
+_POLICY_WORD = {"require": "required", "disable": "disabled", "force": "forced", "forbid": "forbidden",
+                "optional": "optional"}
+
+
 def _libvirt_names(body: X86Body, dest: Profile) -> list[Problem]:
     """Every name in the contract must be one the destination's libvirt knows: it refuses
     a definition (and so an incoming migration) naming a CPU model or feature it does not."""
@@ -142,12 +146,12 @@ def _libvirt_names(body: X86Body, dest: Profile) -> list[Problem]:
     version = dest.libvirt.version_text if dest.libvirt is not None else None
     out = []
     if body.cpu_model and cpu.models is not None and body.cpu_model not in cpu.models:
-        out.append(Problem("CPU model", None, body.cpu_model, body.cpu_model, f"libvirt {version} does not know it",
+        out.append(Problem("CPU model", None, body.cpu_model, "it", f"libvirt {version} does not know it",
                            "libvirt refuses a definition with a CPU model its CPU map lacks",
                            "pin a CPU model every host's libvirt knows (abiguard baseline)", pinnable=True))
     if cpu.features is not None:
         for feat in sorted(set(body.features) - cpu.features):
-            out.append(Problem("CPU feature", None, feat, f"{feat} {body.features[feat]}",
+            out.append(Problem("CPU feature", None, feat, f"it {_POLICY_WORD.get(body.features[feat], 'named')}",
                                f"libvirt {version} does not know it",
                                "libvirt refuses a definition with a CPU feature its CPU map lacks",
                                "pin a baseline every host's libvirt can read (abiguard baseline)", pinnable=True))
