@@ -21,7 +21,7 @@
 #     ABSOLUTE partition /machine; this makes it /$PREFIX-X/machine, no collisions).
 #   * its own virtlogd + libvirtd (pid files inside /run/libvirt), started with a clean env,
 #     host_uuid ...000a/...000b, listen_tcp/auth_tcp=none on the veth address,
-#     qemu.conf user=root (for /dev/kvm 0600), security_driver=none,
+#     qemu.conf user=root (for /dev/kvm 0600), security_driver=none, namespaces=[],
 #     migration_address/migration_host = veth address, stdio_handler=logd.
 #   * a python PR_SET_CHILD_SUBREAPER parent that reaps orphaned daemons/qemu at once.
 #   * NO hook script. If TWOHOST_PRESTART is set, `up` runs it with `sh -c` inside each host's
@@ -254,6 +254,11 @@ migration_address = "${IP[$h]}"
 migration_host = "${IP[$h]}"
 # guest stdio goes through this host's own virtlogd (/run/libvirt/virtlogd-sock)
 stdio_handler = "logd"
+# no per-VM mount namespace: the lab's hosts share this machine's /dev, and where that
+# /dev carries bind-mounted device nodes (container-hosted CI machines: /dev/null, /dev/kvm)
+# libvirt cannot move them into the VM's private /dev ("Unable to move ... mount to
+# /dev/null: Invalid argument"); chrooted hosts would also lose /dev/kvm there
+namespaces = []
 EOF
   echo 'log_outputs = "3:file:/var/log/libvirt/virtlogd.log"' > "$d/etc/virtlogd.conf"
   : > "$d/etc/libvirt.conf"
@@ -261,9 +266,6 @@ EOF
   if [ -n "$r" ]; then
     [ -x "$r/usr/sbin/libvirtd" ] && [ -x "$r/usr/sbin/virtlogd" ] || die "host $h: $r has no libvirtd/virtlogd (build it with rootfs.sh)"
     echo "$r" > "$d/rootfs"
-    # libvirt 11.3/12.8 chrooted here build each QEMU's private /dev (mount namespace)
-    # without /dev/kvm ("Could not access KVM kernel module"): no per-VM namespace
-    printf '%s\n' '# chrooted host: per-VM mount namespace would lose /dev/kvm' 'namespaces = []' >> "$d/etc/qemu.conf"
   fi
   printf '127.0.0.1 localhost\n%s %s\n%s %s\n' "${IP[a]}" "$PREFIX-a" "${IP[b]}" "$PREFIX-b" > "$d/hosts"
   capcache_seed "$h"
