@@ -73,7 +73,7 @@ def test_status_agrees_with_check_and_judges_each_pair_once(fleet):
         allowed = sum(1 for rec in records if rec.name != row["host"] and answers[rec.profile]["allow"])
         assert row["may_move_to"] == allowed and row["may_move_to"] + row["refused_by"] == len(records) - 1
     text = "\n".join(status.lines(doc))
-    assert "a0 on h61 (running): may move to" in text and "not to h510" in text
+    assert "a0 on h61 (running): may move to" in text and "REFUSE on h510" in text
     json.dumps(doc)
 
 
@@ -163,9 +163,17 @@ def test_whatif_rollback_of_a_host(fleet):
     assert "native72" in {e["vm"] for e in doc["could_no_longer_come"]}
     assert [e["vm"] for e in doc["could_not_stay"]] == ["lives-here"]
     assert [e["contract"] for e in doc["stops_realising"]] == [c72.digest]
-    assert [e["contract"] for e in doc["starts_realising"]] == [c61.digest]
+    # 7.2 already realises the 6.1 contract (abiguard check allows it): rolling back to 6.1
+    # keeps it, so the rollback starts realising nothing
+    assert j.judge(c61, profiles[host.profile]).allow and j.judge(c61, new).allow
+    assert doc["starts_realising"] == []
     assert whatif.harmful(doc)
     assert "contracts it would stop realising: 1" in "\n".join(whatif.lines(doc))
+    # the other way round: h61, on 6.1, upgraded to 7.2 starts realising the 7.2 contract
+    h61 = next(r for r in records if r.name == "h61")
+    up = whatif.whatif(h61, model("7.2.13+deb14-arm64"), records, profiles, vms, fleet_contracts, Judge())
+    assert [e["contract"] for e in up["starts_realising"]] == [c72.digest]
+    assert up["stops_realising"] == []
 
 
 def test_whatif_cli_previous_and_exit_code(fleet):
@@ -236,7 +244,9 @@ def test_labels_yaml_and_kubectl(fleet):
     text = kube.yaml(nodes)
     assert f'    {names.label(c72.digest)}: "true"' in text and "name: h510\n  labels: {}" in text
     lines = kube.kubectl(nodes)
-    assert f"kubectl label node h510 {names.label(c61.digest)}- {names.label(c72.digest)}- --overwrite" in lines
+    # one word per fleet contract, in the order of the labels' names
+    first, second = sorted((names.label(c61.digest), names.label(c72.digest)))
+    assert f"kubectl label node h510 {first}- {second}- --overwrite" in lines
     cp = abiguard("fleet", "labels", "--fleet", fleet.root, "--no-vms", "--contract", ARM["6.1.0-50-arm64"],
                   "--kubectl")
     assert cp.returncode == 0 and "kubectl label node h61 " in cp.stdout and "not a Kubernetes node name" in cp.stderr

@@ -11,7 +11,7 @@ kilobytes.
 
 JSON layout::
 
-    format    "abiguard-fleet-status"
+    schema    "abiguard-fleet-status/1" (added by ``--json``: abiguard(8), JSON OUTPUT)
     hosts     name -> {profile, uri, seen[, error: why its VMs could not be read]}
     profiles  digest -> {kernel, hosts: how many hosts have it}
     verdicts  class -> profile digest -> {allow, reason, problems}
@@ -28,9 +28,6 @@ if TYPE_CHECKING:
     from .judge import Judge, Judgement
     from .record import HostRecord
     from .vms import FleetVm
-
-FORMAT = "abiguard-fleet-status"
-
 
 def compute(records: list[HostRecord], profiles: dict[str, Profile], vms: list[FleetVm],
             host_errors: dict[str, str], judge: Judge) -> dict[str, Any]:
@@ -69,7 +66,7 @@ def compute(records: list[HostRecord], profiles: dict[str, Profile], vms: list[F
         hosts[rec.name] = {"profile": rec.profile, "uri": rec.uri, "seen": rec.seen}
         if rec.name in host_errors:
             hosts[rec.name]["error"] = host_errors[rec.name]
-    return {"format": FORMAT, "hosts": hosts,
+    return {"hosts": hosts,
             "profiles": {d: {"kernel": p.kernel_release, "hosts": len(groups.get(d, ()))} for d, p in profiles.items()},
             "verdicts": {cid: {d: j.to_json() for d, j in answers.items()} for cid, answers in classes.items()},
             "vms": rows}
@@ -80,6 +77,8 @@ def lines(doc: dict[str, Any], names_shown: int = 3) -> list[str]:
     the hosts that refuse them (a line per profile: the first few host names and the first
     reason) are said once per class, then one line per VM with how many hosts it may
     move to."""
+    from ..engine.report import VERDICT
+
     hosts_of: dict[str, list[str]] = {}
     for name, h in doc["hosts"].items():
         hosts_of.setdefault(h["profile"], []).append(name)
@@ -106,7 +105,8 @@ def lines(doc: dict[str, Any], names_shown: int = 3) -> list[str]:
                 continue
             names = ", ".join(group[:names_shown]) + (f" and {len(group) - names_shown} more"
                                                       if len(group) > names_shown else "")
-            out.append(f"  not to {names} ({doc['profiles'][digest]['kernel']}, {digest[:19]}): {j['reason']}")
+            out.append(f"  {VERDICT[False]} on {names} ({doc['profiles'][digest]['kernel']}, {digest[:19]}): "
+                       f"{j['reason']}")
         for vm in vms:
             others = vm["may_move_to"] + vm["refused_by"]
             out.append(f"  {vm['name']} on {vm['host']} ({vm['state']}): may move to {vm['may_move_to']} of {others} "

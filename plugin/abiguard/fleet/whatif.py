@@ -25,9 +25,6 @@ if TYPE_CHECKING:
     from .record import HostRecord
     from .vms import FleetVm
 
-FORMAT = "abiguard-fleet-whatif"
-
-
 def whatif(host: HostRecord, new: Profile, records: list[HostRecord], profiles: dict[str, Profile],
            vms: list[FleetVm], contracts: dict[str, FleetContract], judge: Judge) -> dict[str, Any]:
     from ..arch import get
@@ -75,7 +72,7 @@ def whatif(host: HostRecord, new: Profile, records: list[HostRecord], profiles: 
             stops.append({"contract": digest, "sources": fc.sources, "reason": then_j.reason})
         elif then_j.allow and not now_j.allow:
             starts.append({"contract": digest, "sources": fc.sources})
-    return {"format": FORMAT, "host": host.name, "now": {"profile": current.digest, "kernel": current.kernel_release},
+    return {"host": host.name, "now": {"profile": current.digest, "kernel": current.kernel_release},
             "as": {"profile": new.digest, "kernel": new.kernel_release},
             "could_no_longer_come": come, "could_not_stay": stay, "could_no_longer_leave": leave,
             "loses_destinations": lose, "stops_realising": stops, "starts_realising": starts}

@@ -21,7 +21,7 @@ class FleetHosts(Command):
         if args.json:
             print_json({"directory": store.root, "hosts": [dict(r.to_json(), kernel=profiles[r.profile].kernel_release,
                                                                   machine=profiles[r.profile].machine)
-                                                           for r in records]})
+                                                           for r in records]}, "fleet-hosts")
             return 0
         print(f"{len(records)} host(s), {len(profiles)} distinct profile(s) in {store.root}")
         for r in records:

@@ -34,7 +34,7 @@ class FleetLabels(Command):
             print(f"abiguard: fleet labels: {host} is not a Kubernetes node name (lowercase DNS name): skipped",
                   file=sys.stderr)
         if args.json:
-            print_json(kube.to_json(nodes, skipped))
+            print_json(kube.to_json(nodes, skipped), "fleet-labels")
         elif args.kubectl:
             print("\n".join(kube.kubectl(nodes)))
         else:

@@ -29,7 +29,7 @@ class FleetMatrix(Command):
             write(render.svg(gs, table, f"abiguard fleet matrix: {len(records)} hosts, {len(gs)} profiles"),
                   args.svg)
         if args.json:
-            print_json(matrix.to_json(gs, table))
+            print_json(matrix.to_json(gs, table), "fleet-matrix")
         else:
             print("\n".join(matrix.lines(gs, table)))
             if args.svg:

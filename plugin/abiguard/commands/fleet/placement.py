@@ -35,7 +35,7 @@ class FleetPlacement(Command):
         report = placement.publish(client, held)
         report["contracts"] = {names.trait(d): fc.sources for d, fc in sorted(fleet.items())}
         if args.json:
-            print_json(report)
+            print_json(report, "fleet-publish-placement")
             return 0
         print(f"Placement at {report['url']}: {len(fleet)} fleet contract(s), {len(report['providers'])} provider(s) "
               f"changed, {report['unchanged']} unchanged")

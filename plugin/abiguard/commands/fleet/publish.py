@@ -35,7 +35,7 @@ class FleetPublish(Command):
         rec = done.record
         if args.json:
             print_json({"record": rec.to_json(), "profile_written": done.wrote_profile, "repaired": done.repaired,
-                        "replaced_bad_record": done.replaced_bad_record})
+                        "replaced_bad_record": done.replaced_bad_record}, "fleet-publish")
             return 0
         print(f"published {path} to {store.root} as {rec.name}: {rec.profile}"
               + (" (new profile there)" if done.wrote_profile else " (profile already there)"))

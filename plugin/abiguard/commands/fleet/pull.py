@@ -33,8 +33,8 @@ class FleetPull(Command):
         store = open_store(args)
         results = pull(store, args.hosts, args.path, args.ssh_config, args.uri, args.timeout)
         if args.json:
-            print_json([{"host": r.dest, "record": r.published.record.to_json() if r.published else None,
-                         "error": r.error, "bad_input": r.bad} for r in results])
+            print_json({"hosts": [{"host": r.dest, "record": r.published.record.to_json() if r.published else None,
+                                   "error": r.error, "bad_input": r.bad} for r in results]}, "fleet-pull")
         for r in results:
             if r.published is not None:
                 if not args.json:

@@ -28,7 +28,7 @@ class FleetStatus(Command):
         vms, errors = read_vms(args, records)
         doc = status.compute(records, profiles, vms, errors, Judge())
         if args.json:
-            print_json(doc)
+            print_json(doc, "fleet-status")
         else:
             print("\n".join(status.lines(doc)) or "no VMs")
         return EXIT_REFUSE if errors else 0

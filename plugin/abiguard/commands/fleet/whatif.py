@@ -45,7 +45,7 @@ class FleetWhatif(Command):
         vms, _errors = read_vms(args, records)
         doc = whatif.whatif(host, new, records, profiles, vms, contracts(args, vms), Judge())
         if args.json:
-            print_json(doc)
+            print_json(doc, "fleet-whatif")
         else:
             print("\n".join(whatif.lines(doc)))
         return EXIT_REFUSE if whatif.harmful(doc) else 0
