@@ -184,7 +184,7 @@ def test_each_host_publishes_its_own_profile(fl, published):
     # same file, and the record now says who published it
     t0 = time.monotonic()
     cp = fl.on("b", "probe", "-o", "/var/lib/abiguard/host-profile.json")
-    log(f"abiguard probe on b (trixie) in {time.monotonic() - t0:.1f} s")
+    log(f"abiguard probe on b (trixie) in {time.monotonic() - t0:.1f} s:\n{cp.stderr}")
     assert cp.returncode == 0, cp.stderr
     assert "published" in cp.stderr and fl.fleet.name in cp.stderr, cp.stderr
     rec = json.loads((fl.fleet / "hosts" / f"{NAME['b']}.json").read_text())
@@ -193,6 +193,7 @@ def test_each_host_publishes_its_own_profile(fl, published):
 
 
 def test_fleet_hosts(fl, published):
+    log("abiguard fleet hosts:\n" + cli("fleet", "hosts", "--fleet", str(fl.fleet)).stdout)
     cp = cli("fleet", "hosts", "--fleet", str(fl.fleet), "--json")
     assert cp.returncode == 0, cp.stderr
     doc = json.loads(cp.stdout)
@@ -232,9 +233,53 @@ def test_fleet_status_over_libvirt_remote_agrees_with_check(fl, published, vms):
     assert any(not j["allow"] for v in doc["verdicts"].values() for j in v.values()), doc["verdicts"]
     text = fl.on("a", "fleet", "status", "--fleet", str(fl.fleet))
     assert text.returncode == 0 and "REFUSE on" in text.stdout and "fl-a-plain" in text.stdout, text.stdout
+    log("abiguard fleet status:\n" + text.stdout)
+
+
+def test_fleet_labels_are_where_check_allows(fl, published, vms):
+    """Kubernetes node labels for the contracts the VMs carry (read over qemu+tcp): a node
+    has a contract's label exactly where ``abiguard check`` allows it."""
+    from abiguard.fleet import names
+    from abiguard.model import contract, profile
+
+    cp = fl.on("a", "fleet", "labels", "--fleet", str(fl.fleet), "--json")
+    assert cp.returncode == 0, cp.stderr
+    doc = json.loads(cp.stdout)
+    assert doc["schema"] == "abiguard-fleet-labels/1" and doc["skipped"] == []
+    carried = {p for _h, p in vms.values() if p is not None}
+    for prof in carried:
+        label = names.label(contract.from_profile(profile.load(str(prof))).digest)
+        for h in ("a", "b"):
+            assert (label in doc["nodes"][NAME[h]]) is check(prof, published[h]), (label, h)
+    text = fl.on("a", "fleet", "labels", "--fleet", str(fl.fleet), "--kubectl")
+    assert text.returncode == 0, text.stderr
+    log("abiguard fleet labels --kubectl:\n" + text.stdout)
+
+
+def test_fleet_whatif_rollback_agrees_with_check(fl, published, vms):
+    """If host b ran host a's QEMU and libvirt again (a rollback), the VMs on b that could
+    not run there and the contracts b would stop realising are those ``abiguard check``
+    refuses on a's profile."""
+    from abiguard.model import contract, profile
+
+    cp = fl.on("a", "fleet", "whatif", "--fleet", str(fl.fleet), "--host", NAME["b"], "--as", str(published["a"]),
+               "--json")
+    doc = json.loads(cp.stdout)
+    assert doc["schema"] == "abiguard-fleet-whatif/1"
+    on_b = {n: p for n, (h, p) in vms.items() if h == "b" and p is not None}
+    assert {e["vm"] for e in doc["could_not_stay"]} == {n for n, p in on_b.items() if not check(p, published["a"])}
+    carried = {p for _h, p in vms.values() if p is not None}
+    stops = {contract.from_profile(profile.load(str(p))).digest for p in carried
+             if check(p, published["b"]) and not check(p, published["a"])}
+    assert {e["contract"] for e in doc["stops_realising"]} == stops
+    assert cp.returncode == (1 if stops or doc["could_not_stay"] else 0), cp.stderr
+    log("abiguard fleet whatif --host abgfl-b --as profile-a.json:\n"
+        + fl.on("a", "fleet", "whatif", "--fleet", str(fl.fleet), "--host", NAME["b"], "--as",
+                str(published["a"])).stdout)
 
 
 def test_fleet_matrix_is_abiguard_matrix(fl, published):
+    log("abiguard fleet matrix:\n" + cli("fleet", "matrix", "--fleet", str(fl.fleet)).stdout)
     cp = cli("fleet", "matrix", "--fleet", str(fl.fleet), "--json")
     assert cp.returncode == 0, cp.stderr
     doc = json.loads(cp.stdout)
@@ -345,6 +390,8 @@ def test_fleet_pull_over_ssh(fl, published, sshd):
     cp = fl.on("a", "fleet", "pull", "--fleet", str(pulled), "--ssh-config", str(sshd / "ssh_config"),
                "--uri", "qemu+tcp://" + IP["a"] + "/system", "--json", "fleet-a")
     log(f"fleet pull over ssh in {time.monotonic() - t0:.2f} s")
+    log("abiguard fleet pull (text): " + fl.on("a", "fleet", "pull", "--fleet", str(pulled), "--ssh-config",
+                                               str(sshd / "ssh_config"), "fleet-a").stdout)
     assert cp.returncode == 0, cp.stderr + (sshd / "sshd.log").read_text()
     doc = json.loads(cp.stdout)
     assert doc["schema"] == "abiguard-fleet-pull/1"
@@ -589,6 +636,7 @@ def test_placement_traits_are_where_check_allows(fl, published, placement):
         truth = {NAME[h] for h in ("a", "b") if check(published[src], published[h])}
         got = placement.candidates(trait)
         assert got is not None and {name_of.get(u, u) for u in got} == truth, (src, got, truth)
+        log(f"GET /allocation_candidates?resources=VCPU:1&required={trait}: {sorted(truth)}")
     assert placement.traits(outsider) == set(), "a provider outside the fleet keeps no abiguard trait"
     assert "CUSTOM_RACK_1" in placement.traits(uuids["a"]), "a trait not abiguard's is left alone"
     assert placement.candidates(stale) is None, "the stale trait is gone from Placement"
@@ -602,6 +650,7 @@ def test_placement_traits_are_where_check_allows(fl, published, placement):
     cp = cli("fleet", "publish-placement", "--fleet", str(moved), "--url", placement.url, "--token", "admin",
              "--no-vms", "--contract", str(published["a"]), "--contract", str(published["b"]))
     assert cp.returncode == 0, cp.stderr
+    log("abiguard fleet publish-placement (after host b's rollback):\n" + cp.stdout)
     now = {NAME["a"]: published["a"], NAME["b"]: published["a"]}
     for src in ("a", "b"):
         trait = names.trait(contracts[src].digest)
@@ -618,8 +667,18 @@ def test_fleet_matrix_svg_in_a_real_browser(fl, published):
     browser = shutil.which("chromium-headless-shell") or shutil.which("chromium")
     need(browser is not None, "a headless browser (Debian chromium-headless-shell; packaging/setup-dev)")
     assert browser is not None
+    # the two lab hosts and three arm64 hosts of real kernels (the bundled profiles,
+    # measured on arm64 machines): every state a cell can have is in the picture
+    from abiguard.builtin import builtin_profiles
+
+    mixed = fl.work / "mixed"
+    shutil.copytree(fl.fleet, mixed)
+    arm = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
+    for host, key in (("arm64-5-10", "5.10.0-32-arm64"), ("arm64-6-1", "6.1.0-50-arm64"),
+                      ("arm64-7-2", "7.2.13+deb14-arm64")):
+        assert cli("fleet", "publish", "--fleet", str(mixed), "--host", host, arm[key]).returncode == 0
     picture = fl.work / "matrix.svg"
-    cp = cli("fleet", "matrix", "--fleet", str(fl.fleet), "--svg", str(picture), "--json")
+    cp = cli("fleet", "matrix", "--fleet", str(mixed), "--qemu", "7.2", "--svg", str(picture), "--json")
     assert cp.returncode == 0, cp.stderr
     doc = json.loads(cp.stdout)
     import xml.etree.ElementTree as ET
@@ -650,7 +709,7 @@ def test_fleet_matrix_svg_in_a_real_browser(fl, published):
             x = render.LABEL_WIDTH + j * (render.CELL + render.GAP) + render.CELL // 2
             y = top + i * (render.CELL + render.GAP) + render.CELL // 2
             assert im.pixel(x, y) == rgb(render.STYLE[state][0]), (s, d, state, im.pixel(x, y))
-    assert states - {"same"}, "the two real profiles differ: some cell is not 'same'"
+    assert states == set(render.STYLE), states
     # the legend's four swatches are drawn in their colours, and the text is there (dark pixels)
     legend_y = top + len(keys) * (render.CELL + render.GAP) + 2 * render.LINE
     for k, (fill, _text) in enumerate(render.STYLE.values()):

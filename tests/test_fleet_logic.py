@@ -273,3 +273,27 @@ def test_placement_unreachable_is_named(fleet):
     cp = abiguard("fleet", "publish-placement", "--fleet", fleet.root, "--no-vms", "--contract",
                   ARM["6.1.0-50-arm64"], "--url", f"http://127.0.0.1:{port}")
     assert cp.returncode == 1 and f"Placement at http://127.0.0.1:{port}" in cp.stderr and "no answer" in cp.stderr
+
+
+def test_every_fleet_json_answer_names_a_schema_the_man_page_documents(fleet, tmp_path):
+    """Each ``fleet`` subcommand's --json carries ``schema: abiguard-fleet-SUB/1``, and the
+    man page's JSON OUTPUT section documents it (publish-placement: tests/test_fleet_lab.py,
+    against a real Placement)."""
+    from pathlib import Path
+
+    man = (Path(__file__).resolve().parents[1] / "packaging/debian/abiguard.8").read_text().replace("\\-", "-")
+    root = fleet.root
+    runs = {"publish": ["publish", "--host", "hnew", ARM["6.1.0-50-arm64"]], "hosts": ["hosts"],
+            "matrix": ["matrix", "--qemu", "7.2"], "status": ["status"],
+            "whatif": ["whatif", "--host", "h61b", "--as", "previous", "--no-vms"],
+            "labels": ["labels", "--no-vms", "--contract", ARM["6.1.0-50-arm64"]],
+            "pull": ["pull", "--ssh-config", str(tmp_path / "ssh_config"), "--timeout", "5", "nobody"]}
+    # a host nobody answers for (loopback, port 1): pull still answers, naming it
+    (tmp_path / "ssh_config").write_text("Host nobody\n  HostName 127.0.0.1\n  Port 1\n  BatchMode yes\n")
+    for name, args in runs.items():
+        cp = abiguard("fleet", args[0], "--fleet", root, "--json", *args[1:])
+        assert cp.returncode in (0, 1, 2) and cp.stdout.startswith("{"), (name, cp.returncode, cp.stderr)
+        doc = json.loads(cp.stdout)
+        assert doc["schema"] == f"abiguard-fleet-{name}/1", (name, doc.get("schema"))
+        assert f"abiguard-fleet-{name}/1" in man, name
+    assert "abiguard-fleet-publish-placement/1" in man

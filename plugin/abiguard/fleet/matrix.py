@@ -32,7 +32,9 @@ class Group:
 
     @property
     def label(self) -> str:
-        return f"{self.key} {self.profile.kernel_release} ({self.profile.digest[7:19]}): {len(self.hosts)} host(s)"
+        from .names import stack
+
+        return f"{self.key} {stack(self.profile)} ({self.profile.digest[7:19]}): {len(self.hosts)} host(s)"
 
 
 def groups(records: list[HostRecord], profiles: dict[str, Profile]) -> list[Group]:

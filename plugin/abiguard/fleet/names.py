@@ -14,6 +14,10 @@ The whole digest does not fit a Kubernetes label name (at most 63 characters, an
 """
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..model.profile import Profile
+
 ID_DIGITS = 32
 TRAIT_PREFIX = "CUSTOM_ABIGUARD_"
 LABEL_PREFIX = "abiguard.io/contract-"
@@ -55,3 +59,13 @@ def is_node_name(name: object) -> bool:
     if not isinstance(name, str) or not 0 < len(name) <= 253 or not _NODE_CHARS.issuperset(name):
         return False
     return all(part and part[0].isalnum() and part[-1].isalnum() and len(part) <= 63 for part in name.split("."))
+
+
+def stack(p: Profile) -> str:
+    """What a reader tells hosts apart by: the kernel, and QEMU and libvirt where the
+    profile names them (an x86 fleet's hosts often share a kernel and differ in QEMU)."""
+    out = p.kernel_release
+    for what, version in (("QEMU", p.qemu_version()), ("libvirt", p.libvirt_version())):
+        if version is not None:
+            out += f", {what} {'.'.join(map(str, version))}"
+    return out

@@ -13,7 +13,7 @@ JSON layout::
 
     schema    "abiguard-fleet-status/1" (added by ``--json``: abiguard(8), JSON OUTPUT)
     hosts     name -> {profile, uri, seen[, error: why its VMs could not be read]}
-    profiles  digest -> {kernel, hosts: how many hosts have it}
+    profiles  digest -> {kernel, stack: kernel, QEMU, libvirt, hosts: how many hosts have it}
     verdicts  class -> profile digest -> {allow, reason, problems}
     vms       [{name, host, state, contract, verdicts: its class (null: unpinned or
               refused everywhere), problem, may_move_to, refused_by: host counts}]
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 def compute(records: list[HostRecord], profiles: dict[str, Profile], vms: list[FleetVm],
             host_errors: dict[str, str], judge: Judge) -> dict[str, Any]:
+    from .names import stack
+
     groups: dict[str, list[str]] = {}
     for rec in records:
         groups.setdefault(rec.profile, []).append(rec.name)
@@ -67,7 +69,8 @@ def compute(records: list[HostRecord], profiles: dict[str, Profile], vms: list[F
         if rec.name in host_errors:
             hosts[rec.name]["error"] = host_errors[rec.name]
     return {"hosts": hosts,
-            "profiles": {d: {"kernel": p.kernel_release, "hosts": len(groups.get(d, ()))} for d, p in profiles.items()},
+            "profiles": {d: {"kernel": p.kernel_release, "stack": stack(p), "hosts": len(groups.get(d, ()))}
+                         for d, p in profiles.items()},
             "verdicts": {cid: {d: j.to_json() for d, j in answers.items()} for cid, answers in classes.items()},
             "vms": rows}
 
@@ -105,7 +108,7 @@ def lines(doc: dict[str, Any], names_shown: int = 3) -> list[str]:
                 continue
             names = ", ".join(group[:names_shown]) + (f" and {len(group) - names_shown} more"
                                                       if len(group) > names_shown else "")
-            out.append(f"  {VERDICT[False]} on {names} ({doc['profiles'][digest]['kernel']}, {digest[:19]}): "
+            out.append(f"  {VERDICT[False]} on {names} ({doc['profiles'][digest]['stack']}, {digest[:19]}): "
                        f"{j['reason']}")
         for vm in vms:
             others = vm["may_move_to"] + vm["refused_by"]

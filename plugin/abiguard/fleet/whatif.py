@@ -72,8 +72,11 @@ def whatif(host: HostRecord, new: Profile, records: list[HostRecord], profiles: 
             stops.append({"contract": digest, "sources": fc.sources, "reason": then_j.reason})
         elif then_j.allow and not now_j.allow:
             starts.append({"contract": digest, "sources": fc.sources})
-    return {"host": host.name, "now": {"profile": current.digest, "kernel": current.kernel_release},
-            "as": {"profile": new.digest, "kernel": new.kernel_release},
+    from .names import stack
+
+    return {"host": host.name,
+            "now": {"profile": current.digest, "kernel": current.kernel_release, "stack": stack(current)},
+            "as": {"profile": new.digest, "kernel": new.kernel_release, "stack": stack(new)},
             "could_no_longer_come": come, "could_not_stay": stay, "could_no_longer_leave": leave,
             "loses_destinations": lose, "stops_realising": stops, "starts_realising": starts}
 
@@ -85,8 +88,8 @@ def harmful(doc: dict[str, Any]) -> bool:
 
 
 def lines(doc: dict[str, Any]) -> list[str]:
-    out = [f"if {doc['host']} ran {doc['as']['kernel']} ({doc['as']['profile'][:19]}) instead of "
-           f"{doc['now']['kernel']} ({doc['now']['profile'][:19]}):"]
+    out = [f"if {doc['host']} ran {doc['as']['stack']} ({doc['as']['profile'][:19]}) instead of "
+           f"{doc['now']['stack']} ({doc['now']['profile'][:19]}):"]
     Section = tuple[str, str, "Callable[[dict[str, Any]], str]"]
     sections: tuple[Section, ...] = (("could_no_longer_come", "VMs that could no longer come to it",
                  lambda e: f"{e['vm']} (on {e['host']}): {e['reason']}"),

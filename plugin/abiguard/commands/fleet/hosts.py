@@ -15,6 +15,8 @@ class FleetHosts(Command):
         add_common(parser)
 
     def run(self, args: argparse.Namespace) -> int:
+        from ...fleet.names import stack
+
         store = open_store(args)
         records = store.records()
         profiles = store.profiles_of(records)
@@ -26,7 +28,7 @@ class FleetHosts(Command):
         print(f"{len(records)} host(s), {len(profiles)} distinct profile(s) in {store.root}")
         for r in records:
             p = profiles[r.profile]
-            print(f"  {r.name}: {p.kernel_release} {p.machine} {r.profile[:19]} seen {r.seen} ({r.via})"
+            print(f"  {r.name}: {p.machine} {stack(p)} {r.profile[:19]} seen {r.seen} ({r.via})"
                   + (f", libvirt {r.uri}" if r.uri else ", no libvirt URI")
                   + (f", previous {r.previous[:19]}" if r.previous else ""))
         return 0
