@@ -520,29 +520,43 @@ def test_unreachable_host_is_named(fl, published, vms):
 
 # ------------------------------------------------------------------ OpenStack Placement
 PLACEMENT_API = "/usr/bin/placement-api"      # Debian's python3-placement
+PLACEMENT_PORT = 38778
+#: one HTTP request, run inside host a's namespaces (where Placement listens): argv URL
+#: METHOD PATH VERSION, the body on stdin; prints the status, a newline, the answer
+_REQUEST = """
+import sys, urllib.request, urllib.error
+url, method, path, version = sys.argv[1:5]
+body = sys.stdin.buffer.read() or None
+req = urllib.request.Request(url + path, method=method, data=body, headers={
+    "X-Auth-Token": "admin", "Accept": "application/json", "Content-Type": "application/json",
+    "OpenStack-API-Version": "placement " + version})
+try:
+    with urllib.request.urlopen(req, timeout=30) as r:
+        status, data = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, data = e.code, e.read()
+except OSError as e:
+    status, data = 0, str(e).encode()
+sys.stdout.write(str(status) + chr(10) + data.decode("utf-8", "replace"))
+"""
 
 
 class Placement:
-    """A real Placement service (Debian's python3-placement): SQLite, noauth2, loopback."""
+    """A real Placement service (Debian's python3-placement): SQLite, noauth2, listening
+    inside host a's network namespace, so that ``fleet publish-placement`` run there reads
+    the VMs over qemu+tcp and reaches Placement both. Requests go through that namespace."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, lab: TwoHost, url: str) -> None:
+        self.lab, self.url = lab, url
 
     def call(self, method: str, path: str, body: object = None, version: str = "1.17") -> tuple[int, object]:
-        import urllib.error
-        import urllib.request
-
-        req = urllib.request.Request(self.url + path, method=method,
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"X-Auth-Token": "admin", "Accept": "application/json",
-                                              "Content-Type": "application/json",
-                                              "OpenStack-API-Version": f"placement {version}"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                data = r.read()
-                return r.status, json.loads(data) if data else None
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode("utf-8", "replace")
+        cp = self.lab.exec("a", "/usr/bin/python3", "-c", _REQUEST, self.url, method, path, version,
+                           input="" if body is None else json.dumps(body), timeout=60)
+        head, _nl, data = cp.stdout.partition("\n")
+        status = int(head)
+        if 200 <= status < 300:
+            return status, json.loads(data) if data.strip() else None
+        return status, data
 
     def provider(self, name: str, vcpus: int = 8) -> str:
         status, rp = self.call("POST", "/resource_providers", {"name": name}, "1.20")
@@ -586,39 +600,42 @@ def placement(fl: FleetLab) -> Iterator[Placement]:
     d.mkdir()
     (d / "placement.conf").write_text(f"[api]\nauth_strategy = noauth2\n[placement_database]\n"
                                       f"connection = sqlite:///{d}/placement.db\nsync_on_startup = True\n")
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     t0 = time.monotonic()
     logf = open(d / "placement.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(["/usr/bin/python3", PLACEMENT_API, "--host", "127.0.0.1", "--port", str(port)],
-                            env={"PATH": "/usr/bin:/bin", "OS_PLACEMENT_CONFIG_DIR": str(d)}, cwd=d,
-                            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-    svc = Placement(f"http://127.0.0.1:{port}")
+    # the service records its own pid (sh execs it), and is stopped by that pid
+    runner = subprocess.Popen([str(fl.lab.script), "exec", "a", "env", "-i", "PATH=/usr/bin:/bin",
+                               f"OS_PLACEMENT_CONFIG_DIR={d}", "sh", "-c",
+                               f'echo $$ > {d}/pid; cd {d} && exec /usr/bin/python3 {PLACEMENT_API} '
+                               f'--host {IP["a"]} --port {PLACEMENT_PORT}'],
+                              env=fl.lab._env(), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    svc = Placement(fl.lab, f"http://{IP['a']}:{PLACEMENT_PORT}")
+    pid = 0
     try:
         while True:
-            try:
-                if svc.call("GET", "/")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, (d / "placement.log").read_text()[-2000:]
+            if not pid and (d / "pid").exists():
+                pid = int((d / "pid").read_text() or 0)
+            if pid and svc.call("GET", "/")[0] == 200:
+                break
+            assert runner.poll() is None, (d / "placement.log").read_text()[-2000:]
             assert time.monotonic() < t0 + 60, "Placement did not answer within 60 s"
-            time.sleep(0.1)
-        log(f"Placement (pid {proc.pid}) answering in {time.monotonic() - t0:.1f} s")
+            time.sleep(0.2)
+        log(f"Placement (pid {pid}, in host a's namespaces) answering in {time.monotonic() - t0:.1f} s")
         yield svc
     finally:
-        proc.terminate()
+        if pid:
+            os.kill(pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=15)
+            runner.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+            os.killpg(runner.pid, signal.SIGKILL)      # the session we started for it
+            runner.wait(timeout=15)
         logf.close()
 
 
-def test_placement_traits_are_where_check_allows(fl, published, placement):
+def test_placement_traits_are_where_check_allows(fl, published, vms, placement):
+    """The fleet's contracts are the ones its VMs carry (read over qemu+tcp): Placement
+    offers a flavor requiring a contract's trait exactly the hosts where check allows."""
     from abiguard.fleet import names
     from abiguard.model import contract, profile
 
@@ -627,19 +644,21 @@ def test_placement_traits_are_where_check_allows(fl, published, placement):
     stale = names.TRAIT_PREFIX + "0" * 32
     placement.set_traits(uuids["a"], ["CUSTOM_RACK_1", stale])
     placement.set_traits(outsider, [stale])
-    contracts = {h: contract.from_profile(profile.load(str(published[h]))) for h in ("a", "b")}
+    carried = sorted({p for _h, p in vms.values() if p is not None})
+    contracts = {p: contract.from_profile(profile.load(str(p))) for p in carried}
     t0 = time.monotonic()
-    cp = cli("fleet", "publish-placement", "--fleet", str(fl.fleet), "--url", placement.url, "--token", "admin",
-             "--no-vms", "--contract", str(published["a"]), "--contract", str(published["b"]), "--json")
-    log(f"fleet publish-placement in {time.monotonic() - t0:.2f} s")
+    cp = fl.on("a", "fleet", "publish-placement", "--fleet", str(fl.fleet), "--url", placement.url,
+               "--token", "admin", "--json")
+    log(f"fleet publish-placement (VMs over qemu+tcp) in {time.monotonic() - t0:.2f} s")
     assert cp.returncode == 0, cp.stderr
     report = json.loads(cp.stdout)
     assert report["schema"] == "abiguard-fleet-publish-placement/1"
     assert stale in report["deleted_traits"], report
+    assert set(report["contracts"]) == {names.trait(c.digest) for c in contracts.values()}, report["contracts"]
     name_of = {uuids[h]: NAME[h] for h in ("a", "b")}
-    for src in ("a", "b"):
-        trait = names.trait(contracts[src].digest)
-        truth = {NAME[h] for h in ("a", "b") if check(published[src], published[h])}
+    for src, c in contracts.items():
+        trait = names.trait(c.digest)
+        truth = {NAME[h] for h in ("a", "b") if check(src, published[h])}
         got = placement.candidates(trait)
         assert got is not None and {name_of.get(u, u) for u in got} == truth, (src, got, truth)
         log(f"GET /allocation_candidates?resources=VCPU:1&required={trait}: {sorted(truth)}")
@@ -653,14 +672,14 @@ def test_placement_traits_are_where_check_allows(fl, published, placement):
     shutil.copytree(fl.fleet, moved)
     cp = cli("fleet", "publish", "--fleet", str(moved), "--host", NAME["b"], str(published["a"]))
     assert cp.returncode == 0, cp.stderr
-    cp = cli("fleet", "publish-placement", "--fleet", str(moved), "--url", placement.url, "--token", "admin",
-             "--no-vms", "--contract", str(published["a"]), "--contract", str(published["b"]))
+    cp = fl.on("a", "fleet", "publish-placement", "--fleet", str(moved), "--url", placement.url, "--token", "admin")
     assert cp.returncode == 0, cp.stderr
     log("abiguard fleet publish-placement (after host b's rollback):\n" + cp.stdout)
+    assert f"{NAME['b']}: +" in cp.stdout and "-1" in cp.stdout, cp.stdout
     now = {NAME["a"]: published["a"], NAME["b"]: published["a"]}
-    for src in ("a", "b"):
-        trait = names.trait(contracts[src].digest)
-        truth = {n for n, p in now.items() if check(published[src], p)}
+    for src, c in contracts.items():
+        trait = names.trait(c.digest)
+        truth = {n for n, p in now.items() if check(src, p)}
         got = placement.candidates(trait)
         assert {name_of[u] for u in got or ()} == truth, (src, got, truth)
 
