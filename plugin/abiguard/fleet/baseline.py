@@ -21,8 +21,11 @@ if TYPE_CHECKING:
 
 
 def label(p: Profile) -> str:
-    """How a distinct profile is named in reports: its kernel and its digest's head."""
-    return f"{p.kernel_release} ({p.digest[7:19]})"
+    """How a distinct profile is named in reports: its kernel (QEMU, libvirt where the
+    profile names them) and its digest's head."""
+    from .names import stack
+
+    return f"{stack(p)} ({p.digest[7:19]})"
 
 
 def pick_arch(profiles: list[Profile], arch: str | None) -> str:

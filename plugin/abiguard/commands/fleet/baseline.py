@@ -53,9 +53,16 @@ class FleetBaseline(Command):
                  if fleet["rollback_of"] else ""))
         for conflict in doc["conflicts"]:
             print(f"  conflict: {conflict}")
+        # per profile, as abiguard baseline says it
+        for uri, v in sorted(doc.get("libvirt", {}).items()):
+            print(f"  libvirt {v['libvirt']} at {uri}: compareHypervisorCPU says {v['compare']}"
+                  + (f" ({v['reason']})" if v.get("reason") else ""))
         for label, rep in sorted(doc["hosts"].items()):
-            if not rep["accepts_incoming"]:
-                print(f"  {label}: REFUSES VMs with this contract: {rep['incoming_problems'][0]}")
+            state = "accepts" if rep["accepts_incoming"] else "REFUSES"
+            print(f"  {label}: {state} VMs with this contract"
+                  + (f"; cannot pin {len(rep.get('cannot_pin', []))} item(s)" if rep.get("cannot_pin") else ""))
+            for line in rep["incoming_problems"][:3] + rep.get("cannot_pin", [])[:3]:
+                print(f"      {line}")
         return 0
 
     @staticmethod
