@@ -15,6 +15,7 @@ def _commands() -> dict[str, Command]:
     from .commands.baseline import Baseline
     from .commands.check import Check
     from .commands.diff import Diff
+    from .commands.fleet import Fleet
     from .commands.hook_bundle import HookBundle
     from .commands.install import Install, Uninstall
     from .commands.matrix import Matrix
@@ -23,7 +24,7 @@ def _commands() -> dict[str, Command]:
     from .commands.status import Status
 
     return {c.name: c for c in (Probe(), Check(), Diff(), Baseline(), Matrix(), Install(), Uninstall(), Pin(),
-                                Status(), HookBundle())}
+                                Status(), HookBundle(), Fleet())}
 
 
 COMMANDS: dict[str, Command] = _commands()

@@ -14,6 +14,7 @@ def env() -> dict[str, str]:
     return e
 
 
-def abiguard(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def abiguard(*args: str, stdin: str | None = None, timeout: float = 60,
+             env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "abiguard", *args], input=stdin, capture_output=True,
-                          text=True, timeout=timeout, env=env())
+                          text=True, timeout=timeout, env=dict(env(), **(env_extra or {})))

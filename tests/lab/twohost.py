@@ -126,14 +126,14 @@ class TwoHost:
         """rootfs: per host ("a"/"b") a root filesystem (tests/lab/rootfs.sh) whose
         libvirtd/virtlogd/QEMU that host runs chrooted into (TWOHOST_ROOTFS_A/B); None or
         missing: this machine's own. chroot_binds: "SRC:DST" directories bound read-only
-        into every chrooted host (TWOHOST_CHROOT_BINDS)."""
+        into every chrooted host, "SRC:DST:rw" writable (TWOHOST_CHROOT_BINDS)."""
         self.prefix = prefix
         self.rootfs = {h: str(p) for h, p in (rootfs or {}).items() if p}
         for h in self.rootfs:
             self._host(h)
         for b in chroot_binds:
-            if not re.fullmatch(r"/[^\s:]*:/[^\s:]*", b):
-                raise ValueError(f"chroot bind must be SRC:DST (absolute, no blanks): {b!r}")
+            if not re.fullmatch(r"/[^\s:]*:/[^\s:]*(:rw)?", b):
+                raise ValueError(f"chroot bind must be SRC:DST or SRC:DST:rw (absolute, no blanks): {b!r}")
         self.chroot_binds = list(chroot_binds)
         self.state: Path | None = Path(state) if state else None
         self.script = Path(script)

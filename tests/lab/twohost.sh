@@ -61,8 +61,9 @@
 #                      unix socket stays $ST/X/run/libvirt-sock (reachable from outside);
 #                      prestart, `exec` and `restart` run inside the chroot for such a host
 #                      (prestart also gets TWOHOST_ROOTFS=<the rootfs>).
-#      TWOHOST_CHROOT_BINDS  "SRC:DST ..." directories bound read-only at DST inside every
-#                      chrooted host (e.g. a source tree for a hook)
+#      TWOHOST_CHROOT_BINDS  "SRC:DST[:rw] ..." directories bound at DST inside every chrooted host,
+#                      read-only (e.g. a source tree for a hook) unless ":rw" (a directory the
+#                      hosts share and write, e.g. a fleet directory)
 set -euo pipefail
 
 PREFIX=${TWOHOST_PREFIX:-abg}
@@ -296,8 +297,11 @@ INNER='
     for b in "$@"; do mkdir -p "$R${b#*:}"; mount --bind "$d/${b%%:*}" "$R${b#*:}"; done
     mount --bind "$d/hosts" "$R/etc/hosts"
     for b in ${TWOHOST_CHROOT_BINDS:-}; do
-      [ -d "${b%%:*}" ] || { echo "TWOHOST_CHROOT_BINDS: ${b%%:*} is not a directory"; exit 4; }
-      mkdir -p "$R${b#*:}"; mount --bind "${b%%:*}" "$R${b#*:}"; mount -o remount,bind,ro "$R${b#*:}"
+      src=${b%%:*}; dst=${b#*:}; mode=ro
+      case $dst in *:rw) dst=${dst%:rw}; mode=rw ;; esac
+      [ -d "$src" ] || { echo "TWOHOST_CHROOT_BINDS: $src is not a directory"; exit 4; }
+      mkdir -p "$R$dst"; mount --bind "$src" "$R$dst"
+      [ "$mode" = rw ] || mount -o remount,bind,ro "$R$dst"
     done
     set -- chroot "$R"
     echo "chroot $R (overlay of $TWOHOST_ROOTFS)"

@@ -16,6 +16,8 @@ class Probe(Command):
         parser.add_argument("--kvm-only", action="store_true",
                             help="skip QEMU and libvirt (what the arm64 lab's initramfs does)")
         parser.add_argument("--device", default="/dev/kvm", help="KVM device (default: %(default)s)")
+        parser.add_argument("--no-publish", action="store_true",
+                            help="do not publish the profile to the fleet directory ([fleet] dir in abiguard.toml)")
 
     def run(self, args: argparse.Namespace) -> int:
         from ..model.profile import render, save
@@ -29,4 +31,12 @@ class Probe(Command):
         for item in doc["unavailable"]:
             print(f"abiguard probe: not available: {item['what']}: {item['error']} {item['detail']}".rstrip(),
                   file=sys.stderr)
+        if not args.no_publish:
+            # a probe with a fleet directory configured publishes what it found; a fleet
+            # that cannot take it is reported, never a failed probe
+            from ..fleet.publish import publish_configured
+
+            line = publish_configured(doc, args.output or "probe", "probe")
+            if line is not None:
+                print(f"abiguard probe: {line}", file=sys.stderr)
         return 0

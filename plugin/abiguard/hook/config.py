@@ -5,25 +5,45 @@ The file is read whole: a setting past any cut-off would silently stop counting 
 :data:`MAX_BYTES` is refused, never truncated. Parsing needs tomllib, which imports re:
 the result is cached in marshal form, keyed by the file's size, mtime and inode and
 checksummed, so a damaged cache is never believed and never reaches marshal.
+
+The ``[fleet]`` table says where this host publishes its profile (:mod:`abiguard.fleet`,
+which the hook itself never imports): ``dir`` (the shared fleet directory), ``host`` (the
+name this host publishes as; default its node name) and ``uri`` (the libvirt URI operators
+reach it by). Every table and key is known or the file is refused: a misspelt ``unpinned``
+would otherwise silently leave the policy at its default.
 """
 from __future__ import annotations
 
 from .. import _fs as os  # posix calls: the hook's path never imports os
 from . import state
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    #: what the cache holds after its key: unpinned, allow_widening, the [fleet] settings
+    Cached: TypeAlias = tuple[str, bool, str | None, str | None, str | None]
+
 #: no abiguard configuration is this big; a bigger file is refused, not truncated
 MAX_BYTES = 1024 * 1024
-_CACHE_MAGIC = b"abiguard-config-1\n"
+_CACHE_MAGIC = b"abiguard-config-2\n"
+#: table -> the keys it may hold
+KNOWN = {"policy": ("unpinned", "allow_widening"), "fleet": ("dir", "host", "uri")}
 
 
 class Config:
     UNPINNED = ("allow", "warn", "refuse")
 
-    __slots__ = ("unpinned", "allow_widening")
+    __slots__ = ("unpinned", "allow_widening", "fleet_dir", "fleet_host", "fleet_uri")
 
-    def __init__(self, unpinned: str = "warn", allow_widening: bool = False) -> None:
+    def __init__(self, unpinned: str = "warn", allow_widening: bool = False, fleet_dir: str | None = None,
+                 fleet_host: str | None = None, fleet_uri: str | None = None) -> None:
         self.unpinned = unpinned
         self.allow_widening = allow_widening
+        #: the fleet directory this host publishes its profile to (None: it does not)
+        self.fleet_dir = fleet_dir
+        self.fleet_host = fleet_host
+        self.fleet_uri = fleet_uri
 
     @classmethod
     def load(cls, path: str | None = None) -> Config:
@@ -46,7 +66,8 @@ class Config:
             from .._sha import sha256
             from ..model.profile import atomic_write
 
-            payload = marshal.dumps((key, config.unpinned, config.allow_widening))
+            payload = marshal.dumps((key, config.unpinned, config.allow_widening, config.fleet_dir,
+                                     config.fleet_host, config.fleet_uri))
             os.makedirs(state.STATE, 0o755)
             atomic_write(cache, _CACHE_MAGIC + sha256(payload) + payload, 0o600)
         except OSError:
@@ -67,36 +88,52 @@ class Config:
             doc = tomllib.loads(raw.decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise InputError(path, f"not valid TOML ({printable(e, 200)}): fix or remove the file") from None
+        for table, value in doc.items():
+            if table not in KNOWN:
+                raise InputError(path, f"unknown table or setting {printable(table, 60)!r}: abiguard knows "
+                                 + "; ".join(f"[{t}] {', '.join(keys)}" for t, keys in KNOWN.items()))
+            if not isinstance(value, dict):
+                raise InputError(path, f"[{table}] must be a table: fix the file")
+            for key in value:
+                if key not in KNOWN[table]:
+                    raise InputError(path, f"unknown setting {printable(table + '.' + key, 80)!r}: [{table}] "
+                                     f"takes {', '.join(KNOWN[table])}: fix the file")
         policy = doc.get("policy", {})
-        if not isinstance(policy, dict):
-            raise InputError(path, "[policy] must be a table: fix the file")
-        unknown = sorted(set(policy) - {"unpinned", "allow_widening"}) + sorted(set(doc) - {"policy"})
-        if unknown:
-            raise InputError(path, f"unknown setting(s) {printable(unknown, 120)}: "
-                             "abiguard knows [policy] unpinned and allow_widening")
         unpinned = policy.get("unpinned", "warn")
         widening = policy.get("allow_widening", False)
         if unpinned not in cls.UNPINNED or not isinstance(widening, bool):
             raise InputError(path, "[policy] unpinned must be allow, warn or refuse; "
                              "allow_widening must be true or false")
-        return cls(unpinned, widening)
+        fleet = doc.get("fleet", {})
+        from ..model import address
+
+        fleet_dir, host, uri = fleet.get("dir"), fleet.get("host"), fleet.get("uri")
+        if fleet_dir is not None and not address.is_path(fleet_dir):
+            raise InputError(path, "[fleet] dir must be an absolute path of letters, digits and /._+- "
+                             f"(not {printable(repr(fleet_dir), 60)}): fix the file")
+        for key, value, problem in (("host", host, address.host_problem), ("uri", uri, address.uri_problem)):
+            why = None if value is None else problem(value)
+            if why is not None:
+                raise InputError(path, f"[fleet] {key} {printable(repr(value), 80)} {why}: fix the file")
+        return cls(unpinned, widening, fleet_dir, host, uri)
 
 
-def _read_cache(path: str, key: tuple[int, int, int]) -> tuple[str, bool] | None:
+def _read_cache(path: str, key: tuple[int, int, int]) -> Cached | None:
     import marshal
 
     from .._sha import sha256
 
     try:
         with open(path, "rb") as f:
-            data = f.read(4096)
+            data = f.read(16384)
         head = len(_CACHE_MAGIC)
         payload = data[head + 32:]
         if data[:head] != _CACHE_MAGIC or sha256(payload) != data[head:head + 32]:
             return None
-        cached_key, unpinned, widening = marshal.loads(payload)
+        cached_key, unpinned, widening, fleet_dir, host, uri = marshal.loads(payload)
     except (OSError, EOFError, ValueError, TypeError):
         return None
-    if tuple(cached_key) != key or unpinned not in Config.UNPINNED or not isinstance(widening, bool):
+    if (tuple(cached_key) != key or unpinned not in Config.UNPINNED or not isinstance(widening, bool)
+            or not all(v is None or type(v) is str for v in (fleet_dir, host, uri))):
         return None
-    return unpinned, widening
+    return unpinned, widening, fleet_dir, host, uri

@@ -2,6 +2,9 @@
 
 The probe asks libvirt for domain capabilities, which would deadlock while the daemon
 waits for this hook, so the refresh runs detached and waits for the daemon to answer.
+With ``[fleet] dir`` configured the fresh profile is published there too
+(:mod:`abiguard.fleet.publish`, imported only then); a fleet directory that cannot be
+written is logged and changes nothing else.
 """
 from __future__ import annotations
 
@@ -43,4 +46,13 @@ def daemon_main(argv: list[str]) -> int:
         state.log(f"daemon {argv[2]}: host profile refreshed ({doc['digest'][:19]})")
     except Exception as e:  # a failed refresh leaves the previous profile in place
         state.log(f"daemon {argv[2]}: profile refresh failed: {e}")
+        os._exit(0)
+    try:
+        from ..fleet.publish import publish_configured
+
+        line = publish_configured(doc, state.PROFILE, "daemon")
+        if line is not None:
+            state.log(f"daemon {argv[2]}: {line}")
+    except Exception as e:  # publishing is an extra: the refreshed profile stands
+        state.log(f"daemon {argv[2]}: not published to the fleet directory: {e}")
     os._exit(0)

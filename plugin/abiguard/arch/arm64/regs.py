@@ -288,6 +288,8 @@ _ARM64_SIZES = frozenset(range(2, 9))
 #: ``id >> 16`` of every well-formed id: KVM_REG_ARM64 (0x60 << 56) | size << 52 | group << 16,
 #: every other bit above the low 16 zero -- one set lookup checks all of it
 _ID_PREFIXES = frozenset((0x60 << 40) | (size << 36) | coproc for size in _ARM64_SIZES for coproc in _ARM64_COPROCS)
+#: the id prefixes (the id shifted right by 16) of every register group KVM defines
+ID_PREFIXES = _ID_PREFIXES
 
 
 def is_reg_id(reg: int) -> bool:

@@ -126,6 +126,31 @@ def _reg(r: Reader, v: object, where: str) -> int:
     return rid
 
 
+def _regs(r: Reader, vs: list[Any], where: str) -> list[int]:
+    """Many register ids at once: checked in C over the whole list (a profile has ~4,000),
+    item by item only to name the one that is wrong."""
+    from ...model.fields import hex_values
+
+    ints = hex_values(vs, 16)
+    if ints is not None and {i >> 16 for i in ints} <= regs.ID_PREFIXES and (not ints or min(ints) >= 0):
+        return ints
+    return [_reg(r, x, where) for x in vs]
+
+
+def _values(r: Reader, d: dict[str, Any], where: str) -> dict[int, int | None]:
+    """A ``registers`` member (id -> hex value or null), checked as :func:`_regs` does."""
+    from ...model.fields import hex_values
+
+    keys = _regs(r, list(d), where)
+    values = list(d.values())
+    known = [v for v in values if v is not None]
+    ints = hex_values(known, 16)
+    if ints is None:
+        return {_reg(r, k, where): r.opt_hexint(v, f"{where}.{k}", 16) for k, v in d.items()}
+    it = iter(ints)
+    return dict(zip(keys, [None if v is None else next(it) for v in values]))
+
+
 def from_json(r: Reader, doc: dict[str, Any], where: str) -> Arm64Kvm:
     from .rules import RULES
 
@@ -140,13 +165,11 @@ def from_json(r: Reader, doc: dict[str, Any], where: str) -> Arm64Kvm:
         features = r.lst(c.get("features", []), f"{w}.features", 16)
         r.need(all(isinstance(f, str) and f in _VCPU_FEATURES for f in features),
                f"member '{w}.features' must list KVM_ARM_VCPU_INIT features")
-        reg_list = tuple(_reg(r, x, f"{w}.reg_list") for x in r.lst(c.get("reg_list", []), f"{w}.reg_list",
-                                                                       MAX_REGISTERS * 4))
+        reg_list = tuple(_regs(r, r.lst(c.get("reg_list", []), f"{w}.reg_list", MAX_REGISTERS * 4),
+                               f"{w}.reg_list"))
         registers: dict[int, int | None] | None = None
         if "registers" in c:
-            registers = {}
-            for k, v in r.obj(c["registers"], f"{w}.registers", MAX_REGISTERS).items():
-                registers[_reg(r, k, f"{w}.registers")] = r.opt_hexint(v, f"{w}.registers.{k}", 16)
+            registers = _values(r, r.obj(c["registers"], f"{w}.registers", MAX_REGISTERS), f"{w}.registers")
         configs[name] = ArmConfig(name, tuple(features), r.opt_hexint(c.get("sve_vls"), f"{w}.sve_vls", 128),
                                   reg_list, registers)
     names = {}

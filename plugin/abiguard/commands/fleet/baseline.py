@@ -1,0 +1,94 @@
+"""``abiguard fleet baseline [--fleet DIR] [-o FILE]``: the richest contract every host of
+the fleet, and every host's previous profile (the rollback), can provide."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..base import Command, write
+from . import add_common, need_records, open_store
+
+
+class FleetBaseline(Command):
+    name = "baseline"
+    help = "the richest contract every host of the fleet (and every host's previous profile) can provide"
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-o", "--output", help="write the baseline here (default: stdout)")
+        parser.add_argument("--arch", choices=("aarch64", "x86_64"), help="the architecture, in a mixed fleet")
+        parser.add_argument("--no-rollback", action="store_true",
+                            help="leave out the profiles the hosts ran before (their records' previous)")
+        parser.add_argument("--rollback-to", action="append", default=[], metavar="PROFILE",
+                            help="another profile the fleet may roll back to (repeatable)")
+        parser.add_argument("--config", help="arm64 vCPU configuration (default: the richest all have)")
+        lv = parser.add_mutually_exclusive_group()
+        lv.add_argument("--libvirt", action="append", default=[], metavar="URI",
+                        help="x86: ask these libvirts (baselineHypervisorCPU / compareHypervisorCPU) "
+                             "instead of one recorded host per distinct profile")
+        lv.add_argument("--no-libvirt", action="store_true", help="x86: the CPU from the profiles alone")
+        add_common(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from ...fleet import baseline
+        from ...model import profile
+
+        store = open_store(args)
+        records = need_records(store)
+        extra = profile.load_labelled(args.rollback_to)
+        hypervisors = self._hypervisors(args, store, records)
+        doc = baseline.compute(store, records, args.arch, not args.no_rollback, args.config, hypervisors, extra)
+        text = json.dumps(doc, sort_keys=True, indent=1) + "\n"
+        if args.output:
+            write(text, args.output)
+        if args.json or not args.output:
+            sys.stdout.write(text)
+            return 0
+        c = doc["contract"]
+        fleet = doc["fleet"]
+        print(f"fleet baseline written to {args.output}: {c['digest']} ({c['arch']}, machine {c.get('machine_type')})")
+        print(f"  over {sum(map(len, fleet['hosts'].values()))} host(s) of {len(fleet['hosts'])} profile(s)"
+              + (f", and the previous profiles of {sum(map(len, fleet['rollback_of'].values()))} host(s)"
+                 if fleet["rollback_of"] else ""))
+        for conflict in doc["conflicts"]:
+            print(f"  conflict: {conflict}")
+        # per profile, as abiguard baseline says it
+        for uri, v in sorted(doc.get("libvirt", {}).items()):
+            print(f"  libvirt {v['libvirt']} at {uri}: compareHypervisorCPU says {v['compare']}"
+                  + (f" ({v['reason']})" if v.get("reason") else ""))
+        for label, rep in sorted(doc["hosts"].items()):
+            state = "accepts" if rep["accepts_incoming"] else "REFUSES"
+            print(f"  {label}: {state} VMs with this contract"
+                  + (f"; cannot pin {len(rep.get('cannot_pin', []))} item(s)" if rep.get("cannot_pin") else ""))
+            for line in rep["incoming_problems"][:3] + rep.get("cannot_pin", [])[:3]:
+                print(f"      {line}")
+        return 0
+
+    @staticmethod
+    def _hypervisors(args: argparse.Namespace, store: Any, records: list[Any]) -> list[Any] | None:
+        """x86: libvirt's own baseline, asked of one recorded host per distinct profile."""
+        from ...errors import UsageError
+
+        if args.no_libvirt:
+            return None
+        profiles = store.profiles_of(records)
+        if not any(p.machine == "x86_64" for p in profiles.values()) or args.arch == "aarch64":
+            return None
+        from ...arch.x86.hypervisor_cpu import HypervisorCpu
+
+        uris = list(args.libvirt)
+        if not uris:
+            seen: set[str] = set()
+            for rec in records:
+                if profiles[rec.profile].machine == "x86_64" and rec.uri and rec.profile not in seen:
+                    seen.add(rec.profile)
+                    uris.append(rec.uri)
+        out = []
+        for uri in uris:
+            try:
+                out.append(HypervisorCpu.open(uri))
+            except UsageError as e:
+                raise UsageError(f"{str(e).removeprefix('abiguard: ')} (x86 fleet baseline: give --no-libvirt "
+                                 "to compute the CPU from the profiles alone, or --libvirt URI)") from None
+        return out or None
