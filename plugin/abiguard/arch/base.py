@@ -133,6 +133,11 @@ class Arch:
         """The register stream a VM of this contract carries from this host on."""
         return None
 
+    def boot_stream(self, contract: Contract, profile: Profile) -> tuple[int, ...] | None:
+        """The register stream a VM of this contract carries when it is started on this host
+        (what ``pin`` stamps and ``prepare`` expects); None: the contract's own."""
+        return None
+
     def domain_contract(self, root: Any, host: Profile) -> Contract:
         """The contract of what a domain definition (lxml root) asks for on this host: the
         host's defaults, on the domain's own machine type (made concrete by this host's

@@ -71,7 +71,7 @@ def incoming(dom: str, op: str, data: bytes, deadline: float | None = None) -> i
             from ..preload import LIBRARY_PATH
 
             raise Refusal(f"abiguard: {what}: its contract needs register pins and {LIBRARY_PATH} is missing "
-                          "(abiguard install builds it)")
+                          "(reinstall the abiguard package, or run abiguard install)")
     if widen:
         checks.refuse(what, widen, f"{op} {dom}")
     nonce = _fs.urandom(8).hex()

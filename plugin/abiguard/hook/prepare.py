@@ -31,10 +31,11 @@ def prepare(dom: str, op: str, data: bytes, deadline: float | None = None) -> in
     what = f"this host cannot start '{dom}' with its contract"
     if v.problems:
         checks.refuse(what, v.problems, f"{op} {dom}: start")
-    body_stream = getattr(sealed.body, "stream", None)
-    if arch.carries_register_stream and stamp is not None and stamp.stream != body_stream:
-        # started here, the VM carries the contract's stream (realise demands this host's
-        # list be exactly that); a stamp from an earlier hop would lie about it from now on
+    here = arch.boot_stream(sealed, profile) or getattr(sealed.body, "stream", None)
+    if arch.carries_register_stream and stamp is not None and stamp.stream != here:
+        # started here, the VM carries this host's list (realise lets it exceed the contract's
+        # stream only by bitmaps kept at 0); a stamp from an earlier hop, or one pinned
+        # elsewhere, would lie about it from now on
         raise Refusal(f"abiguard: '{dom}' carries the hop stamp of another host "
                       f"({printable(stamp.get('kernel') or '?', 64)}); a plain start here gives it the "
                       f"contract's register stream: run abiguard pin {dom} (it resets the stamp), then start it")
@@ -46,6 +47,6 @@ def prepare(dom: str, op: str, data: bytes, deadline: float | None = None) -> in
                           f"has {have or 'none'}: run abiguard pin {dom} here")
         if want and not checks.library_present():
             raise Refusal(f"abiguard: '{dom}' needs register pins and {LIBRARY_PATH} is missing "
-                          "(abiguard install builds it)")
+                          "(reinstall the abiguard package, or run abiguard install)")
     state.log(f"{op} {dom}: ALLOW, this host realises contract {sealed.digest[:19]}")
     return 0

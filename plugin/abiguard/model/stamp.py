@@ -59,12 +59,17 @@ class HopStamp:
         return cls({k: attrs[k] for k in ATTRS if k in attrs}, stream)
 
     @classmethod
-    def boot(cls, contract: Contract, nonce: str, at: str) -> HopStamp:
-        """What ``abiguard pin`` writes: a VM started under abiguard carries exactly its
-        contract's stream (``prepare`` refuses a start where the host's list differs)."""
+    def boot(cls, contract: Contract, nonce: str, at: str, stream: tuple[int, ...] | None = None) -> HopStamp:
+        """What ``abiguard pin`` writes: the stream a VM started under abiguard carries -- its
+        contract's, or ``stream`` (the pinning host's :meth:`boot_stream
+        <abiguard.arch.base.Arch.boot_stream>`); ``prepare`` refuses a start where the host's
+        list differs from the stamp's."""
         from ..arch import get
 
-        stream = getattr(contract.body, "stream", None) if get(contract.arch).carries_register_stream else None
+        if not get(contract.arch).carries_register_stream:
+            stream = None
+        elif stream is None:
+            stream = getattr(contract.body, "stream", None)
         return cls.made({"nonce": nonce, "at": at, "boot": "pin"}, contract.digest, stream)
 
     def get(self, name: str) -> str | None:

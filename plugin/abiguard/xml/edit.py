@@ -72,16 +72,19 @@ def apply(xml: str, sealed: Contract, profile: Profile | None = None, nonce: str
         if isinstance(child.tag, str) and child.tag.startswith("{urn:abiguard:"):
             metadata.remove(child)
     metadata.append(etree.fromstring(to_xml_text(sealed).encode(), parser()))
-    metadata.append(etree.fromstring(boot_stamp(sealed, nonce, at), parser()))
+    stream = get(sealed.arch).boot_stream(sealed, profile) if profile is not None else None
+    metadata.append(etree.fromstring(boot_stamp(sealed, nonce, at, stream), parser()))
     return etree.tostring(root, encoding="unicode"), notes, cannot
 
 
-def boot_stamp(sealed: Contract, nonce: str | None = None, at: str | None = None) -> bytes:
-    """The stamp ``pin`` writes beside the contract: the stream a VM started under abiguard carries."""
+def boot_stamp(sealed: Contract, nonce: str | None = None, at: str | None = None,
+               stream: tuple[int, ...] | None = None) -> bytes:
+    """The stamp ``pin`` writes beside the contract: the stream a VM started under abiguard
+    carries (``stream``: the pinning host's, when it knows it)."""
     import os
     import time
 
     from ..model.stamp import HopStamp
 
     return HopStamp.boot(sealed, nonce or os.urandom(8).hex(),
-                         at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).to_xml()
+                         at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), stream).to_xml()

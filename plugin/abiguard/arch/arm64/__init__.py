@@ -126,6 +126,11 @@ class Arm64(Arch):
             return None
         return tuple(sorted(probed.registers))
 
+    def boot_stream(self, contract: Contract, profile: Profile) -> tuple[int, ...] | None:
+        from .judge import boot_stream
+
+        return boot_stream(contract, profile)
+
     def edit_definition(self, root: Any, contract: Contract, notes: list[str], cannot: list[str],
                         profile: Profile | None) -> None:
         from .definition import edit

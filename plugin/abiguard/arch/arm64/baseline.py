@@ -66,19 +66,16 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
 
 
 def host_report(contract: Contract, profile: Profile) -> dict[str, Any]:
-    """Whether a VM booted on this host starts with the contract, and what it cannot pin."""
-    body: Arm64Body = contract.body  # type: ignore[assignment]
-    section = section_of(profile)
-    probed = section.usable(body.config) if section is not None else None
-    own = (probed.registers if probed is not None else None) or {}
-    stream = set(body.stream)
-    extra = [regs.reg_name(r) for r in own if r not in stream]
-    differs = [regs.reg_name(r) for r, v in body.values.items() if own.get(r) is not None and own[r] != v]
+    """Whether a VM booted on this host starts with the contract, and what stands in the
+    way: the same answer the hook's ``prepare`` gives (:func:`.judge.realise`), so the
+    baseline never promises a start the hook refuses. Values abiguard_pin.so writes at the
+    start are no obstacle; they are listed as ``pins``."""
+    from .judge import realise
+
+    v = realise(contract, profile)
     return {
-        "boots_with_contract": not extra and not differs,
-        "cannot_pin": (
-            [f"{n}: a VM booted here starts with this host's value; released QEMU has no property "
-             "for it (needs abiguard's register enforcement)" for n in differs]
-            + [f"{n}: listed by this kernel, not by every host; QEMU carries it in the stream of a "
-               "VM booted here, so such a VM cannot move to hosts that lack it" for n in extra]),
+        "boots_with_contract": not v.problems,
+        "cannot_pin": [p.line() for p in v.problems],
+        "pins": [f"{regs.reg_name(rid)} = {value:#x} (abiguard_pin.so at start)"
+                 for rid, value in sorted({**v.boot_pins, **v.keep_off}.items())],
     }

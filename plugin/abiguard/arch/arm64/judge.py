@@ -214,6 +214,8 @@ def boot_values(contract: Contract, profile: Profile) -> Verdict:
             problems += trouble
         elif can_pin(rid):
             pins[rid] = value
+        elif RULES[kind].host_property:
+            continue      # the host's own level, which its KVM takes the contract's value for
         else:
             problems.append(Problem(name, rid, None, _h(value), f"would start it with {have:#x}",
                                     f"no pin realises a {kind} register (released QEMU has no property "
@@ -232,7 +234,7 @@ def realise(contract: Contract, profile: Profile) -> Verdict:
         return v
     own = dest.registers
     stream = set(body.stream)
-    for rid in sorted(set(own) - stream):
+    for rid in sorted(set(own) - stream - extras_carried(stream, dest)):
         v.problems.append(Problem(regs.reg_name(rid), rid, None, "no such register", "lists it",
                                   "QEMU would put it in the VM's stream: the contract does not have it",
                                   "boot the VM on a host of its contract's generation"))
@@ -241,3 +243,27 @@ def realise(contract: Contract, profile: Profile) -> Verdict:
                                   "this kernel lacks the register",
                                   "boot the VM on a host of its contract's generation"))
     return v
+
+
+def boot_stream(contract: Contract, profile: Profile) -> tuple[int, ...]:
+    """The register stream a VM started here under its contract carries: QEMU builds it from
+    this host's KVM_GET_REG_LIST, which :func:`realise` lets exceed the contract's stream
+    only by the hypercall bitmaps the library keeps at 0."""
+    body: Arm64Body = contract.body  # type: ignore[assignment]
+    dest, _ = dest_for(profile, body.config)
+    if dest is None:
+        return tuple(body.stream)
+    return tuple(sorted(set(body.stream) | extras_carried(set(body.stream), dest)))
+
+
+def extras_carried(stream_set: set[int], dest: Dest) -> set[int]:
+    """The registers this host lists beyond the contract's stream that a start may give the
+    VM without widening its ABI: guest-run state (TCR2_EL1, PIR_EL1, ...: what the guest may
+    use is decided by the ID registers, which are judged), and hypercall bitmaps left at 0
+    (0 by default, or kept off by a pin, :func:`kept_off`), so the guest sees no service it
+    was not given. They ride in the VM's stream, which the stamp records
+    (:func:`boot_stream`) and every destination's QEMU is judged on."""
+    off = kept_off(stream_set, dest)
+    return {rid for rid, default in dest.registers.items() if rid not in stream_set and (
+        regs.kind_of(rid) == "state"
+        or (regs.kind_of(rid) == "bitmap" and (default == regs.NEUTRAL_VALUE or rid in off)))}

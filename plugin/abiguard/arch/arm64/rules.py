@@ -49,11 +49,15 @@ class Rule:
         library's allow-list admits the register: :func:`.regs.preload_allows`)
     :param default_is_fine: :meth:`check` finds nothing when the value is the destination's
         own default (the verdict then skips the call, which is most registers of a hop)
+    :param host_property: the guest sees the host's own value whatever userspace writes
+        (KVM only checks a written value against it), so a start realises the contract
+        wherever :meth:`check` finds nothing, without a pin
     """
 
     kind = ""
     pinnable = False
     default_is_fine = False
+    host_property = False
 
     def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
         """Why the destination's KVM would not take ``value`` for this register."""
@@ -136,6 +140,11 @@ class Workaround(Rule):
     Trial: level ("0".."4") -> "accepted" or the errno name."""
 
     kind = "workaround"
+    # kvm_arm_set_fw_reg() (since 5.10) maps a written WORKAROUND_2 level onto NOT_AVAIL or
+    # NOT_REQUIRED, checks it against the host's and stores nothing: the guest's
+    # SMCCC_ARCH_FEATURES answer is the host's. Measured in the arm64 libvirt lab: a VM
+    # started on 6.12 (level 1) runs on 7.2 (level 0) with the same guest view.
+    host_property = True
 
     def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
         tried = dest.acceptance.get(name)

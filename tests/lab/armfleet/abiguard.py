@@ -1,0 +1,101 @@
+"""abiguard in the arm64 lab, as an operator puts it there: the arm64 .deb that
+``packaging/build-deb --arch arm64`` makes, ``apt install ./abiguard_*.deb`` in every host
+(its postinst probes the host and bundles the hook), libvirtd restarted so that it finds
+the hooks, the hosts' own profiles carried back here for ``abiguard baseline``."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .common import LabError, log
+from .fleet import Lab
+
+REPO = Path(__file__).resolve().parents[3]
+PROFILE = "/var/lib/abiguard/host-profile.json"
+CONFIG = "/etc/abiguard/abiguard.toml"
+
+
+def build_deb(out: Path) -> Path:
+    """The arm64 package, cross-built here (seconds; no arm64 code runs)."""
+    out.mkdir(parents=True, exist_ok=True)
+    p = subprocess.run([str(REPO / "packaging/build-deb"), "--arch", "arm64", str(out)], capture_output=True,
+                       text=True, timeout=900)
+    debs = sorted(out.glob("abiguard_*_arm64.deb"))
+    if p.returncode != 0 or not debs:
+        raise LabError(f"build-deb --arch arm64 failed (rc {p.returncode}): {p.stderr[-2000:]}")
+    return debs[-1]
+
+
+def install(lab: Lab, deb: Path | None = None) -> dict:
+    """Install abiguard in every host at once; returns per-host seconds (install, libvirtd
+    restart), what the postinst printed, and the local paths of the hosts' profiles."""
+    t0 = time.monotonic()
+    deb = deb or build_deb(lab.dir / "deb")
+    rec: dict = {"deb": deb.name, "build_s": round(time.monotonic() - t0, 1), "hosts": {}}
+    errors: list[str] = []
+
+    def one(h: str) -> None:
+        try:
+            lab.copy_in(h, deb, "/root/")
+            t1 = time.monotonic()
+            p = lab.sh(h, f"cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y ./{deb.name} 2>&1 && "
+                          "dpkg-query -W -f '${Status} ${Version}\\n' abiguard", check=False, timeout=1500)
+            if p.returncode != 0:
+                raise LabError(f"{h}: apt install ./{deb.name} failed: {p.stdout[-1500:]}")
+            install_s = round(time.monotonic() - t1, 1)
+            restart_s = lab.restart_libvirtd(h)
+            local = lab.dir / "profiles" / f"{h}.json"
+            local.parent.mkdir(exist_ok=True)
+            lab.copy_out(h, PROFILE, local)
+            rec["hosts"][h] = {"install_s": install_s, "libvirtd_restart_s": restart_s, "profile": str(local),
+                               "postinst": [ln for ln in p.stdout.splitlines() if ln.startswith("abiguard:")
+                                            or ln.startswith("  ")]}
+        except BaseException as e:  # reported below, with every host's failure
+            errors.append(f"{h}: {e}")
+
+    threads = [threading.Thread(target=one, args=(h,)) for h in lab.hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise LabError("; ".join(errors))
+    rec["install_all_s"] = round(time.monotonic() - t0, 1)
+    log(f"abiguard installed in {rec['install_all_s']} s: " +
+        ", ".join(f"{h} {x['install_s']} s" for h, x in sorted(rec["hosts"].items())))
+    return rec
+
+
+def set_policy(lab: Lab, host: str, unpinned: str) -> None:
+    """``[policy] unpinned`` of the host's abiguard.toml (allow | warn | refuse)."""
+    if unpinned not in ("allow", "warn", "refuse"):
+        raise LabError(f"unpinned policy {unpinned!r}")
+    lab.sh(host, f"mkdir -p /etc/abiguard && printf '[policy]\\nunpinned = \"{unpinned}\"\\n' > {CONFIG}",
+           quiet=True)
+
+
+def baseline(profiles: list[Path], out: Path) -> dict:
+    """``abiguard baseline`` here over the hosts' own profiles; the file and what it said."""
+    p = subprocess.run([sys.executable, "-m", "abiguard", "baseline", *map(str, profiles), "-o", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    if p.returncode != 0 or not out.exists():
+        raise LabError(f"abiguard baseline failed (rc {p.returncode}): {p.stderr[-1500:]}")
+    return {"file": str(out), "said": (p.stdout + p.stderr).strip().splitlines()}
+
+
+def check(src: Path, dst: Path) -> dict:
+    """``abiguard check --json`` for a VM booted with the source's defaults."""
+    import json
+
+    p = subprocess.run([sys.executable, "-m", "abiguard", "check", "--from", str(src), "--to", str(dst), "--json"],
+                       capture_output=True, text=True, timeout=120)
+    if p.returncode not in (0, 1):
+        raise LabError(f"abiguard check failed (rc {p.returncode}): {p.stderr[-1500:]}")
+    return json.loads(p.stdout)
+
+
+def hook_log(lab: Lab, host: str, lines: int = 6) -> list[str]:
+    return lab.sh(host, f"tail -n {lines} /var/log/abiguard/hook.log", check=False, quiet=True).stdout.splitlines()
