@@ -212,7 +212,10 @@ def test_groundtruth_matches_committed(truth: dict) -> None:
             continue
         for pair, r in pairs.items():
             assert key(truth["matrices"][mt][pair]) == key(r), (mt, pair)
-    assert truth["view_differences_between_hosts"] == old["view_differences_between_hosts"]
+    # the fresh record may hold fewer machine types than the committed one (CI: virt-7.2)
+    fresh, kept = truth["view_differences_between_hosts"], old["view_differences_between_hosts"]
+    assert fresh and set(fresh) <= set(kept), sorted(set(fresh) - set(kept))
+    assert {k: fresh[k] for k in fresh} == {k: kept[k] for k in fresh}
 
 
 @pytest.mark.lab
@@ -414,7 +417,8 @@ def test_pinned_to_the_fleet_baseline(fleet: Lab, installed: dict) -> None:
 def test_headline_booted_on_the_newest_back_and_forth(fleet: Lab, installed: dict) -> None:
     """The seed case: a VM booted on the sid host (7.x), pinned to what the newer hosts share,
     live-migrated back to trixie and forward to sid again with the guest's view unchanged
-    throughout; to bookworm (6.1) the hook refuses before any RAM moves and says why."""
+    throughout; to bookworm (6.1), from either, the hook refuses before any RAM moves and
+    says why."""
     base = installed["baselines"]["without-bookworm"]["file"]
     dom = "afh"
     st = migration.start_domain(fleet, "sid", guest.domain_xml(dom, machine="virt-7.2", image=GUEST_IMAGE),
@@ -424,7 +428,7 @@ def test_headline_booted_on_the_newest_back_and_forth(fleet: Lab, installed: dic
     assert first["psci"] == "10001", first       # 7.x's default is PSCI 1.3; the pin gives 1.1
     con = st["console"]
     try:
-        for src, dst in (("sid", "trixie"), ("trixie", "sid"), ("sid", "bookworm")):
+        for src, dst in (("sid", "trixie"), ("trixie", "bookworm"), ("trixie", "sid"), ("sid", "bookworm")):
             r = migration.migrate_running(fleet, src, dst, dom, console=con, view_before=first)
             con = r.get("console") or con
             r["hook_log"] = afa.hook_log(fleet, dst, 3)

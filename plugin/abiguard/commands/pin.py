@@ -87,6 +87,9 @@ def pin(uri: str | None, name: str, sealed: Contract | None, profile_path: str) 
             raise UsageError(f"libvirt refused the pinned definition of {name!r}: {e}") from None
         return {"domain": name, "contract": sealed.digest, "arch": sealed.arch,
                 "pinned": notes, "cannot_pin": cannot,
-                "note": "takes effect at the next start" if dom.isActive() else "takes effect at start"}
+                "note": (f"this host cannot start it with this contract ({len(cannot)} reason(s) below; the "
+                         "hook refuses a start here): start it on a host that realises the contract"
+                         if cannot else "takes effect at the next start" if dom.isActive() else
+                         "takes effect at start")}
     finally:
         conn.close()
