@@ -512,6 +512,23 @@ def test_no_process_left_behind(fleet: Lab) -> None:
     assert shutil.which("nsenter")
 
 
+def test_the_last_counter_is_the_last_seen_not_the_largest() -> None:
+    """a console that saw a guest reboot: the counter starts again at 0, and the boot view
+    comes before the next heartbeat"""
+    class Seen:
+        def __init__(self, text: str) -> None:
+            self._text = text
+
+        def text(self) -> str:
+            return self._text
+    before = "AFG-HB n=0069 now=1\r\nAFG-HB n=006a now=2\r\n"
+    view = "AFG n=0000 boot=1a now=1b psci=10001 eol=1\r\n"
+    assert migration._last_n(Seen(before)) == 0x6a  # type: ignore[arg-type]
+    assert migration._last_n(Seen(before + view)) == 0  # type: ignore[arg-type]
+    assert migration._last_n(Seen(before + view + "AFG-HB n=0002 now=4\r\nAFG-HB n=00")) == 2  # type: ignore[arg-type]
+    assert migration._last_n(Seen("")) is None  # type: ignore[arg-type]
+
+
 def test_view_diff_ignores_counters() -> None:
     a = {"n": "0001", "boot": "1a", "now": "1b", "psci": "10001", "ctr": "8444c004"}
     b = {"n": "0009", "boot": "2a", "now": "9b", "psci": "10001", "ctr": "9444c004"}

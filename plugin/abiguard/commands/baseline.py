@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from .base import Command, write
 
@@ -52,15 +53,21 @@ class Baseline(Command):
             body = c[c["arch"]]
             print(f"baseline over {len(result['hosts'])} distinct host(s): {c['arch']} "
                   f"machine {c.get('machine_type')}, {body.get('config', body.get('cpu_model'))}")
-            for conflict in result["conflicts"]:
-                print(f"  conflict: {conflict}")
-            for uri, v in sorted(result.get("libvirt", {}).items()):
-                print(f"  libvirt {v['libvirt']} at {uri}: compareHypervisorCPU says {v['compare']}"
-                      + (f" ({v['reason']})" if v.get("reason") else ""))
-            for host, rep in sorted(result["hosts"].items()):
-                state = "accepts" if rep["accepts_incoming"] else "REFUSES"
-                print(f"  {host}: {state} VMs with this contract"
-                      + (f"; cannot pin {len(rep.get('cannot_pin', []))} item(s)" if rep.get("cannot_pin") else ""))
-                for line in rep["incoming_problems"][:3] + rep.get("cannot_pin", [])[:3]:
-                    print(f"      {line}")
+            print_report(result)
         return 0
+
+
+def print_report(doc: dict[str, Any]) -> None:
+    """The conflicts, what each libvirt said and each host's answer, as ``baseline`` and
+    ``fleet baseline`` print them."""
+    for conflict in doc["conflicts"]:
+        print(f"  conflict: {conflict}")
+    for uri, v in sorted(doc.get("libvirt", {}).items()):
+        print(f"  libvirt {v['libvirt']} at {uri}: compareHypervisorCPU says {v['compare']}"
+              + (f" ({v['reason']})" if v.get("reason") else ""))
+    for host, rep in sorted(doc["hosts"].items()):
+        state = "accepts" if rep["accepts_incoming"] else "REFUSES"
+        print(f"  {host}: {state} VMs with this contract"
+              + (f"; cannot pin {len(rep.get('cannot_pin', []))} item(s)" if rep.get("cannot_pin") else ""))
+        for line in rep["incoming_problems"][:3] + rep.get("cannot_pin", [])[:3]:
+            print(f"      {line}")

@@ -156,9 +156,11 @@ def _who_logged(lab: Lab, hosts: tuple[str, ...], since: datetime, error: str) -
 
 
 def _last_n(console: Console) -> int | None:
-    """the guest's line counter as last seen: heartbeats and view lines both carry it"""
-    ns = [n for n, _ in console.heartbeats()] + [int(v["n"], 16) for v in console.views()]
-    return max(ns, default=None)
+    """the guest's line counter as last seen -- of the last heartbeat or view line, whichever
+    came later: not the largest, since a guest reboot seen on the same console starts it
+    again at 0 (and prints its boot view before the next heartbeat)"""
+    found = re.findall(r"AFG(?:-HB)? n=([0-9a-f]+) ", console.text())
+    return int(found[-1], 16) if found else None
 
 
 def _bytes(stats: dict[str, str], key: str) -> int | None:

@@ -51,18 +51,9 @@ class FleetBaseline(Command):
         print(f"  over {sum(map(len, fleet['hosts'].values()))} host(s) of {len(fleet['hosts'])} profile(s)"
               + (f", and the previous profiles of {sum(map(len, fleet['rollback_of'].values()))} host(s)"
                  if fleet["rollback_of"] else ""))
-        for conflict in doc["conflicts"]:
-            print(f"  conflict: {conflict}")
-        # per profile, as abiguard baseline says it
-        for uri, v in sorted(doc.get("libvirt", {}).items()):
-            print(f"  libvirt {v['libvirt']} at {uri}: compareHypervisorCPU says {v['compare']}"
-                  + (f" ({v['reason']})" if v.get("reason") else ""))
-        for label, rep in sorted(doc["hosts"].items()):
-            state = "accepts" if rep["accepts_incoming"] else "REFUSES"
-            print(f"  {label}: {state} VMs with this contract"
-                  + (f"; cannot pin {len(rep.get('cannot_pin', []))} item(s)" if rep.get("cannot_pin") else ""))
-            for line in rep["incoming_problems"][:3] + rep.get("cannot_pin", [])[:3]:
-                print(f"      {line}")
+        from ..baseline import print_report
+
+        print_report(doc)              # per profile, as abiguard baseline says it
         return 0
 
     @staticmethod
