@@ -3,17 +3,15 @@ fake root (ABIGUARD_ROOT) holding a real arm64 kernel's profile."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from abiguard import install
 from abiguard.builtin import builtin_profiles
 from abiguard.model import contract, profile
 from abiguard.xml import domain as domxml
 from abiguard.xml.contract import to_xml_text
 from abiguard.xml.edit import boot_stamp
+from helpers.hookroot import hook_root
 
 P = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
 UUID = "6f1c0d2e-8a51-4d8e-9d53-2b1f8c3e7a10"
@@ -40,26 +38,7 @@ def domain(meta: str = "", machine: str = "virt") -> bytes:
 
 @pytest.fixture
 def host(tmp_path):
-    root = tmp_path
-    os.makedirs(root / "var/lib/abiguard")
-    # the register-pinning library abiguard install builds (its presence is all the hook checks)
-    os.makedirs(root / "usr/lib/abiguard")
-    (root / "usr/lib/abiguard/abiguard_pin.so").write_bytes(b"")
-    shim = root / "hook"
-    shim.write_text(install.render("qemu", sys.executable))
-    shim.chmod(0o755)
-
-    def run(*args: str, xml: bytes = b"", profile_name: str | None = "7.2.13+deb14-arm64",
-            config: str | None = None):
-        if profile_name:
-            profile.save(profile.load(P[profile_name]).doc, str(root / "var/lib/abiguard/host-profile.json"))
-        if config is not None:
-            os.makedirs(root / "etc/abiguard", exist_ok=True)
-            (root / "etc/abiguard/abiguard.toml").write_text(config)
-        return subprocess.run([str(shim), *args], input=xml, capture_output=True, timeout=30,
-                              env={"ABIGUARD_ROOT": str(root), "PATH": "/usr/bin:/bin", "LC_ALL": "C"})
-    run.root = root
-    return run
+    return hook_root(tmp_path, "7.2.13+deb14-arm64", timeout=30)
 
 
 def sealed(name: str, config: str | None = None) -> contract.Contract:

@@ -27,6 +27,7 @@ from abiguard.xml import domain as domxml
 from abiguard.xml.contract import to_xml_text
 from abiguard.xml.edit import boot_stamp
 from abiguard.xml.names import QEMU_NS
+from helpers.hookroot import hook_root
 from helpers.invalid import invalid
 
 P = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
@@ -59,25 +60,7 @@ def libvirt_env(xml: bytes) -> dict[str, str]:
 
 @pytest.fixture
 def host(tmp_path):
-    root = tmp_path
-    os.makedirs(root / "var/lib/abiguard")
-    os.makedirs(root / "usr/lib/abiguard")
-    (root / "usr/lib/abiguard/abiguard_pin.so").write_bytes(b"")
-    shim = root / "hook"
-    shim.write_text(install.render("qemu", sys.executable))
-    shim.chmod(0o755)
-
-    def run(*args: str, xml: bytes = b"", profile_name: str | None = K72, config: str | None = None,
-            shim_path: str | None = None) -> subprocess.CompletedProcess:
-        if profile_name:
-            profile.save(profile.load(P[profile_name]).doc, str(root / "var/lib/abiguard/host-profile.json"))
-        if config is not None:
-            os.makedirs(root / "etc/abiguard", exist_ok=True)
-            (root / "etc/abiguard/abiguard.toml").write_text(config)
-        return subprocess.run([shim_path or str(shim), *args], input=xml, capture_output=True, timeout=60,
-                              env={"ABIGUARD_ROOT": str(root), "PATH": "/usr/bin:/bin", "LC_ALL": "C"})
-    run.root = root
-    return run
+    return hook_root(tmp_path, K72, timeout=60)
 
 
 def refused_once(cp: subprocess.CompletedProcess, *fragments: str) -> str:
