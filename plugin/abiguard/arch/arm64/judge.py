@@ -234,7 +234,7 @@ def realise(contract: Contract, profile: Profile) -> Verdict:
         return v
     own = dest.registers
     stream = set(body.stream)
-    for rid in sorted(set(own) - stream - extras_carried(stream, dest)):
+    for rid in sorted(set(own) - stream - extras_carried(stream, dest, v.keep_off)):
         v.problems.append(Problem(regs.reg_name(rid), rid, None, "no such register", "lists it",
                                   "QEMU would put it in the VM's stream: the contract does not have it",
                                   "boot the VM on a host of its contract's generation"))
@@ -256,14 +256,16 @@ def boot_stream(contract: Contract, profile: Profile) -> tuple[int, ...]:
     return tuple(sorted(set(body.stream) | extras_carried(set(body.stream), dest)))
 
 
-def extras_carried(stream_set: set[int], dest: Dest) -> set[int]:
+def extras_carried(stream_set: set[int], dest: Dest, off: dict[int, int] | None = None) -> set[int]:
     """The registers this host lists beyond the contract's stream that a start may give the
     VM without widening its ABI: guest-run state (TCR2_EL1, PIR_EL1, ...: what the guest may
     use is decided by the ID registers, which are judged), and hypercall bitmaps left at 0
     (0 by default, or kept off by a pin, :func:`kept_off`), so the guest sees no service it
     was not given. They ride in the VM's stream, which the stamp records
-    (:func:`boot_stream`) and every destination's QEMU is judged on."""
-    off = kept_off(stream_set, dest)
+    (:func:`boot_stream`) and every destination's QEMU is judged on. ``off``: the
+    :func:`kept_off` of this stream and host, when the caller has it already."""
+    if off is None:
+        off = kept_off(stream_set, dest)
     return {rid for rid, default in dest.registers.items() if rid not in stream_set and (
         regs.kind_of(rid) == "state"
         or (regs.kind_of(rid) == "bitmap" and (default == regs.NEUTRAL_VALUE or rid in off)))}
