@@ -283,6 +283,22 @@ def migrate_running(lab: Lab, src: str, dst: str, dom: str, *, console: Console 
     return rec
 
 
+def _resumed(lab: Lab, host: str, dom: str, rec: dict, view_before: dict | None) -> dict:
+    """A domain restored paused on *host*: its console attached, resumed, its view read and
+    held to *view_before*; *rec* completed with outcome, view and console."""
+    con = lab.console(host, dom)
+    con.wait_attached()
+    lab.virsh(host, "resume", dom)
+    after = con.fresh_view(timeout=180)
+    rec.update(view_after=after, outcome="restored-same-view", console=con)
+    if view_before is not None:
+        rec["view_before"] = view_before
+        rec["diff_after"] = guest.diff(view_before, after)
+        if rec["diff_after"]:
+            rec["outcome"] = "restored-changed-view"
+    return rec
+
+
 def save_restore(lab: Lab, src: str, dst: str, dom: str, *, console: Console | None = None,
                  view_before: dict | None = None) -> dict:
     """``virsh save`` on *src*, the file carried to *dst* by the driver, ``virsh restore``
@@ -317,17 +333,7 @@ def save_restore(lab: Lab, src: str, dst: str, dom: str, *, console: Console | N
                    destination_qemu_log_tail=lab.sh(dst, f"tail -n 15 /var/log/libvirt/qemu/{dom}.log",
                                                     check=False, quiet=True).stdout.splitlines())
         return rec
-    con = lab.console(dst, dom)
-    con.wait_attached()
-    lab.virsh(dst, "resume", dom)
-    after = con.fresh_view(timeout=180)
-    rec.update(view_after=after, outcome="restored-same-view", console=con)
-    if view_before is not None:
-        rec["view_before"] = view_before
-        rec["diff_after"] = guest.diff(view_before, after)
-        if rec["diff_after"]:
-            rec["outcome"] = "restored-changed-view"
-    return rec
+    return _resumed(lab, dst, dom, rec, view_before)
 
 
 def managedsave_start(lab: Lab, host: str, dom: str, *, console: Console | None = None,
@@ -349,17 +355,7 @@ def managedsave_start(lab: Lab, host: str, dom: str, *, console: Console | None 
     if p.returncode != 0:
         rec.update(outcome="failed", phase="start", error=libvirt_error(p.stderr))
         return rec
-    con = lab.console(host, dom)
-    con.wait_attached()
-    lab.virsh(host, "resume", dom)
-    after = con.fresh_view(timeout=180)
-    rec.update(view_after=after, outcome="restored-same-view", console=con)
-    if view_before is not None:
-        rec["view_before"] = view_before
-        rec["diff_after"] = guest.diff(view_before, after)
-        if rec["diff_after"]:
-            rec["outcome"] = "restored-changed-view"
-    return rec
+    return _resumed(lab, host, dom, rec, view_before)
 
 
 def run_migration(lab: Lab, src: str, dst: str, xml: str, *, p2p: bool = False, keep: bool = False,
