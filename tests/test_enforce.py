@@ -110,7 +110,7 @@ def test_good_config_loads_and_passes_ioctls_through(lib):
     ("0x6030000000140000=-0x1", "malformed value"),
     ("0x6030000000140000=0x1 ", "malformed value"),
     (f"{PSCI:#x}=0x10001,{PSCI:#x}=0x10000", "given twice"),
-    (f"{MIDR:#x}=0x0", "not on the allow-list"),                         # CRm=0: MIDR
+    ("0x603000000013c005=0x0", "not on the allow-list"),                 # CRm=0: MPIDR
     (f"{CLIDR:#x}=0x0", "not on the allow-list"),                        # op1=1
     ("0x6030000000100000=0x0", "not on the allow-list"),                 # core register X0
     ("0x6030000000150000=0x0", "not on the allow-list"),                 # SVE group
@@ -131,9 +131,11 @@ def test_allow_list_matches_python():
     with open(preload.SOURCE_PATH) as f:
         src = f.read()
     assert "0x6030000000140000ULL" in src and "0x6030000000160000ULL" in src
-    for rid in (PSCI, WA1, BMAP, BMAP2, ID_AA64PFR0, ID_AA64ISAR0, 0x603000000013C038 + 7):
+    for rid in (PSCI, WA1, BMAP, BMAP2, ID_AA64PFR0, ID_AA64ISAR0, 0x603000000013C038 + 7, MIDR,
+                0x603000000013C006, 0x603000000013C807):   # + REVIDR, AIDR (the library's is_imp_id)
         assert preload_allows(rid), hex(rid)
-    for rid in (MIDR, CLIDR, 0x6030000000100000, 0x6020000000110000, 0x6030000000150000,
+    assert "0x603000000013c000ULL" in src and "0x603000000013c807ULL" in src
+    for rid in (CLIDR, 0x6030000000100000, 0x6020000000110000, 0x6030000000150000,
                 0x603000000013C005, 0x603000000013C040):  # MPIDR (CRm=0), CRm=8
         assert not preload_allows(rid), hex(rid)
 
@@ -214,7 +216,7 @@ def _host_value(prof: profile.Profile, rid: int) -> int:
     ({BMAP: 0x4}, "destination knows 0x3: its KVM does not know bit 2 (EINVAL)"),
     ({WA1: 0x1}, "a mitigation level is a host property"),
     ({BMAP2: 0x0}, "this host's KVM does not list it"),
-    ({MIDR: 0x0}, "not enforceable"),
+    ({MIDR: 0x0}, "lacks KVM_CAP_ARM_WRITABLE_IMP_ID_REGS"),
     ({CLIDR: 0x0}, "not enforceable"),
     ({0x6030000000100000: 0}, "not enforceable"),
     ({PSCI: 1 << 64}, "not a 64-bit register value"),

@@ -22,6 +22,11 @@ ACCEPT = DEST.doc["kvm"]["aarch64"]["firmware_acceptance"]
 def judge(reg_id: str, value: int) -> verdict.Verdict:
     doc = BASE.to_json()
     doc["aarch64"]["values"][reg_id] = f"{value:#x}"
+    if int(reg_id, 16) == arm64.VENDOR_HYP_BMAP_2_ID and value & arm64.DISCOVER_IMPL_BITS:
+        # errata discovery is offered with both calls and the CPUs to answer, or not at all
+        doc["aarch64"]["values"][reg_id] = f"{value | arm64.DISCOVER_IMPL_BITS:#x}"
+        own = [REGS[f"{rid:#x}"] for rid in arm64.IMPLEMENTATION_IDS]
+        doc["aarch64"]["impl_cpus"] = [dict(zip(("midr", "revidr", "aidr"), own))]
     return verdict.check(contract.seal_json(doc), DEST)
 
 

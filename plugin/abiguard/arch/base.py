@@ -36,14 +36,18 @@ class XmlShape:
     :param lists: (child element, JSON member): a list of words as the child's text
     :param maps: (child element, JSON member, key attribute, value attribute): a JSON
         object as repeated children
+    :param records: (child element, JSON member, (XML attribute, JSON key) pairs): an
+        optional JSON list of objects as repeated children, in order (absent: no children)
     """
 
-    __slots__ = ("element", "attrs", "lists", "maps")
+    __slots__ = ("element", "attrs", "lists", "maps", "records")
 
     def __init__(self, element: str, attrs: tuple[tuple[str, str], ...],
                  lists: tuple[tuple[str, str], ...] = (),
-                 maps: tuple[tuple[str, str, str, str], ...] = ()) -> None:
+                 maps: tuple[tuple[str, str, str, str], ...] = (),
+                 records: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = ()) -> None:
         self.element, self.attrs, self.lists, self.maps = element, attrs, lists, maps
+        self.records = records
 
 
 class Arch:

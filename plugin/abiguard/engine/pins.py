@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 class Pin:
     """One register value to realise on a host.
 
-    :param how: ``preload`` (ABIGUARD_PINS) or ``cpu-property`` (``props``: -cpu
-        property -> value)
+    :param how: ``preload`` (ABIGUARD_PINS), ``cpu-property`` (``props``: -cpu
+        property -> value), or ``impl-cpu``: not a register but one CPU the library answers
+        to the guest's errata discovery (``props``: midr, revidr, aidr; ``id``: -1 - its index)
     :param why: one phrase for ``abiguard status`` and ``pin``
     """
 
@@ -42,8 +43,14 @@ class Pin:
 
 
 def env_value(pins: Iterable[Pin]) -> str:
-    """ABIGUARD_PINS for the library: the preload pins, in id order."""
-    text = ",".join(f"{p.id:#018x}={p.value:#x}" for p in sorted(pins, key=lambda p: p.id) if p.how == "preload")
+    """ABIGUARD_PINS for the library: the preload pins in id order, then the
+    implementation CPUs (``cpu=MIDR/REVIDR/AIDR``) in the order the guest is told them."""
+    pins = list(pins)
+    items = [f"{p.id:#018x}={p.value:#x}" for p in sorted(pins, key=lambda p: p.id) if p.how == "preload"]
+    if items:
+        items += [f"cpu={p.props['midr']:#x}/{p.props['revidr']:#x}/{p.props['aidr']:#x}"
+                  for p in sorted(pins, key=lambda p: -p.id) if p.how == "impl-cpu" and p.props]
+    text = ",".join(items)
     if len(text) > MAX_ENV_CHARS:
         raise EnforceError("this host", [(f"{ENV_PINS} would be {len(text)} characters (the library reads "
                                           f"{MAX_ENV_CHARS})")])
@@ -51,13 +58,28 @@ def env_value(pins: Iterable[Pin]) -> str:
 
 
 def parse_env(text: str) -> dict[int, int]:
-    """ABIGUARD_PINS back into id -> value (for ``status``); ValueError when malformed."""
+    """ABIGUARD_PINS back into id -> value (for ``status``; the cpu= items are
+    :func:`parse_env_cpus`'); ValueError when malformed."""
     out: dict[int, int] = {}
     for item in text.split(",") if text else []:
+        if item.startswith("cpu="):
+            continue
         rid, _, value = item.partition("=")
         if not (rid.startswith("0x") and value.startswith("0x")):
             raise ValueError(f"not REGISTER_ID=VALUE: {item[:40]!r}")
         out[int(rid, 16)] = int(value, 16)
+    return out
+
+
+def parse_env_cpus(text: str) -> list[tuple[int, int, int]]:
+    """The ``cpu=MIDR/REVIDR/AIDR`` items of ABIGUARD_PINS; ValueError when malformed."""
+    out = []
+    for item in text.split(",") if text else []:
+        if item.startswith("cpu="):
+            parts = item[4:].split("/")
+            if len(parts) != 3 or not all(x.startswith("0x") for x in parts):
+                raise ValueError(f"not cpu=MIDR/REVIDR/AIDR: {item[:60]!r}")
+            out.append((int(parts[0], 16), int(parts[1], 16), int(parts[2], 16)))
     return out
 
 
@@ -88,6 +110,8 @@ def cpu_properties(pins: Iterable[Pin]) -> dict[str, int]:
 
 def describe(pins: Iterable[Pin]) -> list[str]:
     """One line per pin, for ``abiguard status`` and ``pin``."""
-    return [f"{p.name} ({p.id:#x}) = {p.value:#x} via "
+    return [f"{p.name} = {p.props['midr']:#x}/{p.props['revidr']:#x}/{p.props['aidr']:#x} "
+            f"(MIDR/REVIDR/AIDR) via LD_PRELOAD {LIBRARY_NAME}: {p.why}" if p.how == "impl-cpu" and p.props else
+            f"{p.name} ({p.id:#x}) = {p.value:#x} via "
             f"{'LD_PRELOAD ' + LIBRARY_NAME if p.how == 'preload' else '-cpu ' + ','.join(p.props or {})}: {p.why}"
             for p in pins]

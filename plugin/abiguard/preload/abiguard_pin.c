@@ -9,8 +9,25 @@
  *       firmware pseudo-registers  0x603000000014000X  (KVM_REG_ARM_FW: PSCI_VERSION, ...)
  *       hypercall bitmaps          0x603000000016000X  (KVM_REG_ARM_FW_FEAT_BMAP)
  *       feature ID registers       op0=3, op1=0, CRn=0, CRm=1..7 (KVM_REG_ARM64_SYSREG)
+ *       implementation registers   MIDR_EL1, REVIDR_EL1, AIDR_EL1
+ *     and, after the registers, up to 16 items "cpu=0xMIDR/0xREVIDR/0xAIDR": the CPUs the
+ *     guest may run on, answered to its errata discovery (see below).
  *     Anything malformed, duplicated or not allowed: one line "abiguard-pin: ..." on stderr
  *     and _exit(1), so QEMU never starts half-pinned.
+ *   - Implementation registers: KVM takes another MIDR/REVIDR/AIDR only on a VM with
+ *     KVM_CAP_ARM_WRITABLE_IMP_ID_REGS enabled (Linux 6.15), which must happen before the
+ *     VM's first vCPU exists; QEMU never enables it. When one is pinned, the library enables
+ *     the capability on the VM fd just before each KVM_CREATE_VCPU of vCPU id 0 (QEMU's
+ *     scratch VMs get it too, harmlessly). A host without it: one line naming the
+ *     capability, _exit(1).
+ *   - Errata discovery (Linux 6.16 guests, Documentation/virt/kvm/arm/hypercalls.rst): with
+ *     cpu= items the library requires VENDOR_HYP_BMAP_2 pinned with DISCOVER_IMPL_VER and
+ *     _CPUS (bits 0, 1), forwards the two calls (0xC6000040, 0xC6000041) to userspace with
+ *     the VM's SMCCC filter (KVM_ARM_VM_SMCCC_FILTER, set with the capability), maps each
+ *     guest vCPU's kvm_run page, and answers a KVM_EXIT_HYPERCALL for them inside the
+ *     wrapped KVM_RUN (x0..x3 by KVM_SET_ONE_REG, PC is already past the HVC) before running
+ *     the vCPU again: QEMU never sees the exit. Every host answers from the same list, so
+ *     the guest applies the workarounds of every CPU it may run on.
  *   - ioctl() is wrapped (dlsym(RTLD_NEXT)). After a successful KVM_ARM_VCPU_INIT whose
  *     feature word requests KVM_ARM_VCPU_PSCI_0_2 (QEMU's real vCPUs do, its scratch vCPUs
  *     that probe the host CPU do not), every configured register is written with
@@ -33,7 +50,9 @@
  * or does not say every pin was written. No record can be written: one line on stderr, and
  * the hook refuses.
  *
- * Nothing else is touched: no other ioctl, no allocation after load, no threads; one file.
+ * Nothing else is touched: no other ioctl, no heap allocation, no threads (the vCPU table
+ * is claimed with an atomic counter: QEMU initialises vCPUs on their own threads); one file
+ * and, with cpu= items, one mapped kvm_run page per guest vCPU.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -44,20 +63,55 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define KVM_ARM_VCPU_INIT     0x4020AEAEUL   /* _IOW(KVMIO, 0xae, struct kvm_vcpu_init) */
 #define KVM_SET_ONE_REG       0x4010AEACUL   /* _IOW(KVMIO, 0xac, struct kvm_one_reg) */
 #define KVM_GET_ONE_REG       0x4010AEABUL   /* _IOW(KVMIO, 0xab, struct kvm_one_reg) */
+#define KVM_CREATE_VCPU       0x0000AE41UL   /* _IO(KVMIO, 0x41), arg: the vCPU id */
+#define KVM_RUN               0x0000AE80UL   /* _IO(KVMIO, 0x80) */
+#define KVM_CHECK_EXTENSION   0x0000AE03UL   /* _IO(KVMIO, 0x03) */
+#define KVM_ENABLE_CAP        0x4068AEA3UL   /* _IOW(KVMIO, 0xa3, struct kvm_enable_cap) */
+#define KVM_SET_DEVICE_ATTR   0x4018AEE1UL   /* _IOW(KVMIO, 0xe1, struct kvm_device_attr) */
 #define KVM_ARM_VCPU_PSCI_0_2 2
+#define KVM_CAP_ARM_WRITABLE_IMP_ID_REGS 239
+#define KVM_EXIT_HYPERCALL    3
+#define KVM_SMCCC_FILTER_FWD_TO_USER 2
+#define DISCOVER_IMPL_VER     0xC6000040U    /* ARM_SMCCC_VENDOR_HYP_KVM_DISCOVER_IMPL_VER_FUNC_ID */
+#define DISCOVER_IMPL_CPUS    0xC6000041U    /* ..._DISCOVER_IMPL_CPUS_FUNC_ID */
+#define VENDOR_HYP_BMAP_2     0x6030000000160003ULL
+#define DISCOVER_BITS         0x3ULL         /* KVM_REG_ARM_VENDOR_HYP_BIT_DISCOVER_IMPL_VER | _CPUS */
+#define CORE_X0               0x6030000000100000ULL   /* KVM_REG_ARM_CORE_REG(regs.regs[0]); x<n> = +2n */
+#define MIDR_EL1_ID           0x603000000013c000ULL   /* op0=3 op1=0 CRn=0 CRm=0 op2=0 */
+#define REVIDR_EL1_ID         0x603000000013c006ULL   /* op2=6 */
+#define AIDR_EL1_ID           0x603000000013c807ULL   /* op1=1 op2=7 */
+#define SMCCC_SUCCESS         0ULL
+#define SMCCC_INVALID_PARAMETER ((uint64_t)-3)
 #define MAX_PINS              64
+#define MAX_CPUS              16
+#define MAX_VCPUS             512
 #define ENV_NAME              "ABIGUARD_PINS"
 
 struct kvm_vcpu_init_abi { uint32_t target; uint32_t features[7]; };
 struct kvm_one_reg_abi { uint64_t id; uint64_t addr; };
+struct kvm_enable_cap_abi { uint32_t cap; uint32_t flags; uint64_t args[4]; uint8_t pad[64]; };
+struct kvm_device_attr_abi { uint32_t flags; uint32_t group; uint64_t attr; uint64_t addr; };
+struct kvm_smccc_filter_abi { uint32_t base; uint32_t nr_functions; uint8_t action; uint8_t pad[15]; };
+/* the start of struct kvm_run (include/uapi/linux/kvm.h): exit_reason at 8, the exit union
+ * at 32, whose hypercall member starts with nr (the SMCCC function id on arm64) */
+struct kvm_run_head_abi { uint8_t request_interrupt_window, immediate_exit, padding1[6];
+                          uint32_t exit_reason; uint8_t ready, if_flag; uint16_t flags;
+                          uint64_t cr8, apic_base; uint64_t hypercall_nr; };
 
 static struct { uint64_t id, value; } pins[MAX_PINS];
 static int npins;
+static struct { uint64_t midr, revidr, aidr; } cpus[MAX_CPUS];
+static int ncpus;
+static int want_imp_writable;   /* an implementation register is pinned */
+/* guest vCPUs whose hypercall exits the library answers (only with cpu= items) */
+static struct { int fd; int answered; struct kvm_run_head_abi *run; } vcpus[MAX_VCPUS];
+static int nvcpus;
 static int (*real_ioctl)(int, unsigned long, ...);
 static int record_fd = -1;
 
@@ -125,9 +179,16 @@ static int allowed(uint64_t id)
     if ((id & ~0xFFFFULL) == 0x6030000000130000ULL) {
         unsigned op0 = (id >> 14) & 3, op1 = (id >> 11) & 7, crn = (id >> 7) & 15,
                  crm = (id >> 3) & 15;
+        if (id == MIDR_EL1_ID || id == REVIDR_EL1_ID || id == AIDR_EL1_ID)
+            return 1;
         return op0 == 3 && op1 == 0 && crn == 0 && crm >= 1 && crm <= 7;
     }
     return 0;
+}
+
+static int is_imp_id(uint64_t id)
+{
+    return id == MIDR_EL1_ID || id == REVIDR_EL1_ID || id == AIDR_EL1_ID;
 }
 
 /* "0x" then 1..16 hex digits, nothing else; *end gets the first character after it */
@@ -154,38 +215,82 @@ static int parse_hex(const char *s, const char **end, uint64_t *out)
     return 0;
 }
 
+/* "cpu=0xMIDR/0xREVIDR/0xAIDR" at p; *end gets the character after it */
+static void parse_cpu(const char *s, const char *p, const char **end)
+{
+    uint64_t v[3];
+    int k, i, at = (int)(p - s);
+    const char *e = p + 4;
+    for (k = 0; k < 3; k++) {
+        if (parse_hex(e, &e, &v[k]) || (k < 2 ? *e != '/' : (*e != ',' && *e != '\0')))
+            die(ENV_NAME " at character %d: expected cpu=0xMIDR/0xREVIDR/0xAIDR: '%.60s'", at, p);
+        if (k < 2)
+            e++;
+    }
+    for (i = 0; i < ncpus; i++)
+        if (cpus[i].midr == v[0] && cpus[i].revidr == v[1] && cpus[i].aidr == v[2])
+            die(ENV_NAME ": cpu 0x%llx/0x%llx/0x%llx is given twice", (unsigned long long)v[0],
+                (unsigned long long)v[1], (unsigned long long)v[2]);
+    if (ncpus == MAX_CPUS)
+        die(ENV_NAME ": more than %d cpu= items", MAX_CPUS);
+    cpus[ncpus].midr = v[0];
+    cpus[ncpus].revidr = v[1];
+    cpus[ncpus].aidr = v[2];
+    ncpus++;
+    *end = e;
+}
+
 static void parse(const char *s)
 {
     const char *p = s, *e;
+    int i, discover = 0;
     if (!*s)
         die(ENV_NAME " is set but empty (unset it to disable pinning)");
     if (strlen(s) > 4096)
         die(ENV_NAME " is longer than 4096 characters");
     for (;;) {
         uint64_t id, value;
-        int i, at = (int)(p - s);
-        if (parse_hex(p, &e, &id) || *e != '=')
-            die(ENV_NAME " at character %d: expected REGISTER_ID=VALUE in hex (0x...): '%.40s'", at, p);
-        if (!allowed(id))
-            die(ENV_NAME ": register 0x%016llx is not on the allow-list (firmware "
-                "0x603000000014000X/0x603000000016000X, ID registers op0=3,op1=0,CRn=0)",
-                (unsigned long long)id);
-        p = e + 1;
-        if (parse_hex(p, &e, &value) || (*e != ',' && *e != '\0'))
-            die(ENV_NAME ": register 0x%016llx: malformed value '%.40s' (expected 0x + 1..16 hex digits)",
-                (unsigned long long)id, p);
-        for (i = 0; i < npins; i++)
-            if (pins[i].id == id)
-                die(ENV_NAME ": register 0x%016llx is given twice", (unsigned long long)id);
-        if (npins == MAX_PINS)
-            die(ENV_NAME ": more than %d registers", MAX_PINS);
-        pins[npins].id = id;
-        pins[npins].value = value;
-        npins++;
+        int at = (int)(p - s);
+        if (strncmp(p, "cpu=", 4) == 0) {
+            parse_cpu(s, p, &e);
+        } else {
+            if (ncpus)
+                die(ENV_NAME " at character %d: registers come before the cpu= items", at);
+            if (parse_hex(p, &e, &id) || *e != '=')
+                die(ENV_NAME " at character %d: expected REGISTER_ID=VALUE in hex (0x...): '%.40s'", at, p);
+            if (!allowed(id))
+                die(ENV_NAME ": register 0x%016llx is not on the allow-list (firmware "
+                    "0x603000000014000X/0x603000000016000X, ID registers op0=3,op1=0,CRn=0, MIDR/REVIDR/AIDR)",
+                    (unsigned long long)id);
+            p = e + 1;
+            if (parse_hex(p, &e, &value) || (*e != ',' && *e != '\0'))
+                die(ENV_NAME ": register 0x%016llx: malformed value '%.40s' (expected 0x + 1..16 hex digits)",
+                    (unsigned long long)id, p);
+            for (i = 0; i < npins; i++)
+                if (pins[i].id == id)
+                    die(ENV_NAME ": register 0x%016llx is given twice", (unsigned long long)id);
+            if (npins == MAX_PINS)
+                die(ENV_NAME ": more than %d registers", MAX_PINS);
+            pins[npins].id = id;
+            pins[npins].value = value;
+            npins++;
+            if (is_imp_id(id))
+                want_imp_writable = 1;
+            if (id == VENDOR_HYP_BMAP_2 && (value & DISCOVER_BITS))
+                discover = (value & DISCOVER_BITS) == DISCOVER_BITS ? 1 : -1;
+        }
         if (*e == '\0')
             break;
         p = e + 1;
     }
+    /* the guest is told the calls exist exactly when the library answers them */
+    if (discover < 0)
+        die(ENV_NAME ": VENDOR_HYP_BMAP_2 offers only one of DISCOVER_IMPL_VER/_CPUS (a guest uses both)");
+    if (discover && !ncpus)
+        die(ENV_NAME ": VENDOR_HYP_BMAP_2 offers errata discovery but no cpu= items say what to answer");
+    if (ncpus && !discover)
+        die(ENV_NAME ": cpu= items need VENDOR_HYP_BMAP_2 (0x%016llx) pinned with bits 0x3, or the guest "
+            "never asks", (unsigned long long)VENDOR_HYP_BMAP_2);
 }
 
 static void resolve(void)
@@ -237,23 +342,156 @@ static void apply(int fd)
     record("vcpu fd %d pinned %d kept %d of %d", fd, npins - kept, kept, npins);
 }
 
+/* Before vCPU 0 of a VM exists: the capability that makes MIDR/REVIDR/AIDR writable, and
+ * the SMCCC filter that forwards errata discovery to us. Both only exist on a VM fd with
+ * no vCPU (KVM refuses them later), which is why vCPU 0's creation is the moment. */
+static void prepare_vm(int vmfd)
+{
+    if (want_imp_writable) {
+        struct kvm_enable_cap_abi cap;
+        int have = real_ioctl(vmfd, KVM_CHECK_EXTENSION, (unsigned long)KVM_CAP_ARM_WRITABLE_IMP_ID_REGS);
+        if (have <= 0)
+            die("this host's KVM lacks KVM_CAP_ARM_WRITABLE_IMP_ID_REGS (Linux >= 6.15 has it), so it shows the "
+                "guest only its own MIDR_EL1/REVIDR_EL1/AIDR_EL1: not starting");
+        memset(&cap, 0, sizeof cap);
+        cap.cap = KVM_CAP_ARM_WRITABLE_IMP_ID_REGS;
+        if (real_ioctl(vmfd, KVM_ENABLE_CAP, &cap) != 0)
+            die("KVM_ENABLE_CAP(KVM_CAP_ARM_WRITABLE_IMP_ID_REGS) on VM fd %d failed: errno %d (%s): not starting",
+                vmfd, errno, strerror(errno));
+    }
+    if (ncpus) {
+        struct kvm_smccc_filter_abi filter;
+        struct kvm_device_attr_abi attr;
+        memset(&filter, 0, sizeof filter);
+        filter.base = DISCOVER_IMPL_VER;
+        filter.nr_functions = 2;
+        filter.action = KVM_SMCCC_FILTER_FWD_TO_USER;
+        memset(&attr, 0, sizeof attr);
+        attr.group = 0;   /* KVM_ARM_VM_SMCCC_CTRL */
+        attr.attr = 0;    /* KVM_ARM_VM_SMCCC_FILTER */
+        attr.addr = (uint64_t)(uintptr_t)&filter;
+        if (real_ioctl(vmfd, KVM_SET_DEVICE_ATTR, &attr) != 0)
+            die("KVM_ARM_VM_SMCCC_FILTER (forward 0x%x..0x%x) on VM fd %d failed: errno %d (%s): this host "
+                "cannot answer the guest's errata discovery: not starting", DISCOVER_IMPL_VER, DISCOVER_IMPL_CPUS,
+                vmfd, errno, strerror(errno));
+    }
+}
+
+static int find_vcpu(int fd)
+{
+    int i, n = __atomic_load_n(&nvcpus, __ATOMIC_ACQUIRE);
+    for (i = 0; i < n && i < MAX_VCPUS; i++)
+        if (__atomic_load_n(&vcpus[i].fd, __ATOMIC_ACQUIRE) == fd)
+            return i;
+    return -1;
+}
+
+/* a guest vCPU whose discovery calls we answer: its kvm_run page, mapped once (every
+ * reset re-runs VCPU_INIT on the same fd) */
+static void watch_vcpu(int fd)
+{
+    void *run;
+    int slot;
+    if (find_vcpu(fd) >= 0)
+        return;
+    run = mmap(NULL, (size_t)sysconf(_SC_PAGESIZE), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (run == MAP_FAILED)
+        die("mapping the kvm_run page of vCPU fd %d failed: errno %d (%s): not starting", fd, errno,
+            strerror(errno));
+    slot = __atomic_fetch_add(&nvcpus, 1, __ATOMIC_ACQ_REL);
+    if (slot >= MAX_VCPUS)
+        die("more than %d vCPUs", MAX_VCPUS);
+    vcpus[slot].run = run;
+    vcpus[slot].answered = 0;
+    __atomic_store_n(&vcpus[slot].fd, fd, __ATOMIC_RELEASE);
+}
+
+static void set_x(int fd, int n, uint64_t value)
+{
+    struct kvm_one_reg_abi reg = { CORE_X0 + 2 * (uint64_t)n, (uint64_t)(uintptr_t)&value };
+    if (real_ioctl(fd, KVM_SET_ONE_REG, &reg) != 0)
+        die("answering the guest's errata discovery on vCPU fd %d: KVM_SET_ONE_REG(x%d) failed: errno %d (%s)",
+            fd, n, errno, strerror(errno));
+}
+
+/* DISCOVER_IMPL_VER: x0 SUCCESS, x1 version 1.0, x2 how many CPUs; DISCOVER_IMPL_CPUS(x1 =
+ * index): x0 SUCCESS, x1..x3 that CPU's MIDR, REVIDR, AIDR, or INVALID_PARAMETER */
+static void answer(int slot, uint32_t function)
+{
+    int fd = vcpus[slot].fd;
+    uint64_t index = 0;
+    if (function == DISCOVER_IMPL_VER) {
+        set_x(fd, 0, SMCCC_SUCCESS);
+        set_x(fd, 1, 0x10000);
+        set_x(fd, 2, (uint64_t)ncpus);
+        set_x(fd, 3, 0);
+        return;
+    }
+    {
+        struct kvm_one_reg_abi reg = { CORE_X0 + 2, (uint64_t)(uintptr_t)&index };
+        if (real_ioctl(fd, KVM_GET_ONE_REG, &reg) != 0)
+            die("reading x1 of the guest's DISCOVER_IMPL_CPUS on vCPU fd %d failed: errno %d (%s)", fd, errno,
+                strerror(errno));
+    }
+    if (index >= (uint64_t)ncpus) {
+        set_x(fd, 0, SMCCC_INVALID_PARAMETER);
+        return;
+    }
+    set_x(fd, 0, SMCCC_SUCCESS);
+    set_x(fd, 1, cpus[index].midr);
+    set_x(fd, 2, cpus[index].revidr);
+    set_x(fd, 3, cpus[index].aidr);
+    if (index == (uint64_t)ncpus - 1 && !vcpus[slot].answered) {
+        vcpus[slot].answered = 1;
+        record("vcpu fd %d answered discover_impl %d cpus", fd, ncpus);
+    }
+}
+
+/* KVM_RUN on a watched vCPU: a discovery exit is answered and the vCPU run again, so QEMU
+ * (which would not know the exit) only ever sees the others */
+static int run_vcpu(int fd, int slot, void *arg)
+{
+    for (;;) {
+        int ret = real_ioctl(fd, KVM_RUN, arg);
+        struct kvm_run_head_abi *run = vcpus[slot].run;
+        uint32_t function;
+        if (ret != 0 || run->exit_reason != KVM_EXIT_HYPERCALL)
+            return ret;
+        function = (uint32_t)run->hypercall_nr;
+        if (function != DISCOVER_IMPL_VER && function != DISCOVER_IMPL_CPUS)
+            return ret;
+        answer(slot, function);
+    }
+}
+
 /* glibc's prototype: int ioctl(int fd, unsigned long request, ...) */
 int ioctl(int fd, unsigned long request, ...)
 {
     va_list ap;
     void *arg;
-    int ret, saved;
+    int ret, saved, slot;
     va_start(ap, request);
     arg = va_arg(ap, void *);
     va_end(ap);
     resolve();
+    if (npins == 0)
+        return real_ioctl(fd, request, arg);
+    if (request == KVM_RUN && ncpus && (slot = find_vcpu(fd)) >= 0)
+        return run_vcpu(fd, slot, arg);
+    if (request == KVM_CREATE_VCPU && (uintptr_t)arg == 0 && (want_imp_writable || ncpus)) {
+        saved = errno;
+        prepare_vm(fd);
+        errno = saved;
+    }
     ret = real_ioctl(fd, request, arg);
-    if (ret != 0 || npins == 0 || request != KVM_ARM_VCPU_INIT || !arg)
+    if (ret != 0 || request != KVM_ARM_VCPU_INIT || !arg)
         return ret;
     if (!(((const struct kvm_vcpu_init_abi *)arg)->features[0] & (1u << KVM_ARM_VCPU_PSCI_0_2)))
         return ret;   /* a scratch vCPU (QEMU's host-CPU probe): not a guest vCPU */
     saved = errno;
     apply(fd);
+    if (ncpus)
+        watch_vcpu(fd);
     errno = saved;
     return ret;
 }

@@ -56,6 +56,8 @@ def to_xml_text(contract: Contract, prefix: str = CONTRACT_PREFIX) -> str:
     for tag, member, key, value in shape.maps:
         for k, v in body[member].items():
             parts.append(f"<{p}:{tag}" + _attrs(((key, "k"), (value, "v")), {"k": k, "v": v}) + "/>")
+    for tag, member, pairs in shape.records:
+        parts += [f"<{p}:{tag}" + _attrs(pairs, item) + "/>" for item in body.get(member) or ()]
     parts.append(f"</{p}:{shape.element}>")
     parts.append(f"</{p}:contract>")
     return "".join(parts)
@@ -111,5 +113,10 @@ def from_element(el: Any, source: str) -> Contract:
                 _need(k not in mapping, source, f"<{tag} {key}='{k[:40]}'> appears twice")
                 mapping[k] = v
             body[member] = mapping
+        for tag, member, pairs in shape.records:
+            records = body_el.findall(_q(tag))
+            _need(len(records) <= MAX_CHILDREN, source, f"more than {MAX_CHILDREN} <{tag}> elements")
+            if records:   # each attribute, present or None: the JSON reader says what is wrong
+                body[member] = [{m: item.get(a) for a, m in pairs} for item in records]
         doc[arch] = body
     return Contract.from_json(doc, source)

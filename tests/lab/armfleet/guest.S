@@ -133,6 +133,35 @@ calls_done:
     cset x1, ne
     adr x0, k_ptp
     bl kv32
+    /* errata discovery (DISCOVER_IMPL_VER / _CPUS, which the VMM answers: abiguard_pin.so):
+     * how many implementation CPUs the guest is told (all ones: the call failed) and the
+     * MIDR of the first three (a failed call prints its x0: ...fd INVALID_PARAMETER past the
+     * last CPU, ...ff NOT_SUPPORTED where nobody answers) */
+    movz w0, #0xC600, lsl #16
+    movk w0, #0x0040
+    mov x1, #0
+    mov x2, #0
+    mov x3, #0
+    hvc #0
+    cmp x0, #0
+    csinv x1, x2, xzr, eq
+    adr x0, k_impl_n
+    bl kv64
+    .macro implcpu key, idx
+    movz w0, #0xC600, lsl #16
+    movk w0, #0x0041
+    mov x1, #\idx
+    mov x2, #0
+    mov x3, #0
+    hvc #0
+    cmp x0, #0
+    csel x1, x1, x0, eq
+    adr x0, \key
+    bl kv64
+    .endm
+    implcpu k_impl0, 0
+    implcpu k_impl1, 1
+    implcpu k_impl2, 2
 
     /* ID registers and friends */
     .macro idreg key, reg
@@ -425,6 +454,10 @@ k_trng:     .asciz "trng"
 k_trng_rnd: .asciz "trng.rnd64"
 k_kvm_uid0: .asciz "kvm.uid0"
 k_impl_ver: .asciz "kvm.impl_ver"
+k_impl_n:   .asciz "kvm.impl_n"
+k_impl0:    .asciz "kvm.impl0.midr"
+k_impl1:    .asciz "kvm.impl1.midr"
+k_impl2:    .asciz "kvm.impl2.midr"
 k_kvmf0:    .asciz "kvm.feat0"
 k_kvmf1:    .asciz "kvm.feat1"
 k_kvmf2:    .asciz "kvm.feat2"

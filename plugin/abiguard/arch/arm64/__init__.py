@@ -28,7 +28,8 @@ class Arm64(Arch):
     qemu_binary = "qemu-system-aarch64"
     carries_register_stream = True
     xml = XmlShape("arm64", (("config", "config"), ("sve-vls", "sve_vls")),
-                   lists=(("stream", "stream"),), maps=(("reg", "values", "id", "value"),))
+                   lists=(("stream", "stream"),), maps=(("reg", "values", "id", "value"),),
+                   records=(("cpu", "impl_cpus", (("midr", "midr"), ("revidr", "revidr"), ("aidr", "aidr"))),))
 
     def section_from_json(self, r: Reader, doc: dict[str, Any], where: str) -> Arm64Kvm:
         from . import section

@@ -23,7 +23,7 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
     -> per field the kernel's safe value over all hosts, bits outside known fields must
     agree; CCSIDR -> must agree. Registers listed by some hosts only are left out of the
     stream (released QEMU carries every register its kernel lists: :func:`host_report`
-    tells those hosts)."""
+    tells those hosts). Hosts of several CPU models: :func:`_cpu_models`."""
     from .body import Arm64Body
 
     sections: list[Arm64Kvm] = []
@@ -46,9 +46,10 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
     stream = tuple(sorted(set.intersection(*(set(r) for r in regsets))))
     values: dict[int, int] = {}
     conflicts: list[str] = []
+    cpus = _host_cpus(regsets)
     for rid in stream:
         kind = regs.kind_of(rid)
-        if kind == "state":
+        if kind == "state" or (len(cpus) > 1 and rid in regs.IMPLEMENTATION_IDS):
             continue
         raw = [r[rid] for r in regsets]
         if any(v is None for v in raw):
@@ -60,9 +61,47 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
             conflicts.append(conflict)
         if value is not None:
             values[rid] = value
+    impl_cpus: tuple[tuple[int, int, int], ...] = ()
+    if len(cpus) > 1:
+        impl_cpus = _cpu_models(profiles, config, cpus, set(stream), values, conflicts)
     vls = [c.sve_vls for c in probed]
     sve = min(v for v in vls if v is not None) if None not in vls else None
-    return Arm64Body(config, sve, stream, values), conflicts
+    return Arm64Body(config, sve, stream, values, impl_cpus), conflicts
+
+
+def _host_cpus(regsets: list[dict[int, int | None]]) -> list[tuple[int, int, int]]:
+    """Each host's (MIDR, REVIDR, AIDR), in the order the hosts were given, each once."""
+    out: list[tuple[int, int, int]] = []
+    for r in regsets:
+        cpu = tuple(r.get(rid) for rid in regs.IMPLEMENTATION_IDS)
+        if None not in cpu and cpu not in out:
+            out.append(cpu)  # type: ignore[arg-type]
+    return out
+
+
+def _cpu_models(profiles: list[Profile], config: str, cpus: list[tuple[int, int, int]], stream: set[int],
+                values: dict[int, int], conflicts: list[str]) -> tuple[tuple[int, int, int], ...]:
+    """Several CPU models: the guest is shown the first host's CPU (the operator orders the
+    hosts) and told every one of them through errata discovery, so it applies the
+    workarounds of each CPU it may run on. Every host must be able to do both (Linux 6.16
+    with KVM_CAP_ARM_WRITABLE_IMP_ID_REGS); where one cannot, that is a conflict and the
+    contract keeps the values of no CPU."""
+    from .judge import discovery_obstacle
+
+    obstacles = [w for w in (discovery_obstacle(p, config) for p in profiles) if w]
+    if regs.VENDOR_HYP_BMAP_2_ID not in stream:
+        obstacles.append("VENDOR_HYP_BMAP_2 is not listed by every host, so the guest cannot be told the other CPUs")
+    if len(cpus) > regs.MAX_IMPL_CPUS:
+        obstacles.append(f"{len(cpus)} CPU implementations: abiguard_pin.so answers at most {regs.MAX_IMPL_CPUS}")
+    if obstacles:
+        conflicts.append("the hosts have different CPU models (" + ", ".join(
+            "/".join(f"{v:#x}" for v in c) for c in cpus) + ") and not every host can show a guest another "
+            "CPU and tell it the others: " + "; ".join(obstacles))
+        return ()
+    for rid, value in zip(regs.IMPLEMENTATION_IDS, cpus[0]):
+        values[rid] = value
+    values[regs.VENDOR_HYP_BMAP_2_ID] = values.get(regs.VENDOR_HYP_BMAP_2_ID, 0) | regs.DISCOVER_IMPL_BITS
+    return tuple(cpus)
 
 
 def host_report(contract: Contract, profile: Profile) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The arm64 body of a contract: the vCPU configuration (KVM_ARM_VCPU_INIT features, SVE
 lengths), the register stream QEMU carries for it (every KVM_GET_REG_LIST id except core
 and SVE registers) and the values of the registers that define the guest ABI (firmware
-pseudo-registers, the feature ID range, CCSIDR)."""
+pseudo-registers, the feature ID range, CCSIDR) -- and, for a fleet of several CPU models,
+every CPU implementation (MIDR, REVIDR, AIDR) the guest may run on, which abiguard_pin.so
+answers to the guest's errata discovery (``impl_cpus``; absent for one CPU model)."""
 from __future__ import annotations
 
 from ...model.fields import hex_values, is_hex
@@ -17,28 +19,39 @@ MAX_REGISTERS = 4096
 
 
 class Arm64Body:
-    """:param stream: register ids, ascending; :param values: id -> value, ids of the stream"""
+    """:param stream: register ids, ascending; :param values: id -> value, ids of the stream
+    :param impl_cpus: (MIDR, REVIDR, AIDR) of every CPU the guest may run on, in the order
+        the guest is told them; empty for a fleet of one CPU model"""
 
-    __slots__ = ("config", "sve_vls", "stream", "values")
+    __slots__ = ("config", "sve_vls", "stream", "values", "impl_cpus")
 
-    def __init__(self, config: str, sve_vls: int | None, stream: tuple[int, ...], values: dict[int, int]) -> None:
+    def __init__(self, config: str, sve_vls: int | None, stream: tuple[int, ...], values: dict[int, int],
+                 impl_cpus: tuple[tuple[int, int, int], ...] = ()) -> None:
         self.config = config
         self.sve_vls = sve_vls
         self.stream = stream
         self.values = values
+        self.impl_cpus = impl_cpus
 
     def features(self) -> list[str]:
         return regs.config_features(self.config)
 
     def to_json(self) -> dict[str, Any]:
         keys = sorted(self.values)
-        return {"config": self.config, "sve_vls": None if self.sve_vls is None else hex(self.sve_vls),
-                "stream": list(map(hex, self.stream)),
-                "values": dict(zip(map(hex, keys), map(hex, map(self.values.__getitem__, keys))))}
+        out: dict[str, Any] = {"config": self.config, "sve_vls": None if self.sve_vls is None else hex(self.sve_vls),
+                               "stream": list(map(hex, self.stream)),
+                               "values": dict(zip(map(hex, keys), map(hex, map(self.values.__getitem__, keys))))}
+        if self.impl_cpus:   # absent for one CPU model: those contracts keep their digests
+            out["impl_cpus"] = [{"midr": hex(m), "revidr": hex(r), "aidr": hex(a)} for m, r, a in self.impl_cpus]
+        return out
+
+    def own_cpu(self) -> tuple[int | None, ...]:
+        """The (MIDR, REVIDR, AIDR) the contract gives the guest (None: not in its values)."""
+        return tuple(self.values.get(rid) for rid in regs.IMPLEMENTATION_IDS)
 
     def replace(self, **changes: Any) -> Arm64Body:
         d = {k: getattr(self, k) for k in self.__slots__} | changes
-        return Arm64Body(d["config"], d["sve_vls"], tuple(d["stream"]), dict(d["values"]))
+        return Arm64Body(d["config"], d["sve_vls"], tuple(d["stream"]), dict(d["values"]), tuple(d["impl_cpus"]))
 
 
 def from_json(r: Reader, doc: dict[str, Any], where: str) -> Arm64Body:
@@ -71,7 +84,38 @@ def from_json(r: Reader, doc: dict[str, Any], where: str) -> Arm64Body:
     state = [k for k in values if not regs.carries_abi_value(k)]
     r.need(not state, "member 'values' holds guest-state registers, which are not guest ABI: "
            + _shown([f"{k:#x}" for k in state]))
-    return Arm64Body(config, None if vls is None else int(vls, 16), stream, values)
+    cpus = _impl_cpus(r, doc.get("impl_cpus"), values)
+    return Arm64Body(config, None if vls is None else int(vls, 16), stream, values, cpus)
+
+
+def _impl_cpus(r: Reader, doc: Any, values: dict[int, int]) -> tuple[tuple[int, int, int], ...]:
+    """``impl_cpus``: at most MAX_IMPL_CPUS objects {midr, revidr, aidr}, each once, the
+    contract's own CPU among them; present exactly when VENDOR_HYP_BMAP_2 offers both
+    discovery calls (the guest asks exactly when abiguard_pin.so answers)."""
+    discover = values.get(regs.VENDOR_HYP_BMAP_2_ID, 0) & regs.DISCOVER_IMPL_BITS
+    if doc is None:
+        r.need(not discover, "VENDOR_HYP_BMAP_2 offers errata discovery (DISCOVER_IMPL_*) but member "
+               "'impl_cpus' is missing: give the CPUs the guest may run on, or clear bits 0x3")
+        return ()
+    r.need(isinstance(doc, list) and 1 <= len(doc) <= regs.MAX_IMPL_CPUS,
+           f"member 'impl_cpus' must list 1..{regs.MAX_IMPL_CPUS} CPUs")
+    assert isinstance(doc, list)
+    out: list[tuple[int, int, int]] = []
+    for i, item in enumerate(doc):
+        where = f"impl_cpus[{i}]"
+        r.need(type(item) is dict and set(item) == {"midr", "revidr", "aidr"},
+               f"{where} must be an object with exactly 'midr', 'revidr' and 'aidr'")
+        cpu = (r.hexint(item["midr"], f"{where}.midr"), r.hexint(item["revidr"], f"{where}.revidr"),
+               r.hexint(item["aidr"], f"{where}.aidr"))
+        r.need(cpu[0] <= regs.IMPLEMENTATION_MASKS[regs.MIDR_EL1_ID], f"{where}.midr must fit in 32 bits")
+        r.need(cpu not in out, f"{where} repeats an earlier CPU")
+        out.append(cpu)
+    r.need(discover == regs.DISCOVER_IMPL_BITS, "member 'impl_cpus' needs VENDOR_HYP_BMAP_2 "
+           f"({regs.VENDOR_HYP_BMAP_2_ID:#x}) in 'values' with bits 0x3 (DISCOVER_IMPL_VER, _CPUS) set")
+    own = tuple(values.get(rid) for rid in regs.IMPLEMENTATION_IDS)
+    r.need(None in own or own in out, "member 'impl_cpus' must include the contract's own CPU (its MIDR_EL1, "
+           "REVIDR_EL1, AIDR_EL1 values)")
+    return tuple(out)
 
 
 _is_hex = is_hex

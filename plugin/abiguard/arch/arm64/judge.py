@@ -47,7 +47,60 @@ def dest_for(profile: Profile, config: str) -> tuple[Dest | None, list[Problem]]
                               "keep the VM on hosts that offer these vCPU features, or pin fewer",
                               pinnable=True)]
     return Dest(profile.kernel_release, probed.registers, section.acceptance, section.masks,
-                profile.qemu_version()), []
+                profile.qemu_version(), section.vm_caps.get(regs.IMP_CAP, 0) > 0), []
+
+
+def host_cpu(dest: Dest) -> tuple[int | None, ...]:
+    """(MIDR, REVIDR, AIDR) of the host's CPU: the defaults of its KVM."""
+    return tuple(dest.registers.get(rid) for rid in regs.IMPLEMENTATION_IDS)
+
+
+def _cpu_text(cpu: tuple[int | None, ...]) -> str:
+    return "/".join("?" if v is None else f"{v:#x}" for v in cpu)
+
+
+def cpu_problems(body: Arm64Body, dest: Dest) -> list[Problem]:
+    """A guest may run on a CPU it was told about: its own (the contract's MIDR, REVIDR,
+    AIDR) or one its errata discovery lists. Anywhere else it would miss that CPU's errata
+    workarounds, whatever MIDR it is shown."""
+    here = host_cpu(dest)
+    own = tuple(v if v is not None else h for v, h in zip(body.own_cpu(), here))
+    if None in here or here == own or here in body.impl_cpus:
+        return []
+    told = ", ".join(map(_cpu_text, body.impl_cpus)) if body.impl_cpus else f"only its own, {_cpu_text(own)}"
+    # named by the first register that differs (MIDR for another model, REVIDR for a revision)
+    i = next(i for i in range(3) if own[i] != here[i])
+    name = ("MIDR_EL1", "REVIDR_EL1", "AIDR_EL1")[i]
+    why = (f"another CPU implementation ({_cpu_text(here)} MIDR/REVIDR/AIDR): the guest was not told about it "
+           f"(its errata discovery lists {told}), so it would miss this CPU's errata workarounds")
+    if regs.VENDOR_HYP_BMAP_2_ID not in body.stream:
+        # booted on a kernel before 6.16: no VENDOR_HYP_BMAP_2 in its stream, and a stream
+        # never gains a register, so no contract of this VM can ever tell it another CPU
+        return [Problem(name, regs.IMPLEMENTATION_IDS[i], None, _h(own[i]), f"has {_h(here[i])}",  # type: ignore[arg-type]
+                        why + "; its register stream has no VENDOR_HYP_BMAP_2 (it booted on Linux < 6.16), so "
+                        "it can never be told", "keep the VM on hosts with its CPU model")]
+    return [Problem(name, regs.IMPLEMENTATION_IDS[i], None, _h(own[i]), f"has {_h(here[i])}",  # type: ignore[arg-type]
+                    why, "pin the VM to a baseline of hosts that includes this one (abiguard baseline): it "
+                    "lists every CPU for the guest", pinnable=True)]
+
+
+def discovery_obstacle(profile: Profile, config: str) -> str | None:
+    """Why this host cannot show a guest another CPU and answer its errata discovery
+    (None: it can): the capability (Linux 6.15) and VENDOR_HYP_BMAP_2's discovery bits
+    (Linux 6.16), which abiguard_pin.so needs both of."""
+    dest, _ = dest_for(profile, config)
+    if dest is None:
+        return None
+    if not dest.imp_writable:
+        return (f"{profile.label}: its KVM ({profile.kernel_release}) lacks {regs.IMP_CAP} (Linux >= 6.15), "
+                "so it shows a guest only its own CPU's MIDR_EL1")
+    known = dest.acceptance.get("VENDOR_HYP_BMAP_2")
+    if regs.VENDOR_HYP_BMAP_2_ID not in dest.registers or not isinstance(known, int) or \
+            known & regs.DISCOVER_IMPL_BITS != regs.DISCOVER_IMPL_BITS:
+        return (f"{profile.label}: its KVM ({profile.kernel_release}) has no VENDOR_HYP_BMAP_2 with "
+                "DISCOVER_IMPL_VER/_CPUS (Linux >= 6.16), so the guest cannot be told the other CPUs; abiguard "
+                "refuses rather than hide a CPU from it")
+    return None
 
 
 def common_config(profiles: list[Profile]) -> str | None:
@@ -113,6 +166,7 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
         problems += trouble
         if trouble:
             judged_bad.add(rid)
+    problems += cpu_problems(body, dest)
     # the stream carries the values in; a pin keeps each there across every reset. A
     # contract value the stream no longer carries (an earlier hop's host lacked the
     # register) is given back by its pin where this host has the register.
@@ -220,6 +274,7 @@ def boot_values(contract: Contract, profile: Profile) -> Verdict:
             problems.append(Problem(name, rid, None, _h(value), f"would start it with {have:#x}",
                                     f"no pin realises a {kind} register (released QEMU has no property "
                                     "for it either)", "boot the VM on a host whose defaults are the contract's"))
+    problems += cpu_problems(body, dest)
     return Verdict(problems, [], pins, kept_off(set(body.stream), dest))
 
 

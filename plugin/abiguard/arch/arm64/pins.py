@@ -78,6 +78,12 @@ def plan(contract: Contract, profile: Profile, verdict: Verdict, explicit: bool 
                 pins.append(Pin(rid, reg.name, value, "cpu-property", why, props))
                 continue
         pins.append(Pin(rid, section.name_of(rid), value, "preload", why))
+    if pins:
+        # errata discovery: every host answers the same list (the contract's), whichever CPU it is
+        for i, (midr, revidr, aidr) in enumerate(body.impl_cpus):
+            pins.append(Pin(-1 - i, f"implementation CPU {i}", midr, "impl-cpu",
+                            "told to the guest (errata discovery, DISCOVER_IMPL_CPUS)",
+                            {"midr": midr, "revidr": revidr, "aidr": aidr}))
     return pins
 
 

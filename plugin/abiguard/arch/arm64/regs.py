@@ -254,9 +254,24 @@ def is_id_register(reg_id: int) -> bool:
 
 
 #: MIDR/REVIDR/AIDR become writable only after KVM_CAP_ARM_WRITABLE_IMP_ID_REGS is
-#: enabled on the VM (Linux 6.15); 7.x reports them in the writable masks anyway, and
-#: QEMU does not enable the capability, so for a QEMU VM they are fixed.
+#: enabled on the VM before its first vCPU (Linux 6.15); QEMU never enables it, so for a
+#: plain QEMU VM they are the host CPU's. abiguard_pin.so enables it where one is pinned.
 IMPLEMENTATION_ID_REGS = frozenset({"MIDR_EL1", "REVIDR_EL1", "AIDR_EL1"})
+MIDR_EL1_ID = 0x603000000013C000
+REVIDR_EL1_ID = 0x603000000013C006
+AIDR_EL1_ID = 0x603000000013C807
+#: (MIDR, REVIDR, AIDR): what identifies a CPU implementation to a guest's errata code
+IMPLEMENTATION_IDS = (MIDR_EL1_ID, REVIDR_EL1_ID, AIDR_EL1_ID)
+#: what set_imp_id_reg takes once the capability is on (arch/arm64/kvm/sys_regs.c:
+#: IMPLEMENTATION_ID(MIDR_EL1, GENMASK_ULL(31, 0)), REVIDR and AIDR all 64 bits)
+IMPLEMENTATION_MASKS = {MIDR_EL1_ID: 0xFFFFFFFF, REVIDR_EL1_ID: (1 << 64) - 1, AIDR_EL1_ID: (1 << 64) - 1}
+IMP_CAP = "KVM_CAP_ARM_WRITABLE_IMP_ID_REGS"
+#: the hypercall bitmap of vendor calls 64-127 and its errata-discovery bits
+#: (KVM_REG_ARM_VENDOR_HYP_BIT_DISCOVER_IMPL_VER | _CPUS, Linux 6.16's guest side)
+VENDOR_HYP_BMAP_2_ID = 0x6030000000160003
+DISCOVER_IMPL_BITS = 0x3
+#: the library's limit on implementation CPUs (MAX_CPUS in abiguard_pin.c)
+MAX_IMPL_CPUS = 16
 
 #: the value of a register that gives the guest nothing (an empty bitmap, a RAZ ID register)
 NEUTRAL_VALUE = 0
@@ -271,9 +286,9 @@ _SYSREG_PREFIX = 0x6030000000130000
 
 def preload_allows(reg_id: int) -> bool:
     """The preload library's compiled-in allow-list (``allowed()`` in abiguard_pin.c):
-    firmware pseudo-registers, hypercall bitmaps, and the ID registers op0=3, op1=0,
-    CRn=0, CRm=1..7 (not MIDR/MPIDR/REVIDR at CRm=0)."""
-    if reg_id & ~0xF in (_FW_PREFIX, _BMAP_PREFIX):
+    firmware pseudo-registers, hypercall bitmaps, the ID registers op0=3, op1=0,
+    CRn=0, CRm=1..7, and MIDR/REVIDR/AIDR (not MPIDR, CLIDR, CTR, CCSIDR)."""
+    if reg_id & ~0xF in (_FW_PREFIX, _BMAP_PREFIX) or reg_id in IMPLEMENTATION_IDS:
         return True
     if reg_id & ~0xFFFF == _SYSREG_PREFIX:
         op0, op1, crn, crm, _op2 = kvm.arm64_sysreg_encoding(reg_id)

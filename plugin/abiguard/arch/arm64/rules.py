@@ -31,14 +31,18 @@ class Dest:
     :param registers: the configuration's registers and their default values
     :param acceptance: firmware register name -> its trial (see each rule)
     :param masks: writable ID-register masks by name; None before Linux 6.7
+    :param imp_writable: its KVM has KVM_CAP_ARM_WRITABLE_IMP_ID_REGS (Linux 6.15), so
+        abiguard_pin.so can give a VM another CPU's MIDR/REVIDR/AIDR there
     """
 
-    __slots__ = ("name", "registers", "acceptance", "masks", "qemu_version")
+    __slots__ = ("name", "registers", "acceptance", "masks", "qemu_version", "imp_writable")
 
     def __init__(self, name: str, registers: dict[int, int | None], acceptance: dict[str, Any],
-                 masks: dict[str, int] | None, qemu_version: tuple[int, ...] | None) -> None:
+                 masks: dict[str, int] | None, qemu_version: tuple[int, ...] | None,
+                 imp_writable: bool = False) -> None:
         self.name, self.registers, self.acceptance = name, registers, acceptance
         self.masks, self.qemu_version = masks, qemu_version
+        self.imp_writable = imp_writable
 
 
 class Rule:
@@ -213,8 +217,10 @@ class Bitmap(Rule):
 class IdRegister(Rule):
     """Feature ID registers: before writable ID registers (Linux 6.7) only the host's own
     value; after, bits outside the writable mask must match and each field inside it
-    must be safe by the kernel's rule (:func:`.idregs.is_safe`). MIDR/REVIDR/AIDR are
-    fixed for QEMU VMs (QEMU does not enable KVM_CAP_ARM_WRITABLE_IMP_ID_REGS)."""
+    must be safe by the kernel's rule (:func:`.idregs.is_safe`). MIDR/REVIDR/AIDR take
+    another CPU's value only where KVM has KVM_CAP_ARM_WRITABLE_IMP_ID_REGS (which
+    abiguard_pin.so enables; whether the guest was told about this host's CPU is
+    :func:`.judge.cpu_problems`'s question)."""
 
     kind = "idreg"
     pinnable = True
@@ -224,17 +230,34 @@ class IdRegister(Rule):
         default = dest.registers.get(reg_id)
         if default is None or value == default:
             return []
+        if name in regs.IMPLEMENTATION_ID_REGS:
+            return implementation_problems(name, reg_id, value, default, dest)
         if dest.masks is None:
             return field_problems(name, reg_id, value, default, 0,
                                   f"{dest.name} has no writable ID registers (before Linux 6.7), so its KVM")
-        mask = 0 if name in regs.IMPLEMENTATION_ID_REGS else dest.masks.get(name, 0)
-        return field_problems(name, reg_id, value, default, mask, "the destination's KVM (writable mask)")
+        return field_problems(name, reg_id, value, default, dest.masks.get(name, 0),
+                              "the destination's KVM (writable mask)")
 
     def fold(self, name: str, values: list[int], trials: list[Any]) -> tuple[int | None, str | None]:
         from . import idregs
 
         value, agree = idregs.fold(name, values)
         return value, None if agree else f"{name}: bits outside known fields differ between hosts"
+
+
+def implementation_problems(name: str, reg_id: int, value: int, default: int, dest: Dest) -> list[Problem]:
+    """Another CPU's MIDR/REVIDR/AIDR: set_imp_id_reg takes any value inside its mask,
+    once the capability is on, and refuses every other value before it."""
+    if not dest.imp_writable:
+        return [Problem(name, reg_id, None, _h(value), f"has {_h(default)}",
+                        f"its KVM lacks {regs.IMP_CAP} (Linux >= 6.15 has it), so it shows the guest only "
+                        "its own CPU's value", "keep the VM on hosts with this CPU model, or on kernels "
+                        ">= 6.15 where abiguard pins it")]
+    mask = regs.IMPLEMENTATION_MASKS[reg_id]
+    if value & ~mask:
+        return [Problem(name, reg_id, f"bits {_h(value & ~mask)}", _h(value), f"takes only {_h(mask)}",
+                        "KVM's writable mask of this register", "pin a value inside the mask")]
+    return []
 
 
 def field_problems(name: str, reg_id: int, src: int, dst: int, mask: int, masked_by: str) -> list[Problem]:
