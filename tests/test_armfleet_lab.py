@@ -18,12 +18,10 @@ truth ~10 min; abiguard's part ~23 min (install ~3, unpinned ~9, pinned ~4, seed
 failure modes ~2)."""
 from __future__ import annotations
 
-import atexit
 import itertools
 import json
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,25 +67,10 @@ def _real_parts() -> None:
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Lab]:
     _real_parts()
-    if os.environ.get("ARMFLEET_ATTACH"):
-        # development: a lab that is already up (tests/lab/armfleet.py up), left up
-        yield Lab.attach(os.environ["ARMFLEET_ATTACH"])
-        return
-    lab = Lab.create(run_id=os.environ.get("ARMFLEET_RUN") or f"pytest-{os.getpid()}")
-    atexit.register(lab.down)           # last resort; down() is idempotent
-
-    def term(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-    old = signal.signal(signal.SIGTERM, term)
-    try:
-        lab.up()
+    # ARMFLEET_ATTACH (development): a lab that is already up (tests/lab/armfleet.py up), left up
+    with Lab.session(run_id=os.environ.get("ARMFLEET_RUN") or f"pytest-{os.getpid()}",
+                     attach=os.environ.get("ARMFLEET_ATTACH")) as lab:
         yield lab
-    finally:
-        try:
-            lab.down()
-        finally:
-            signal.signal(signal.SIGTERM, old)
-            atexit.unregister(lab.down)
 
 
 @pytest.fixture(scope="module")
@@ -272,12 +255,8 @@ def installed(fleet: Lab, truth: dict) -> Iterator[dict]:
     base["without-bookworm"] = afa.baseline([prof[h] for h in newer], fleet.dir / "baseline-without-bookworm.json")
     runs: dict = {"install": rec, "baselines": base, "profiles": {h: str(p) for h, p in prof.items()},
                   "unpinned": {}, "pinned": {}, "headline": [], "save_restore": {}, "failure_modes": {}}
-    try:
+    with afa.recorded(fleet, "abiguard-runs.json", runs):
         yield runs
-    finally:
-        out = Path(os.environ.get("ARMFLEET_RESULTS", fleet.dir)) / "abiguard-runs.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, runs)
 
 
 def _trim(r: dict) -> dict:

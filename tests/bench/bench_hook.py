@@ -119,6 +119,18 @@ def started_pinned(xml: bytes) -> bytes:
     return live.replace(b"</domain>", env + b"</domain>")
 
 
+def cross_model(p: profile.Profile) -> contract.Contract:
+    """A VM of a two-model fleet arriving on *p*'s CPU: shown QEMU's cortex-a57 (MIDR pinned
+    here) and told both CPUs (errata discovery), as ``abiguard baseline`` writes it."""
+    doc = contract.from_profile(p, "psci+pmu").to_json()
+    values = doc["aarch64"]["values"]
+    here = values["0x603000000013c000"]
+    values["0x603000000013c000"], values["0x6030000000160003"] = "0x411fd070", "0x3"
+    doc["aarch64"]["impl_cpus"] = [{"midr": "0x411fd070", "revidr": "0x0", "aidr": "0x0"},
+                                   {"midr": here, "revidr": "0x0", "aidr": "0x0"}]
+    return contract.seal_json(doc)
+
+
 def paths() -> dict[str, tuple[list[str], bytes, str, int]]:
     """name -> (hook arguments, domain XML, host profile, expected exit code)"""
     p61, p72 = (profile.load(_arm(k)) for k in ("6.1.0-50-arm64", "7.2.13+deb14-arm64"))
@@ -131,6 +143,9 @@ def paths() -> dict[str, tuple[list[str], bytes, str, int]]:
         "migrate, cross-kernel allow (6.1 VM -> 7.2, pins)": (
             begin, domain(contract.from_profile(p61, "psci")), _arm("7.2.13+deb14-arm64"), 0),
         "migrate, refusal (7.2 VM -> 6.12)": (begin, same, _arm("6.12.117+deb13-arm64"), 1),
+        "migrate, across CPU models (MIDR pin + CPU list -> 7.2 cortex-a72)": (
+            begin, domain(cross_model(profile.load(_arm("7.2.13+deb14-arm64-cortex-a72")))),
+            _arm("7.2.13+deb14-arm64-cortex-a72"), 0),
         "migrate, x86 pinned (baseline -> bookworm)": (begin, domain(x86, "x86_64"), _x86_profile(), 0),
         "migrate, unpinned (policy warn)": (begin, domain(None), _arm("7.2.13+deb14-arm64"), 0),
         "prepare, plain start (7.2 on 7.2)": (["bench-vm", "prepare", "begin", "-"], same,

@@ -43,7 +43,7 @@ class Status(Command):
 def _enforced(arch: str, qemu_env: dict[str, Any]) -> str:
     """How the contract is realised, as ``status`` says it."""
     from ..arch import get
-    from ..engine.pins import parse_env
+    from ..engine.pins import parse_env, parse_env_cpus
     from ..preload import ENV_PINS
 
     if not get(arch).uses_preload:
@@ -51,12 +51,15 @@ def _enforced(arch: str, qemu_env: dict[str, Any]) -> str:
     from ..arch.arm64.regs import reg_name
 
     try:
-        pins = parse_env(qemu_env.get(ENV_PINS, ("", None))[0])
+        text = qemu_env.get(ENV_PINS, ("", None))[0]
+        pins, cpus = parse_env(text), parse_env_cpus(text)
     except ValueError:
         return f"PMU/SVE by libvirt; {ENV_PINS} in the definition is malformed"
     regs = [f"{reg_name(k)}={v:#x}" for k, v in pins.items()]
+    told = (f"; the guest is told {len(cpus)} CPUs (errata discovery): "
+            + ", ".join(f"MIDR {m:#x}" for m, _r, _a in cpus)) if cpus else ""
     return ("PMU/SVE by libvirt; " + (f"{len(regs)} registers by abiguard_pin.so (LD_PRELOAD): {', '.join(regs)}"
-                                      if regs else "firmware and ID registers by refusal only (no pins)"))
+                                      if regs else "firmware and ID registers by refusal only (no pins)") + told)
 
 
 def status(uri: str | None, profiles: list[Profile]) -> list[dict[str, Any]]:

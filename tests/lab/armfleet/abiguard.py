@@ -4,13 +4,16 @@
 the hooks, the hosts' own profiles carried back here for ``abiguard baseline``."""
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from .common import LabError, log
+from .common import LabError, log, write_json
 from .fleet import Lab
 
 REPO = Path(__file__).resolve().parents[3]
@@ -99,3 +102,15 @@ def check(src: Path, dst: Path) -> dict:
 
 def hook_log(lab: Lab, host: str, lines: int = 6) -> list[str]:
     return lab.sh(host, f"tail -n {lines} /var/log/abiguard/hook.log", check=False, quiet=True).stdout.splitlines()
+
+
+@contextlib.contextmanager
+def recorded(lab: Lab, name: str, runs: dict) -> Iterator[dict]:
+    """Yield *runs* to the tests that fill it; whatever happens, write it to
+    $ARMFLEET_RESULTS/*name* (default: the run's directory)."""
+    try:
+        yield runs
+    finally:
+        out = Path(os.environ.get("ARMFLEET_RESULTS", lab.dir)) / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, runs)

@@ -34,6 +34,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -98,6 +99,34 @@ class Lab:
         self._helpers: list[subprocess.Popen] = []
 
     # ------------------------------------------------------------------ construction
+    @classmethod
+    @contextlib.contextmanager
+    def session(cls, hosts: str = DEFAULT_HOSTS, run_id: str | None = None,
+                attach: str | None = None) -> Iterator[Lab]:
+        """A lab for one test module: *attach* (a run that is up: used, left up), or a new
+        run created, brought up and always brought down -- on SIGTERM too (CI's timeout),
+        with atexit as the last resort."""
+        import signal
+
+        if attach:
+            yield cls.attach(attach)
+            return
+        lab = cls.create(hosts=hosts, run_id=run_id)
+        atexit.register(lab.down)           # down() is idempotent
+
+        def term(signum: int, _frame: object) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+        old = signal.signal(signal.SIGTERM, term)
+        try:
+            lab.up()
+            yield lab
+        finally:
+            try:
+                lab.down()
+            finally:
+                signal.signal(signal.SIGTERM, old)
+                atexit.unregister(lab.down)
+
     @classmethod
     def create(cls, hosts: str = DEFAULT_HOSTS, run_id: str | None = None) -> Lab:
         run_id = run_id or os.environ.get("ARMFLEET_RUN") or new_run_id()

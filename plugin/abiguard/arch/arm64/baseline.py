@@ -84,8 +84,9 @@ def _cpu_models(profiles: list[Profile], config: str, cpus: list[tuple[int, int,
     """Several CPU models: the guest is shown the first host's CPU (the operator orders the
     hosts) and told every one of them through errata discovery, so it applies the
     workarounds of each CPU it may run on. Every host must be able to do both (Linux 6.16
-    with KVM_CAP_ARM_WRITABLE_IMP_ID_REGS); where one cannot, that is a conflict and the
-    contract keeps the values of no CPU."""
+    with KVM_CAP_ARM_WRITABLE_IMP_ID_REGS); where one cannot, that is a conflict, and the
+    contract still shows the first host's CPU but tells the guest no other, so it runs only
+    where that CPU is (:func:`.judge.cpu_problems`)."""
     from .judge import discovery_obstacle
 
     obstacles = [w for w in (discovery_obstacle(p, config) for p in profiles) if w]
@@ -93,13 +94,13 @@ def _cpu_models(profiles: list[Profile], config: str, cpus: list[tuple[int, int,
         obstacles.append("VENDOR_HYP_BMAP_2 is not listed by every host, so the guest cannot be told the other CPUs")
     if len(cpus) > regs.MAX_IMPL_CPUS:
         obstacles.append(f"{len(cpus)} CPU implementations: abiguard_pin.so answers at most {regs.MAX_IMPL_CPUS}")
+    for rid, value in zip(regs.IMPLEMENTATION_IDS, cpus[0]):
+        values[rid] = value
     if obstacles:
         conflicts.append("the hosts have different CPU models (" + ", ".join(
             "/".join(f"{v:#x}" for v in c) for c in cpus) + ") and not every host can show a guest another "
-            "CPU and tell it the others: " + "; ".join(obstacles))
+            "CPU and tell it the others: " + "; ".join(obstacles) + f"; the contract shows {cpus[0][0]:#x} only")
         return ()
-    for rid, value in zip(regs.IMPLEMENTATION_IDS, cpus[0]):
-        values[rid] = value
     values[regs.VENDOR_HYP_BMAP_2_ID] = values.get(regs.VENDOR_HYP_BMAP_2_ID, 0) | regs.DISCOVER_IMPL_BITS
     return tuple(cpus)
 

@@ -1,0 +1,254 @@
+"""arm64 across CPU models (issue 16), in the arm64 libvirt lab: two sid hosts (Linux 7.x,
+libvirt 12, QEMU 11) on different emulated CPUs, cortex-a57 and cortex-a72, and a trixie
+host (Linux 6.12) on cortex-a57, all under TCG with EL2 and AppArmor on, abiguard installed
+from its arm64 .deb.
+
+Held here, on this machine's kernels, CPUs and QEMU, nothing from another run:
+- the ground truth without a pin: a live migration between the two models fails at the very
+  end (QEMU cannot set MIDR_EL1 on the destination), the VM stays on its source; abiguard's
+  answer for the pair is "pin first", naming MIDR_EL1, and "cannot" towards the 6.12 host,
+  naming the capability it lacks;
+- pinned to the two models' baseline: live ``virsh migrate`` both ways with the guest's
+  MIDR, ID registers, cache view and errata-discovery answers identical before, after and
+  after a reboot;
+- a Linux guest (the hosts' own Debian kernel, >= 6.16) pinned the same way reports, on
+  either host, the same shown MIDR, the number of implementation CPUs it discovered, and
+  errata workarounds that include every one each CPU model enables on its own (recorded
+  here, unpinned, on each host); the 6.12 kernel as the guest is not told (what a guest
+  older than 6.16 loses);
+- where a host's kernel cannot (6.12: no KVM_CAP_ARM_WRITABLE_IMP_ID_REGS, no
+  VENDOR_HYP_BMAP_2), the hook refuses the start and the library refuses on its own.
+
+Cost (2 cores): base images as for test_armfleet_lab (shared, cached); up ~0.5 min, install
+~1 min, the moves ~2 min, the Linux guests ~4 min."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.armfleet import abiguard as afa, guest, linux, migration, rootfs
+from lab.armfleet.fleet import GUEST_IMAGE, Lab
+
+HOSTS = "a57=sid:cortex-a57,a72=sid:cortex-a72,t57=trixie:cortex-a57"
+#: Arm's primary part numbers (MIDR_EL1[15:4]): what the emulated CPUs must identify as
+PART = {"a57": 0xD07, "a72": 0xD08, "t57": 0xD07}
+LIB = "/usr/lib/abiguard/abiguard_pin.so"
+MIDR = 0x603000000013C000
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    from test_armfleet_lab import _real_parts
+
+    _real_parts()
+    # CROSSCPU_ATTACH (development): a lab with these hosts that is already up, left up
+    with Lab.session(HOSTS, f"pytest-x{os.getpid()}", os.environ.get("CROSSCPU_ATTACH")) as run:
+        yield run
+
+
+@pytest.fixture(scope="module")
+def fleet(lab: Lab) -> Iterator[dict]:
+    """abiguard in every host, the hosts' own profiles here, the two models' baseline (the
+    cortex-a72 host first: the guest is shown its CPU) and the three hosts' one; the Linux
+    guest kernels in the hosts. Everything recorded goes to
+    $ARMFLEET_RESULTS/crosscpu-runs.json."""
+    rec = afa.install(lab)
+    prof = {h: Path(x["profile"]) for h, x in rec["hosts"].items()}
+    two = afa.baseline([prof["a72"], prof["a57"]], lab.dir / "baseline-a72-a57.json")
+    three = afa.baseline([prof["a72"], prof["a57"], prof["t57"]], lab.dir / "baseline-a72-a57-t57.json")
+    bases = rootfs.ensure_all(["sid", "trixie"])
+    kernels = {h: linux.install_kernel(lab, h, bases["sid"].kernel, "sid") for h in ("a57", "a72")}
+    kernels["a57-trixie"] = linux.install_kernel(lab, "a57", bases["trixie"].kernel, "trixie")
+    runs: dict = {"install": rec, "profiles": {h: str(p) for h, p in prof.items()},
+                  "baselines": {"a72+a57": two, "a72+a57+t57": three}, "kernels": kernels,
+                  "check": {}, "unpinned": {}, "pinned": {}, "linux": {}, "cannot": {}}
+    with afa.recorded(lab, "crosscpu-runs.json", runs):
+        yield runs
+
+
+def _doc(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _midr(profile: str) -> int:
+    regs = _doc(profile)["kvm"]["aarch64"]["configs"]["psci+pmu"]["registers"]
+    return int(regs[f"{MIDR:#x}"], 16)
+
+
+@pytest.mark.lab
+def test_hosts_are_the_cpu_models_they_were_given(lab: Lab, fleet: dict) -> None:
+    for h, part in PART.items():
+        assert _midr(fleet["profiles"][h]) >> 4 & 0xFFF == part, h
+    assert _midr(fleet["profiles"]["a57"]) != _midr(fleet["profiles"]["a72"])
+    caps = {h: _doc(p)["kvm"]["aarch64"]["vm_caps"].get("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS", 0)
+            for h, p in fleet["profiles"].items()}
+    assert caps == {"a57": 1, "a72": 1, "t57": 0}, caps
+
+
+@pytest.mark.lab
+def test_check_and_baseline_answers(fleet: dict) -> None:
+    """between the two sid hosts: pin first, naming MIDR_EL1 and both values; towards the 6.12
+    host: cannot, naming the capability; the two models' baseline shows the guest the
+    cortex-a72 and tells it both; with the 6.12 host it is a conflict that says why"""
+    p = fleet["profiles"]
+    v = afa.check(Path(p["a57"]), Path(p["a72"]))
+    fleet["check"]["a57->a72"] = v
+    midr = [x for x in v["problems"] if x["register"] == "MIDR_EL1"]
+    assert not v["allow"] and midr and all(x["pinnable"] for x in v["problems"]), v["problems"]
+    assert midr[0]["source"] == hex(_midr(p["a57"])) and midr[0]["destination"] == f"has {_midr(p['a72']):#x}"
+    v = afa.check(Path(p["a72"]), Path(p["t57"]))
+    fleet["check"]["a72->t57"] = v
+    hard = [x for x in v["problems"] if x["register"] == "MIDR_EL1" and not x["pinnable"]]
+    assert hard and "KVM_CAP_ARM_WRITABLE_IMP_ID_REGS" in hard[0]["why"], v["problems"]
+    two = _doc(fleet["baselines"]["a72+a57"]["file"])
+    assert two["conflicts"] == [], two["conflicts"]
+    body = two["contract"]["aarch64"]
+    assert int(body["values"][f"{MIDR:#x}"], 16) == _midr(p["a72"])
+    assert [int(c["midr"], 16) for c in body["impl_cpus"]] == [_midr(p["a72"]), _midr(p["a57"])]
+    assert all(h["boots_with_contract"] and h["accepts_incoming"] for h in two["hosts"].values()), two["hosts"]
+    three = _doc(fleet["baselines"]["a72+a57+t57"]["file"])
+    assert any("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS" in c and "6.12" in c for c in three["conflicts"]), \
+        three["conflicts"]
+    assert "impl_cpus" not in three["contract"]["aarch64"]
+    # it still names a CPU (the first host's), so its VMs run only where that CPU is
+    assert int(three["contract"]["aarch64"]["values"][f"{MIDR:#x}"], 16) == _midr(p["a72"])
+    assert not three["hosts"][p["a57"]]["boots_with_contract"], three["hosts"][p["a57"]]
+
+
+@pytest.mark.lab
+def test_unpinned_move_fails_at_the_end(lab: Lab, fleet: dict) -> None:
+    """the ground truth abiguard's "pin first" stands for: libvirt and QEMU alone (an
+    unpinned VM under policy warn) copy the RAM and then fail setting MIDR_EL1; the VM
+    runs on in its source"""
+    for h in ("a57", "a72"):
+        afa.set_policy(lab, h, "warn")      # the package's default, said explicitly
+    r = migration.run_migration(lab, "a57", "a72", guest.domain_xml("xu", machine="virt", image=GUEST_IMAGE))
+    fleet["unpinned"]["a57->a72"] = {k: r.get(k) for k in ("outcome", "phase", "error", "migrate_s",
+                                                          "source_running", "guest_alive_on_source", "ram")}
+    assert r["outcome"] == "failed", (r["outcome"], r.get("error"))
+    assert "op0:3 op1:0 crn:0 crm:0 op2:0" in (r["error"] or ""), r["error"]     # MIDR_EL1
+    assert r["source_running"], r
+    alive = r["guest_alive_on_source"]
+    assert alive["heartbeat_after"] > alive["heartbeat_before"], alive
+
+
+@pytest.mark.lab
+def test_pinned_moves_both_ways_with_the_same_view(lab: Lab, fleet: dict) -> None:
+    """booted on the cortex-a57 host, shown the cortex-a72 and told both; live to the
+    cortex-a72 host and back: the guest's view (MIDR, ID registers, cache geometry, the
+    discovery answers) is the same before, after and after a reboot on each"""
+    base = fleet["baselines"]["a72+a57"]["file"]
+    body = _doc(base)["contract"]["aarch64"]
+    dom = "xp"
+    st = migration.start_domain(lab, "a57", guest.domain_xml(dom, machine="virt", image=GUEST_IMAGE),
+                                baseline=base)
+    assert "error" not in st, st
+    first = st["view"]
+    fleet["pinned"]["start a57"] = {k: st.get(k) for k in ("pin", "start_s", "view")}
+    assert int(first["midr"], 16) == int(body["values"][f"{MIDR:#x}"], 16) != _midr(fleet["profiles"]["a57"])
+    assert first["kvm.impl_ver"] == "0" and int(first["kvm.impl_n"], 16) == len(body["impl_cpus"]) == 2, first
+    assert [int(first[f"kvm.impl{i}.midr"], 16) for i in (0, 1)] == [int(c["midr"], 16) for c in body["impl_cpus"]]
+    assert first["kvm.impl2.midr"] == "fffffffffffffffd", first        # INVALID_PARAMETER past the list
+    con = st["console"]
+    try:
+        for src, dst in (("a57", "a72"), ("a72", "a57")):
+            r = migration.migrate_running(lab, src, dst, dom, console=con, view_before=first)
+            con = r.get("console") or con
+            r["hook_log"] = afa.hook_log(lab, dst, 3)
+            fleet["pinned"][f"{src}->{dst}"] = {k: r.get(k) for k in (
+                "outcome", "error", "migrate_s", "diff_after", "diff_after_reboot", "view_after", "hook_log")}
+            assert r["outcome"] == "migrated-same-view", (src, dst, r["outcome"], r.get("error"),
+                                                          r.get("diff_after"), r.get("diff_after_reboot"))
+            assert not r["diff_after"] and not r["diff_after_reboot"], r
+    finally:
+        con.close()
+        migration.cleanup_domain(lab, dom, lab.hosts)
+
+
+@pytest.mark.lab
+def test_linux_guest_reports_every_cpu_it_may_run_on(lab: Lab, fleet: dict) -> None:
+    """Each CPU model's own errata first (the guest unpinned on each host: the ground truth
+    of this machine's QEMU CPUs and this kernel), then the guest pinned to the two models'
+    baseline on each host: shown the same MIDR, told both CPUs, and enabling every
+    workaround either CPU needs -- the same list on both hosts"""
+    base = fleet["baselines"]["a72+a57"]["file"]
+    body = _doc(base)["contract"]["aarch64"]
+    out = fleet["linux"]
+    for h in ("a57", "a72"):
+        out[f"unpinned {h}"] = linux.boot(lab, h, f"xl-{h}", fleet["kernels"][h])
+        out[f"pinned {h}"] = linux.boot(lab, h, f"xl-{h}", fleet["kernels"][h], baseline=base)
+    own = {h: set(out[f"unpinned {h}"]["errata"]) for h in ("a57", "a72")}
+    for h in ("a57", "a72"):
+        u = out[f"unpinned {h}"]
+        assert u["midr"] == _midr(fleet["profiles"][h]) and u["impl_cpus"] is None, u
+    # the two models differ in what they need: otherwise nothing here could fail
+    assert own["a57"] != own["a72"], own
+    shown = int(body["values"][f"{MIDR:#x}"], 16)
+    pinned = [out[f"pinned {h}"] for h in ("a57", "a72")]
+    for p in pinned:
+        assert p["midr"] == shown and p["impl_cpus"] == len(body["impl_cpus"]) == 2, p
+        assert set(p["errata"]) >= own["a57"] | own["a72"], (p["host"], sorted(own["a57"] | own["a72"]), p["errata"])
+        assert any("answered discover_impl 2 cpus" in ln for ln in p["library_record"]), p["library_record"]
+    assert pinned[0]["errata"] == pinned[1]["errata"]
+
+
+@pytest.mark.lab
+def test_a_guest_older_than_6_16_is_not_told(lab: Lab, fleet: dict) -> None:
+    """the trixie kernel (6.12) as the guest, pinned the same way on the cortex-a57 host:
+    shown the cortex-a72's MIDR, it never asks (no errata discovery before 6.16) and runs
+    with the cortex-a72's workarounds only, missing the cortex-a57's own"""
+    base = fleet["baselines"]["a72+a57"]["file"]
+    old = linux.boot(lab, "a57", "xo", fleet["kernels"]["a57-trixie"], baseline=base)
+    fleet["linux"]["pinned a57, 6.12 guest"] = old
+    assert old["kernel"].startswith("6.12.") and old["impl_cpus"] is None, old
+    a57_only = set(fleet["linux"]["unpinned a57"]["errata"]) - set(fleet["linux"]["unpinned a72"]["errata"])
+    assert a57_only and not a57_only & set(old["errata"]), (sorted(a57_only), old["errata"])
+
+
+@pytest.mark.lab
+def test_a_kernel_that_cannot_is_refused(lab: Lab, fleet: dict) -> None:
+    """on the 6.12 host the hook refuses a start with the three hosts' contract (it shows
+    the cortex-a72: a MIDR this kernel cannot give), naming MIDR_EL1 and the capability;
+    the library alone, given a MIDR pin there, stops QEMU with one line naming it"""
+    base = fleet["baselines"]["a72+a57+t57"]["file"]
+    st = migration.start_domain(lab, "t57", guest.domain_xml("xc", machine="virt", image=GUEST_IMAGE),
+                                baseline=base, console=False)
+    fleet["cannot"]["hook"] = {k: st.get(k) for k in ("error", "pin")}
+    migration.cleanup_domain(lab, "xc", ["t57"])
+    assert "error" in st and "MIDR_EL1" in st["error"] and "KVM_CAP_ARM_WRITABLE_IMP_ID_REGS" in st["error"], st
+    env = {"LD_PRELOAD": LIB, "ABIGUARD_PINS": f"{MIDR:#x}={_midr(fleet['profiles']['a72']):#x}"}
+    st = migration.start_domain(lab, "t57", guest.domain_xml("xc", machine="virt", image=GUEST_IMAGE, qemu_env=env),
+                                console=False)
+    fleet["cannot"]["library"] = {k: st.get(k) for k in ("error", "qemu_log_tail")}
+    migration.cleanup_domain(lab, "xc", ["t57"])
+    assert "error" in st, st
+    lines = [ln for ln in st["qemu_log_tail"] if "abiguard-pin:" in ln]
+    assert len(lines) == 1 and "KVM_CAP_ARM_WRITABLE_IMP_ID_REGS" in lines[0], st["qemu_log_tail"]
+
+
+@pytest.mark.lab
+def test_no_process_left_behind(lab: Lab) -> None:
+    procs = lab.state["processes"]
+    inside = subprocess.run(["ip", "netns", "pids", lab.netns], capture_output=True, text=True).stdout.split()
+    known = {str(p["pid"]) for p in procs.values()}
+    assert set(inside) <= known | {str(os.getpid())}, (inside, known)
+
+
+def test_parse_boot_reads_what_the_guest_kernel_says() -> None:
+    text = ("[    0.000000] Booting Linux on physical CPU 0x0000000000 [0x410fd083]\r\n"
+            "[    0.000000] Linux version 7.2.13+deb14-arm64 (debian-kernel@lists.debian.org)\r\n"
+            "[    0.000000] smccc: KVM: hypervisor services detected (0x00000000 0x00000003 0x00000000 0x00000003)\n"
+            "[    0.000000] smccc: KVM: Number of target implementation CPUs is 2\n"
+            "[    0.000000] CPU features: detected: Spectre-v2\n"
+            "[    0.000000] CPU features: detected: ARM erratum 832075\n"
+            "[    0.000000] CPU features: detected: ARM errata 1165522, 1319367, or 1530923\n")
+    r = linux.parse_boot(text)
+    assert (r["midr"], r["impl_cpus"], r["kernel"], r["complete"]) == (0x410FD083, 2, "7.2.13+deb14-arm64", False)
+    assert r["errata"] == ["ARM errata 1165522, 1319367, or 1530923", "ARM erratum 832075"]
+    assert linux.parse_boot(text + "[    0.4] SMP: Total of 1 processors activated.\n")["complete"]
+    assert linux.parse_boot("")["midr"] is None
