@@ -69,5 +69,6 @@ def print_report(doc: dict[str, Any]) -> None:
         state = "accepts" if rep["accepts_incoming"] else "REFUSES"
         print(f"  {host}: {state} VMs with this contract"
               + (f"; cannot pin {len(rep.get('cannot_pin', []))} item(s)" if rep.get("cannot_pin") else ""))
-        for line in rep["incoming_problems"][:3] + rep.get("cannot_pin", [])[:3]:
+        # a reason that stops both the arrival and the start is said once
+        for line in dict.fromkeys(rep["incoming_problems"][:3] + rep.get("cannot_pin", [])[:3]):
             print(f"      {line}")

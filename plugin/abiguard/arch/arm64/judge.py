@@ -74,11 +74,11 @@ def cpu_problems(body: Arm64Body, dest: Dest) -> list[Problem]:
     why = (f"another CPU implementation ({_cpu_text(here)} MIDR/REVIDR/AIDR): the guest was not told about it "
            f"(its errata discovery lists {told}), so it would miss this CPU's errata workarounds")
     if regs.VENDOR_HYP_BMAP_2_ID not in body.stream:
-        # booted on a kernel before 6.16: no VENDOR_HYP_BMAP_2 in its stream, and a stream
-        # never gains a register, so no contract of this VM can ever tell it another CPU
+        # booted on (or pinned to a fleet with) a kernel before 6.16: no VENDOR_HYP_BMAP_2 in
+        # its stream, and a stream never gains a register, so this VM can never be told
         return [Problem(name, regs.IMPLEMENTATION_IDS[i], None, _h(own[i]), f"has {_h(here[i])}",  # type: ignore[arg-type]
-                        why + "; its register stream has no VENDOR_HYP_BMAP_2 (it booted on Linux < 6.16), so "
-                        "it can never be told", "keep the VM on hosts with its CPU model")]
+                        why + "; its register stream has no VENDOR_HYP_BMAP_2 (its contract comes from a host or "
+                        "fleet with Linux < 6.16), so it can never be told", "keep the VM on hosts with its CPU model")]
     return [Problem(name, regs.IMPLEMENTATION_IDS[i], None, _h(own[i]), f"has {_h(here[i])}",  # type: ignore[arg-type]
                     why, "pin the VM to a baseline of hosts that includes this one (abiguard baseline): it "
                     "lists every CPU for the guest", pinnable=True)]
