@@ -167,3 +167,13 @@ def test_rendered_cpu_items_are_what_the_library_reads(libs, tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     # nothing but cpu= items is never rendered: without a register pin the library is not loaded
     assert enforce.env_value([pins[2]]) == ""
+
+
+def test_the_python_side_knows_the_library_limits() -> None:
+    from abiguard.arch.arm64 import regs
+
+    src = Path(preload.SOURCE_PATH).read_text()
+    assert re.search(rf"#define MAX_CPUS\s+{regs.MAX_IMPL_CPUS}\b", src)
+    assert re.search(rf"#define DISCOVER_BITS\s+{regs.DISCOVER_IMPL_BITS:#x}ULL", src)
+    for rid in regs.IMPLEMENTATION_IDS + (regs.VENDOR_HYP_BMAP_2_ID,):
+        assert f"{rid:#018x}ULL".lower() in src.lower(), hex(rid)
