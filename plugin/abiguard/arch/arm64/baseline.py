@@ -73,7 +73,7 @@ def _host_cpus(regsets: list[dict[int, int | None]]) -> list[tuple[int, int, int
     """Each host's (MIDR, REVIDR, AIDR), in the order the hosts were given, each once."""
     out: list[tuple[int, int, int]] = []
     for r in regsets:
-        cpu = tuple(r.get(rid) for rid in regs.IMPLEMENTATION_IDS)
+        cpu = regs.cpu_of(r)
         if None not in cpu and cpu not in out:
             out.append(cpu)  # type: ignore[arg-type]
     return out

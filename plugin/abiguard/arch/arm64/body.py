@@ -47,7 +47,7 @@ class Arm64Body:
 
     def own_cpu(self) -> tuple[int | None, ...]:
         """The (MIDR, REVIDR, AIDR) the contract gives the guest (None: not in its values)."""
-        return tuple(self.values.get(rid) for rid in regs.IMPLEMENTATION_IDS)
+        return regs.cpu_of(self.values)
 
     def replace(self, **changes: Any) -> Arm64Body:
         d = {k: getattr(self, k) for k in self.__slots__} | changes
@@ -112,7 +112,7 @@ def _impl_cpus(r: Reader, doc: Any, values: dict[int, int]) -> tuple[tuple[int, 
         out.append(cpu)
     r.need(discover == regs.DISCOVER_IMPL_BITS, "member 'impl_cpus' needs VENDOR_HYP_BMAP_2 "
            f"({regs.VENDOR_HYP_BMAP_2_ID:#x}) in 'values' with bits 0x3 (DISCOVER_IMPL_VER, _CPUS) set")
-    own = tuple(values.get(rid) for rid in regs.IMPLEMENTATION_IDS)
+    own = regs.cpu_of(values)
     r.need(None in own or own in out, "member 'impl_cpus' must include the contract's own CPU (its MIDR_EL1, "
            "REVIDR_EL1, AIDR_EL1 values)")
     return tuple(out)

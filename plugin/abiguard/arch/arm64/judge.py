@@ -50,11 +50,6 @@ def dest_for(profile: Profile, config: str) -> tuple[Dest | None, list[Problem]]
                 profile.qemu_version(), section.vm_caps.get(regs.IMP_CAP, 0) > 0), []
 
 
-def host_cpu(dest: Dest) -> tuple[int | None, ...]:
-    """(MIDR, REVIDR, AIDR) of the host's CPU: the defaults of its KVM."""
-    return tuple(dest.registers.get(rid) for rid in regs.IMPLEMENTATION_IDS)
-
-
 def _cpu_text(cpu: tuple[int | None, ...]) -> str:
     return "/".join("?" if v is None else f"{v:#x}" for v in cpu)
 
@@ -63,25 +58,27 @@ def cpu_problems(body: Arm64Body, dest: Dest) -> list[Problem]:
     """A guest may run on a CPU it was told about: its own (the contract's MIDR, REVIDR,
     AIDR) or one its errata discovery lists. Anywhere else it would miss that CPU's errata
     workarounds, whatever MIDR it is shown."""
-    here = host_cpu(dest)
+    here = regs.cpu_of(dest.registers)          # the host CPU: its KVM's defaults
     own = tuple(v if v is not None else h for v, h in zip(body.own_cpu(), here))
     if None in here or here == own or here in body.impl_cpus:
         return []
     told = ", ".join(map(_cpu_text, body.impl_cpus)) if body.impl_cpus else f"only its own, {_cpu_text(own)}"
     # named by the first register that differs (MIDR for another model, REVIDR for a revision)
     i = next(i for i in range(3) if own[i] != here[i])
-    name = ("MIDR_EL1", "REVIDR_EL1", "AIDR_EL1")[i]
+    rid = regs.IMPLEMENTATION_IDS[i]
     why = (f"another CPU implementation ({_cpu_text(here)} MIDR/REVIDR/AIDR): the guest was not told about it "
            f"(its errata discovery lists {told}), so it would miss this CPU's errata workarounds")
-    if regs.VENDOR_HYP_BMAP_2_ID not in body.stream:
-        # booted on (or pinned to a fleet with) a kernel before 6.16: no VENDOR_HYP_BMAP_2 in
-        # its stream, and a stream never gains a register, so this VM can never be told
-        return [Problem(name, regs.IMPLEMENTATION_IDS[i], None, _h(own[i]), f"has {_h(here[i])}",  # type: ignore[arg-type]
-                        why + "; its register stream has no VENDOR_HYP_BMAP_2 (its contract comes from a host or "
-                        "fleet with Linux < 6.16), so it can never be told", "keep the VM on hosts with its CPU model")]
-    return [Problem(name, regs.IMPLEMENTATION_IDS[i], None, _h(own[i]), f"has {_h(here[i])}",  # type: ignore[arg-type]
-                    why, "pin the VM to a baseline of hosts that includes this one (abiguard baseline): it "
-                    "lists every CPU for the guest", pinnable=True)]
+    # booted on (or pinned to a fleet with) a kernel before 6.16: no VENDOR_HYP_BMAP_2 in
+    # its stream, and a stream never gains a register, so this VM can never be told
+    never = regs.VENDOR_HYP_BMAP_2_ID not in body.stream
+    if never:
+        why += ("; its register stream has no VENDOR_HYP_BMAP_2 (its contract comes from a host or fleet with "
+                "Linux < 6.16), so it can never be told")
+    fix = ("keep the VM on hosts with its CPU model" if never else
+           "pin the VM to a baseline of hosts that includes this one (abiguard baseline): it lists every CPU for "
+           "the guest")
+    return [Problem(regs.reg_name(rid), rid, None, _h(own[i]), f"has {_h(here[i])}",  # type: ignore[arg-type]
+                    why, fix, pinnable=not never)]
 
 
 def discovery_obstacle(profile: Profile, config: str) -> str | None:

@@ -266,6 +266,14 @@ IMPLEMENTATION_IDS = (MIDR_EL1_ID, REVIDR_EL1_ID, AIDR_EL1_ID)
 #: IMPLEMENTATION_ID(MIDR_EL1, GENMASK_ULL(31, 0)), REVIDR and AIDR all 64 bits)
 IMPLEMENTATION_MASKS = {MIDR_EL1_ID: 0xFFFFFFFF, REVIDR_EL1_ID: (1 << 64) - 1, AIDR_EL1_ID: (1 << 64) - 1}
 IMP_CAP = "KVM_CAP_ARM_WRITABLE_IMP_ID_REGS"
+
+
+def cpu_of(registers: dict[int, int] | dict[int, int | None]) -> tuple[int | None, ...]:
+    """(MIDR, REVIDR, AIDR) as a register map holds them (a host's defaults, a contract's
+    values); None where it has no such register."""
+    return tuple(registers.get(rid) for rid in IMPLEMENTATION_IDS)
+
+
 #: the hypercall bitmap of vendor calls 64-127 and its errata-discovery bits
 #: (KVM_REG_ARM_VENDOR_HYP_BIT_DISCOVER_IMPL_VER | _CPUS, Linux 6.16's guest side)
 VENDOR_HYP_BMAP_2_ID = 0x6030000000160003
