@@ -17,11 +17,10 @@ from __future__ import annotations
 import gzip
 import re
 import shutil
-import time
 from pathlib import Path
 
-from . import guest, migration
-from .common import LabError, log
+from . import guest, machine, migration
+from .common import log
 from .fleet import Lab
 
 #: where the hosts keep the guest kernel (gzip: QEMU unpacks an arm64 Image itself)
@@ -67,48 +66,22 @@ def parse_boot(text: str) -> dict:
 
 def boot(lab: Lab, host: str, dom: str, image: str, *, baseline: str | Path | None = None,
          memory_mib: int = 192, timeout: float = 420) -> dict:
-    """Define, pin (to *baseline*, when given), start paused, attach the console, resume, and
-    read the guest kernel's CPU story; the domain is destroyed after. Returns
-    :func:`parse_boot`'s record plus timings, or ``error`` where the start failed."""
+    """Start the guest kernel as :func:`.migration.start_domain` starts the payload (pinned
+    to *baseline*, when given) and read its CPU story; the domain is destroyed after.
+    Returns :func:`parse_boot`'s record plus timings, or ``error`` where the start failed."""
     xml = guest.domain_xml(dom, memory_mib=memory_mib, image=image, cmdline=CMDLINE)
-    path = lab.dir / "domains" / f"{dom}.xml"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(xml)
-    migration.cleanup_domain(lab, dom, [host])
-    rec: dict = {"host": host, "domain": dom, "image": image, "pinned": baseline is not None}
+    rec: dict = {"image": image, "pinned": baseline is not None}
     try:
-        lab.virsh(host, "define", str(path))
-        if baseline is not None:
-            pinned = migration.pin(lab, host, dom, baseline)
-            rec["pin_rc"] = pinned["rc"]
-            if pinned["rc"] != 0:
-                rec["error"] = "abiguard pin failed: " + " | ".join(pinned["output"][-3:])
-                return rec
-        t0 = time.monotonic()
-        p = lab.virsh(host, "start", "--paused", dom, check=False, timeout=900)
-        rec["start_s"] = round(time.monotonic() - t0, 1)
-        if p.returncode != 0:
-            rec["error"] = migration.libvirt_error(p.stderr)
-            rec["qemu_log_tail"] = lab.sh(host, f"tail -n 8 /var/log/libvirt/qemu/{dom}.log", check=False,
-                                          quiet=True).stdout.splitlines()
+        st = migration.start_domain(lab, host, xml, baseline=baseline, view=False)
+        rec.update({k: v for k, v in st.items() if k != "console"})
+        con = st.get("console")
+        if con is None:
             return rec
-        con = lab.console(host, dom)
         try:
-            con.wait_attached()
-            lab.virsh(host, "resume", dom)
-            t1 = time.monotonic()
-            text = ""
-            while time.monotonic() - t1 < timeout:
-                text = con.text()
-                if DONE.search(text) or FAILED.search(text):
-                    break
-                time.sleep(2)
-            rec["boot_s"] = round(time.monotonic() - t1, 1)
-            rec.update(parse_boot(text))
+            _m, waited = machine.wait_console(con.path, DONE.pattern, timeout=timeout, fail=FAILED.pattern)
+            rec["boot_s"] = round(waited, 1)
+            rec.update(parse_boot(con.text()))
             rec["console"] = str(con.path)
-            if not rec["complete"]:
-                raise LabError(f"{dom}@{host}: the guest kernel did not reach 'SMP: Total of' in {timeout} s "
-                               f"(console {con.path}):\n{text[-1500:]}")
         finally:
             con.close()
         if baseline is not None:
