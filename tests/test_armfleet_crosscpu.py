@@ -132,7 +132,10 @@ def test_unpinned_move_fails_at_the_end(lab: Lab, fleet: dict) -> None:
     fleet["unpinned"]["a57->a72"] = {k: r.get(k) for k in ("outcome", "phase", "error", "migrate_s",
                                                           "source_running", "guest_alive_on_source", "ram")}
     assert r["outcome"] == "failed", (r["outcome"], r.get("error"))
-    assert "op0:3 op1:0 crn:0 crm:0 op2:0" in (r["error"] or ""), r["error"]     # MIDR_EL1
+    # about MIDR_EL1: QEMU names the register by its encoding and the value it could not set
+    # (sid's QEMU moves: either is enough, the source's MIDR being this run's own record)
+    err = r["error"] or ""
+    assert "op0:3 op1:0 crn:0 crm:0 op2:0" in err or f"{_midr(fleet['profiles']['a57']):x}" in err, err
     assert r["source_running"], r
     alive = r["guest_alive_on_source"]
     assert alive["heartbeat_after"] > alive["heartbeat_before"], alive
