@@ -11,6 +11,9 @@ PLUGIN = os.path.join(REPO, "plugin")
 if PLUGIN not in sys.path:
     sys.path.insert(0, PLUGIN)
 
+# progress lines per module and lab phase while the suite runs, and the time table at the end
+pytest_plugins = ["helpers.timing"]
+
 
 def pytest_configure(config):
     config.addinivalue_line(
@@ -18,3 +21,33 @@ def pytest_configure(config):
         "lab: needs real parts (root, /dev/kvm, libvirtd/virsh/qemu, the arm64 kernel lab); "
         "skips loudly when unavailable, fails instead when CI=true",
     )
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The pure tests first, the labs after them (each keeping its order): on a cold machine
+    the labs' downloads and image builds (tests/lab/warmup.py) run beside the pure tier."""
+    items.sort(key=lambda item: item.get_closest_marker("lab") is not None)
+
+
+def pytest_collection_finish(session):
+    from lab import warmup
+
+    modules = {os.path.basename(str(item.path)) for item in session.items if item.get_closest_marker("lab")}
+    started = warmup.start(modules)
+    if started:
+        from helpers.timing import say
+
+        say(f"building cold caches in the background: {', '.join(started)} (logs: {warmup.LOGS})")
+
+
+def pytest_terminal_summary(terminalreporter):
+    from lab import warmup
+
+    for name, r in warmup.results().items():
+        terminalreporter.write_line(f"warm-up {name}: rc {r['rc']} in {r['seconds']} s ({r['log']})")
+
+
+def pytest_unconfigure(config):
+    from lab import warmup
+
+    warmup.stop()

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.timing import phase
+from lab import warmup
 from lab.armfleet import abiguard as afa, guest, linux, migration, rootfs
 from lab.armfleet.fleet import GUEST_IMAGE, Lab
 
@@ -47,6 +49,7 @@ def lab() -> Iterator[Lab]:
     from test_armfleet_lab import _real_parts
 
     _real_parts()
+    warmup.wait("armlab-kernels", "armfleet-bases")
     # CROSSCPU_ATTACH (development): a lab with these hosts that is already up, left up
     with Lab.session(HOSTS, f"pytest-x{os.getpid()}", os.environ.get("CROSSCPU_ATTACH")) as run:
         yield run
@@ -58,7 +61,8 @@ def fleet(lab: Lab) -> Iterator[dict]:
     cortex-a72 host first: the guest is shown its CPU) and the three hosts' one; the Linux
     guest kernels in the hosts. Everything recorded goes to
     $ARMFLEET_RESULTS/crosscpu-runs.json."""
-    rec = afa.install(lab)
+    with phase("abiguard's arm64 .deb installed in every host"):
+        rec = afa.install(lab)
     prof = {h: Path(x["profile"]) for h, x in rec["hosts"].items()}
     two = afa.baseline([prof["a72"], prof["a57"]], lab.dir / "baseline-a72-a57.json")
     three = afa.baseline([prof["a72"], prof["a57"], prof["t57"]], lab.dir / "baseline-a72-a57-t57.json")

@@ -19,6 +19,8 @@ from abiguard.model import profile
 from helpers.arm64facts import FACTS, check_profile
 from helpers.groundtruth import compare, load_dir
 from helpers.realparts import need, need_commands
+from helpers.timing import phase
+from lab import warmup
 
 pytestmark = pytest.mark.lab
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,8 +32,10 @@ def lab_out(tmp_path_factory):
     need_commands("qemu-system-aarch64", "apt-get", "dpkg-deb", "timeout")
     need(os.path.exists("/usr/share/keyrings/debian-archive-keyring.gpg"), "Debian archive keyring")
     out = tmp_path_factory.mktemp("armlab")
-    cp = subprocess.run([sys.executable, os.path.join(HERE, "lab", "armlab_matrix.py"), str(out)],
-                        capture_output=True, text=True, timeout=2400)
+    warmup.wait("armlab-kernels")
+    with phase("arm64 kernels: probe every host, replay every stream on every other"):
+        cp = subprocess.run([sys.executable, os.path.join(HERE, "lab", "armlab_matrix.py"), str(out)],
+                            capture_output=True, text=True, timeout=2400)
     assert cp.returncode == 0, cp.stderr[-4000:]
     sys.stderr.write(f"\narmlab: {cp.stderr.strip().splitlines()[-1]}\n")
     return out

@@ -35,7 +35,7 @@ import pytest
 
 from helpers.realparts import need, need_commands, need_kvm
 from helpers.run import PLUGIN, abiguard as cli
-from lab import x86fleet as xf
+from lab import warmup, x86fleet as xf
 from lab.conftest_twohost import _LIVE, lab_problems
 from lab.twohost import TwoHost
 
@@ -99,6 +99,7 @@ def fl() -> Iterator[FleetLab]:
     need(not lab_problems(), "two-host libvirt lab: " + "; ".join(lab_problems()))
     need_kvm()
     need(not xf.problems(), "x86 fleet lab: " + "; ".join(xf.problems()))
+    warmup.wait("x86-rootfs")
     try:
         rootfs = xf.build_rootfs(("trixie",))
     except Exception as e:  # noqa: BLE001 - a missing mirror is a missing real part

@@ -25,6 +25,8 @@ from abiguard.engine import verdict
 from abiguard.engine.pins import env_value
 from abiguard.model import contract, profile
 from helpers.realparts import need, need_commands
+from helpers.timing import phase
+from lab import warmup
 
 pytestmark = pytest.mark.lab
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -78,19 +80,22 @@ def results(tmp_path_factory):
              f"the arm64 lab's kernel {k} (tests/lab/armlab.sh fetch)")
     out = os.environ.get("NESTED_RESULTS") or str(tmp_path_factory.mktemp("nested"))
     res = {}
+    warmup.wait("armlab-kernels", "nested-qemu")
     for suite in ("bookworm", "sid"):
         if not os.path.exists(os.path.join(NESTED_CACHE, "stage-" + suite, "usr/bin/qemu-system-aarch64")):
-            cp = subprocess.run([os.path.join(NESTED, "fetch_qemu.sh"), suite], capture_output=True,
-                                text=True, timeout=900, check=False)
+            with phase(f"{suite}'s arm64 QEMU fetched and unpacked"):
+                cp = subprocess.run([os.path.join(NESTED, "fetch_qemu.sh"), suite], capture_output=True,
+                                    text=True, timeout=900, check=False)
             assert cp.returncode == 0, cp.stderr[-3000:]
     for suite, src, dst in ALL_PAIRS:
         # the source boots the VM pinned to its contract; the destination pins what the hook
         # would: values that differ from its defaults, registers it has and the stream lacks
         of = src if (suite, src, dst) == EXTRA else K612
         path = os.path.join(out, f"{suite}-{src}-to-{dst}.json")
-        cp = subprocess.run([sys.executable, os.path.join(NESTED, "nested_lab.py"), "pair", src, dst, suite,
-                             pins_on(src, of=of), pins_on(dst, src, of=of), "--out", path],
-                            capture_output=True, text=True, timeout=900, check=False)
+        with phase(f"QEMU {QEMU[suite]}: {src} -> {dst}, unpinned and pinned"):
+            cp = subprocess.run([sys.executable, os.path.join(NESTED, "nested_lab.py"), "pair", src, dst, suite,
+                                 pins_on(src, of=of), pins_on(dst, src, of=of), "--out", path],
+                                capture_output=True, text=True, timeout=900, check=False)
         assert cp.returncode == 0, cp.stderr[-3000:]
         with open(path) as f:
             res[(suite, src, dst)] = json.load(f)

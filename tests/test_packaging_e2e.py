@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from helpers.realparts import need, need_kvm
-from lab import debhosts as dh
+from lab import debhosts as dh, warmup
 from lab.conftest_twohost import lab_problems
 from lab.twohost import TwoHost
 
@@ -61,6 +61,7 @@ def real_parts() -> str:
     need(not lab_problems(), "two-host libvirt lab: " + "; ".join(lab_problems()))
     need(not dh.problems(), "packaged hosts: " + "; ".join(dh.problems()))
     need(Path("/usr/bin/dpkg-query").exists(), "a Debian system (dpkg, apt) to build the .deb")
+    warmup.wait("x86-rootfs")
     try:
         return dh.ensure_rootfs()
     except Exception as e:  # no mirror / no network is a missing real part

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from helpers.realparts import need, need_kvm
-from lab import x86fleet as xf
+from lab import warmup, x86fleet as xf
 
 DATA = xf.DATA
 VERSIONS = xf.VERSIONS
@@ -154,6 +154,7 @@ def real_parts():
     cp = subprocess.run(["env", "-i", sys.executable, "-I", "-c", "import abiguard, qemu.qmp"],
                         check=False, capture_output=True, text=True, timeout=30)
     need(cp.returncode == 0, f"abiguard and qemu.qmp installed in {sys.executable} (packaging/setup-dev test)")
+    warmup.wait("x86-rootfs")
     try:
         rootfs = xf.build_rootfs()
     except Exception as e:  # noqa: BLE001 - a missing mirror is a missing real part

@@ -111,6 +111,8 @@ class Lab:
         if attach:
             yield cls.attach(attach)
             return
+        from helpers.timing import phase
+
         lab = cls.create(hosts=hosts, run_id=run_id)
         atexit.register(lab.down)           # down() is idempotent
 
@@ -118,11 +120,13 @@ class Lab:
             raise KeyboardInterrupt(f"signal {signum}")
         old = signal.signal(signal.SIGTERM, term)
         try:
-            lab.up()
+            with phase(f"arm64 hosts {', '.join(lab.hosts)}: build or reuse the bases, boot, libvirtd ready"):
+                lab.up()
             yield lab
         finally:
             try:
-                lab.down()
+                with phase("arm64 hosts down"):
+                    lab.down()
             finally:
                 signal.signal(signal.SIGTERM, old)
                 atexit.unregister(lab.down)
