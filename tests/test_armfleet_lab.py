@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 
 from helpers.realparts import need, need_commands
+from helpers.timing import phase
+from lab import warmup
 from lab.armfleet import abiguard as afa, dpkgdb, groundtruth, guest, migration
 from lab.armfleet.common import LabError, write_json
 from lab.armfleet.fleet import GUEST_IMAGE, SYSTEM_PYTHON, HostSpec, Lab
@@ -67,6 +69,7 @@ def _real_parts() -> None:
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Lab]:
     _real_parts()
+    warmup.wait("armlab-kernels", "armfleet-bases")
     # ARMFLEET_ATTACH (development): a lab that is already up (tests/lab/armfleet.py up), left up
     with Lab.session(run_id=os.environ.get("ARMFLEET_RUN") or f"pytest-{os.getpid()}",
                      attach=os.environ.get("ARMFLEET_ATTACH")) as lab:
@@ -82,7 +85,17 @@ def truth(fleet: Lab) -> dict:
     # ARMFLEET_GT_MACHINES=virt,virt-7.2 adds the default machine type (newer -> older fails
     # at Prepare on the machine type: ~6 min more)
     machines = tuple(os.environ.get("ARMFLEET_GT_MACHINES", "virt-7.2").split(","))
-    gt = groundtruth.record(fleet, machines)
+    # the committed record, when this run's hosts are its hosts (same releases, CPUs, package
+    # versions, outer QEMU), is re-checked by a sample; otherwise everything is recorded again
+    committed = json.loads(COMMITTED.read_text()) if COMMITTED.exists() else None
+    same = committed is not None and groundtruth.provenance(groundtruth.this_run(fleet)) == \
+        groundtruth.provenance(committed)
+    if same and machines == ("virt-7.2",) and os.environ.get("ARMFLEET_GT_FULL") != "1":
+        with phase(f"ground truth without abiguard: the committed record's sample ({', '.join(groundtruth.SAMPLE)})"):
+            gt = groundtruth.resample(fleet, committed)
+    else:
+        with phase("ground truth without abiguard: every ordered pair (the committed record's hosts differ)"):
+            gt = groundtruth.record(fleet, machines)
     out = Path(os.environ.get("ARMFLEET_RESULTS", fleet.dir)) / "libvirt-groundtruth.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, gt)
@@ -196,9 +209,7 @@ def test_groundtruth_matches_committed(truth: dict) -> None:
     if not COMMITTED.exists():
         pytest.fail(f"{COMMITTED} missing: record it with python3 -m lab.armfleet.groundtruth")
     old = json.loads(COMMITTED.read_text())
-    def packages(gt: dict) -> dict:
-        return {h: x["packages"] for h, x in gt["hosts"].items()}
-    same = old["outer_qemu"] == truth["outer_qemu"] and packages(old) == packages(truth)
+    same = groundtruth.provenance(old) == groundtruth.provenance(truth)
     if not same:
         pytest.skip("the hosts' packages or the outer QEMU differ from the committed record; the fresh record is "
                     "in $ARMFLEET_RESULTS -- commit it after review")
@@ -213,6 +224,12 @@ def test_groundtruth_matches_committed(truth: dict) -> None:
             continue
         for pair, r in pairs.items():
             assert key(truth["matrices"][mt][pair]) == key(r), (mt, pair)
+    if truth.get("mode") == "sample":
+        # the sampled moves were compared above; their guest booted with the recorded view
+        for name, view in truth["sample_views_at_start"].items():
+            assert view and guest.diff(old["views_at_start"][name], view) == {}, name
+        assert set(truth["resampled"]) == set(groundtruth.SAMPLE), truth["resampled"]
+        return
     # the fresh record may hold fewer machine types than the committed one (CI: virt-7.2)
     fresh, kept = truth["view_differences_between_hosts"], old["view_differences_between_hosts"]
     assert fresh and set(fresh) <= set(kept), sorted(set(fresh) - set(kept))
@@ -248,7 +265,8 @@ def installed(fleet: Lab, truth: dict) -> Iterator[dict]:
     """abiguard in every host (the ground truth is recorded first, without it), the hosts'
     own profiles here, the fleet's baselines; every run of the with-abiguard tests is
     added to one record, written to $ARMFLEET_RESULTS/abiguard-runs.json at the end."""
-    rec = afa.install(fleet)
+    with phase("abiguard's arm64 .deb installed in every host"):
+        rec = afa.install(fleet)
     prof = {h: Path(x["profile"]) for h, x in rec["hosts"].items()}
     base = {"fleet": afa.baseline([prof[h] for h in fleet.hosts], fleet.dir / "baseline-fleet.json")}
     newer = [h for h in fleet.hosts if h != "bookworm"]
@@ -316,11 +334,15 @@ def test_verdict_holds_against_the_ground_truth(fleet: Lab, installed: dict, tru
 
 @pytest.mark.lab
 def test_unpinned_vms_under_refuse_and_warn(fleet: Lab, installed: dict, truth: dict) -> None:
-    """refuse: every ordered pair is refused at the destination's hook before any RAM moves;
-    warn: the migration goes ahead (the hook cannot judge a VM without a contract) and ends
-    as it did without abiguard -- measured here on one pair per source"""
+    """refuse: every destination refuses an unpinned VM at its hook before any RAM moves --
+    tried from the oldest and from the newest host, which between them reach every host (a
+    third source would only repeat a refusal the same hook already gave); warn: the hook lets
+    the unpinned VM in, says so in its log, and the move ends as the ground truth's did --
+    one move, by the guest the refusals left on the newest host (issue 20: the ground truth
+    already holds what every unpinned move does; the hook is what is under test here)."""
     gt = truth["matrices"]["virt-7.2"]
-    for src in fleet.hosts:
+    sources = [fleet.hosts[0], fleet.hosts[-1]]
+    for src in sources:
         dom = f"afu-{src}"
         # started under warn (refuse also refuses a plain start of an unpinned VM), then
         # every host refuses unpinned VMs
@@ -342,21 +364,28 @@ def test_unpinned_vms_under_refuse_and_warn(fleet: Lab, installed: dict, truth: 
                 lost = gt[f"{src}->{dst}"]["time_lost_s"] if gt[f"{src}->{dst}"]["outcome"] == "failed" else None
                 if lost:
                     assert r["time_lost_s"] < lost, (src, dst, r["time_lost_s"], lost)
+            if src == sources[-1]:
+                # warn: the same guest, to the middle host
+                dst = fleet.hosts[1]
+                for h in fleet.hosts:
+                    afa.set_policy(fleet, h, "warn")
+                r = migration.migrate_running(fleet, src, dst, dom, console=con, view_before=st["view"],
+                                              reboot_check=False)
+                con = r.get("console") or con
+                r["hook_log"] = afa.hook_log(fleet, dst, 2)
+                installed["unpinned"][f"warn {src}->{dst}"] = _trim(r)
+                want = gt[f"{src}->{dst}"]
+                assert r["outcome"].startswith("migrated") == want["outcome"].startswith("migrated"), \
+                    (src, dst, r["outcome"], want["outcome"], r.get("error"))
+                if r["outcome"] == "failed":
+                    assert r["phase"] == want["phase"], (r["phase"], want["phase"])
+                assert any(f"{dom}: ALLOW, no contract (policy warn)" in ln for ln in r["hook_log"]), r["hook_log"]
         finally:
             con.close()
             migration.cleanup_domain(fleet, dom, fleet.hosts)
+    assert {k.split("->")[1] for k in installed["unpinned"] if k.startswith("refuse ")} == set(fleet.hosts)
     for h in fleet.hosts:
         afa.set_policy(fleet, h, "warn")
-    order = fleet.hosts
-    for i, src in enumerate(order):
-        dst = order[(i + 1) % len(order)] if src != order[-1] else order[1]
-        r = migration.run_migration(fleet, src, dst, guest.domain_xml(f"afw-{src}", machine="virt-7.2",
-                                                                      image=GUEST_IMAGE), reboot_check=False)
-        r["hook_log"] = afa.hook_log(fleet, dst, 2)
-        installed["unpinned"][f"warn {src}->{dst}"] = _trim(r)
-        want = gt[f"{src}->{dst}"]["outcome"]
-        assert (r["outcome"] == "failed") == (want == "failed"), (src, dst, r["outcome"], want, r.get("error"))
-        assert any("unpinned" in ln or "no contract" in ln for ln in r["hook_log"]), r["hook_log"]
 
 
 @pytest.mark.lab
@@ -542,7 +571,7 @@ def test_leading_version_numbers() -> None:
 def test_host_specs() -> None:
     specs = HostSpec.parse_list("bookworm, trixie,n1=sid:neoverse-n1")
     assert [(s.name, s.suite) for s in specs] == [("bookworm", "bookworm"), ("trixie", "trixie"), ("n1", "sid")]
-    assert specs[2].cpu == "neoverse-n1" and specs[0].cpu == "max,lpa2=off"
+    assert specs[2].cpu == "neoverse-n1" and specs[0].cpu == "max,lpa2=off,pauth-impdef=on"
     for bad in ("buster", "a=sid,a=trixie", "Bad=sid"):
         with pytest.raises(LabError):
             HostSpec.parse_list(bad)

@@ -544,8 +544,9 @@ def recipe_key(suite: str, apt: Apt) -> str:
     for f in RECIPE:
         if f.is_file():
             h.update(f.name.encode() + b"\0" + f.read_bytes())
+    # the CPU the first boot runs on: libvirt's QEMU capabilities cache is filled there
     h.update(json.dumps([BUILD_VERSION, suite, PACKAGES, EXTRA[suite], INITRD_DEBS, INITRD_MODULES, HAND,
-                         ADDUSER, sorted(ALTERNATIVES)]).encode())
+                         ADDUSER, sorted(ALTERNATIVES), machine.DEFAULT_CPU]).encode())
     h.update(apt.inrelease())
     return h.hexdigest()[:16]
 
