@@ -64,6 +64,9 @@ class Arch:
     #: QEMU migrates a register list that is the host's, not the contract's: each hop's
     #: stamp carries it and the next hop is judged with it
     carries_register_stream = False
+    #: the baseline's CPU is libvirt's answer (baselineHypervisorCPU over the hosts), so
+    #: ``baseline`` opens a libvirt connection per host when a profile is of this arch
+    baseline_asks_libvirt = False
 
     # -- models ---------------------------------------------------------------------------
     def section_from_json(self, r: Reader, doc: dict[str, Any], where: str) -> KvmSection:

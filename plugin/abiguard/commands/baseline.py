@@ -28,6 +28,7 @@ class Baseline(Command):
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
+        from .. import arch
         from ..engine import baseline
         from ..model import profile
 
@@ -35,7 +36,7 @@ class Baseline(Command):
         profiles = profile.load_labelled(args.profiles, verified)
         rollback = profile.load_labelled(args.rollback_to, verified)
         hypervisors = None
-        if any(p.machine == "x86_64" for p in profiles + rollback) and not args.no_libvirt:
+        if any(arch.get(p.machine).baseline_asks_libvirt for p in profiles + rollback) and not args.no_libvirt:
             from ..arch.x86.hypervisor_cpu import HypervisorCpu
 
             if args.libvirt:

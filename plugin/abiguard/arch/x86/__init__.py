@@ -22,6 +22,7 @@ class X86(Arch):
     name = "x86_64"
     machine_family = "pc-q35"
     qemu_binary = "qemu-system-x86_64"
+    baseline_asks_libvirt = True
     xml = XmlShape("x86", (("cpu-model", "cpu_model"), ("pv-features", "pv_features"),
                            ("arch-capabilities", "arch_capabilities")),
                    maps=(("feature", "features", "name", "policy"),))

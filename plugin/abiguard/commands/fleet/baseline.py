@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from ... import arch
 from ..base import Command, write
 from . import add_common, need_records, open_store
 
@@ -17,7 +18,7 @@ class FleetBaseline(Command):
 
     def configure_parser(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("-o", "--output", help="write the baseline here (default: stdout)")
-        parser.add_argument("--arch", choices=("aarch64", "x86_64"), help="the architecture, in a mixed fleet")
+        parser.add_argument("--arch", choices=arch.NAMES, help="the architecture, in a mixed fleet")
         parser.add_argument("--no-rollback", action="store_true",
                             help="leave out the profiles the hosts ran before (their records' previous)")
         parser.add_argument("--rollback-to", action="append", default=[], metavar="PROFILE",
@@ -64,7 +65,8 @@ class FleetBaseline(Command):
         if args.no_libvirt:
             return None
         profiles = store.profiles_of(records)
-        if not any(p.machine == "x86_64" for p in profiles.values()) or args.arch == "aarch64":
+        asking = {name for name, p in profiles.items() if arch.get(p.machine).baseline_asks_libvirt}
+        if not asking or (args.arch and not arch.get(args.arch).baseline_asks_libvirt):
             return None
         from ...arch.x86.hypervisor_cpu import HypervisorCpu
 
@@ -72,7 +74,7 @@ class FleetBaseline(Command):
         if not uris:
             seen: set[str] = set()
             for rec in records:
-                if profiles[rec.profile].machine == "x86_64" and rec.uri and rec.profile not in seen:
+                if rec.profile in asking and rec.uri and rec.profile not in seen:
                     seen.add(rec.profile)
                     uris.append(rec.uri)
         out = []
