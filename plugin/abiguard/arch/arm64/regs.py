@@ -5,6 +5,8 @@ each register (:mod:`.rules`).
 Sources: arch/arm64/include/uapi/asm/kvm.h, Documentation/virt/kvm/arm/fw-pseudo-registers.rst,
 arch/arm64/kvm/hypercalls.c (``kvm_arm_set_fw_reg``, ``kvm_arm_set_fw_reg_bmap``),
 QEMU target/arm/kvm.c (``kvm_arm_init_cpreg_list``: core and SVE registers are not cpregs).
+Other system registers are named by the kernel's own tables (data/sysreg/arm64.json, which
+packaging/gen-sysreg-names writes from arch/arm64/tools/sysreg and asm/sysreg.h).
 Kernel versions are first mainline releases; the arm64 lab measures the Debian builds.
 Standard library only: this runs inside the arm64 lab's initramfs and on the hook's path.
 """
@@ -126,42 +128,69 @@ VOLATILE_REGS: dict[int, str] = {
     kvm.arm64_sysreg_id(3, 3, 14, 0, 1): "KVM_REG_ARM_PTIMER_CNT",
 }
 
-#: non-ID system registers named in reports, by (op0, op1, CRn, CRm, op2)
-#: (arch/arm64/tools/sysreg); anything else is named by its encoding
-_OTHER_SYSREGS: dict[tuple[int, int, int, int, int], str] = {
+#: names KVM's uapi gives sysreg ids (arch/arm64/include/uapi/asm/kvm.h), which win over the
+#: kernel's architectural names: KVM_REG_ARM_TIMER_CTL is CNTV_CTL_EL0's encoding, and
+#: KVM_REG_ARM_TIMER_CVAL sits at CNTVCT_EL0's (the uapi swapped the CVAL and CNT encodings;
+#: its TIMER_CNT, at CNTV_CVAL_EL0's, is in :data:`VOLATILE_REGS`)
+_KVM_NAMES: dict[tuple[int, int, int, int, int], str] = {
     (3, 3, 14, 3, 1): "KVM_REG_ARM_TIMER_CTL", (3, 3, 14, 0, 2): "KVM_REG_ARM_TIMER_CVAL",
-    (2, 0, 0, 2, 0): "MDCCINT_EL1", (2, 0, 0, 2, 2): "MDSCR_EL1", (2, 0, 1, 0, 4): "OSLAR_EL1",
-    (2, 0, 1, 1, 4): "OSLSR_EL1", (2, 0, 1, 3, 4): "OSDLR_EL1", (2, 0, 7, 8, 6): "DBGCLAIMSET_EL1",
-    (3, 0, 1, 0, 0): "SCTLR_EL1", (3, 0, 1, 0, 1): "ACTLR_EL1", (3, 0, 1, 0, 2): "CPACR_EL1",
-    (3, 0, 1, 0, 3): "SCTLR2_EL1", (3, 0, 1, 2, 0): "ZCR_EL1", (3, 0, 1, 2, 6): "SMCR_EL1",
-    (3, 0, 2, 0, 0): "TTBR0_EL1", (3, 0, 2, 0, 1): "TTBR1_EL1", (3, 0, 2, 0, 2): "TCR_EL1",
-    (3, 0, 2, 0, 3): "TCR2_EL1", (3, 0, 2, 1, 0): "APIAKEYLO_EL1", (3, 0, 2, 1, 1): "APIAKEYHI_EL1",
-    (3, 0, 2, 1, 2): "APIBKEYLO_EL1", (3, 0, 2, 1, 3): "APIBKEYHI_EL1", (3, 0, 2, 2, 0): "APDAKEYLO_EL1",
-    (3, 0, 2, 2, 1): "APDAKEYHI_EL1", (3, 0, 2, 2, 2): "APDBKEYLO_EL1", (3, 0, 2, 2, 3): "APDBKEYHI_EL1",
-    (3, 0, 2, 3, 0): "APGAKEYLO_EL1", (3, 0, 2, 3, 1): "APGAKEYHI_EL1", (3, 0, 4, 6, 0): "ICC_PMR_EL1",
-    (3, 0, 5, 1, 0): "AFSR0_EL1", (3, 0, 5, 1, 1): "AFSR1_EL1", (3, 0, 5, 2, 0): "ESR_EL1",
-    (3, 0, 6, 0, 0): "FAR_EL1", (3, 0, 7, 4, 0): "PAR_EL1", (3, 0, 9, 14, 1): "PMINTENSET_EL1",
-    (3, 0, 9, 14, 2): "PMINTENCLR_EL1", (3, 0, 10, 2, 0): "MAIR_EL1", (3, 0, 10, 2, 2): "PIRE0_EL1",
-    (3, 0, 10, 2, 3): "PIR_EL1", (3, 0, 10, 2, 4): "POR_EL1", (3, 0, 10, 3, 0): "AMAIR_EL1",
-    (3, 0, 10, 4, 4): "MPAMIDR_EL1", (3, 0, 12, 0, 0): "VBAR_EL1", (3, 0, 13, 0, 1): "CONTEXTIDR_EL1",
-    (3, 0, 13, 0, 4): "TPIDR_EL1", (3, 0, 14, 1, 0): "CNTKCTL_EL1", (3, 2, 0, 0, 0): "CSSELR_EL1",
-    (3, 3, 4, 2, 2): "POR_EL0", (3, 3, 9, 12, 0): "PMCR_EL0", (3, 3, 9, 12, 1): "PMCNTENSET_EL0",
-    (3, 3, 9, 12, 2): "PMCNTENCLR_EL0", (3, 3, 9, 12, 3): "PMOVSCLR_EL0", (3, 3, 9, 12, 4): "PMSWINC_EL0",
-    (3, 3, 9, 12, 5): "PMSELR_EL0", (3, 3, 9, 13, 0): "PMCCNTR_EL0", (3, 3, 9, 14, 0): "PMUSERENR_EL0",
-    (3, 3, 9, 14, 3): "PMOVSSET_EL0", (3, 3, 13, 0, 2): "TPIDR_EL0", (3, 3, 13, 0, 3): "TPIDRRO_EL0",
-    (3, 3, 13, 0, 5): "TPIDR2_EL0", (3, 3, 14, 15, 7): "PMCCFILTR_EL0",
-    (3, 4, 3, 0, 0): "DACR32_EL2", (3, 4, 5, 0, 1): "IFSR32_EL2", (3, 4, 5, 3, 0): "FPEXC32_EL2",
 }
+#: the kernel's system-register names by encoding, written by packaging/gen-sysreg-names from
+#: arch/arm64/tools/sysreg and arch/arm64/include/asm/sysreg.h; None: the package's own
+#: data/sysreg/arm64.json (tests point it elsewhere)
+SYSREG_NAMES_FILE: str | None = None
 _other_names: dict[int, str] = {}
 
 
+def _sysreg_names_path() -> str:
+    import os
+
+    if SYSREG_NAMES_FILE is not None:
+        return SYSREG_NAMES_FILE
+    package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.join(package, "data", "sysreg", "arm64.json")
+
+
+def _load_sysreg_names(path: str) -> dict[tuple[int, int, int, int, int], str]:
+    """encoding -> name from the data file. Its ``names`` member must map
+    ``"op0,op1,crn,crm,op2"`` (decimal, each within its field) to a register name; anything
+    else is a packaging bug, refused with :class:`~abiguard.errors.AbiguardError`."""
+    import json
+
+    from ...errors import AbiguardError
+
+    fix = "reinstall abiguard (a packaging bug: packaging/gen-sysreg-names writes this file)"
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise AbiguardError(f"cannot read the arm64 register names {path}: {e}; {fix}") from None
+    names = doc.get("names") if isinstance(doc, dict) else None
+    if not isinstance(names, dict) or not names:
+        raise AbiguardError(f"the arm64 register names {path} have no 'names' object; {fix}")
+    table: dict[tuple[int, int, int, int, int], str] = {}
+    for key, name in names.items():
+        fields = key.split(",")
+        if len(fields) != 5 or not all(f.isascii() and f.isdigit() and f == str(int(f)) for f in fields) \
+                or not isinstance(name, str) or not (name.isascii() and name.isidentifier()):
+            raise AbiguardError(f"the arm64 register names {path} have {key[:40]!r}: {str(name)[:40]!r}, "
+                                f"not \"op0,op1,crn,crm,op2\": NAME; {fix}")
+        op0, op1, crn, crm, op2 = (int(f) for f in fields)
+        if op0 > 3 or op1 > 7 or crn > 15 or crm > 15 or op2 > 7:
+            raise AbiguardError(f"the arm64 register names {path} have {key!r}, not an encoding "
+                                f"(op0 < 4, op1 < 8, CRn < 16, CRm < 16, op2 < 8); {fix}")
+        table[(op0, op1, crn, crm, op2)] = name
+    return table
+
+
 def other_sysreg_names() -> dict[int, str]:
-    """id -> name of the non-ID system registers reports name (built on first use: the hook
-    names registers from the profile's own list and rarely needs it)."""
+    """id -> name of the system registers the kernel names (built on first use: the hook
+    names registers from the profile's own list and rarely needs it), with KVM's own
+    names where the uapi has them. :func:`reg_name` asks the ID-register and firmware
+    tables first."""
     if not _other_names:
-        table = dict(_OTHER_SYSREGS)
-        table.update({(2, 0, 0, n, op2): f"DBG{kind}{n}_EL1" for n in range(16)
-                      for op2, kind in ((4, "BVR"), (5, "BCR"), (6, "WVR"), (7, "WCR"))})
+        table = _load_sysreg_names(_sysreg_names_path())
+        table.update(_KVM_NAMES)
         _other_names.update({kvm.arm64_sysreg_id(*enc): name for enc, name in table.items()})
     return _other_names
 
