@@ -3,6 +3,8 @@ fake root (ABIGUARD_ROOT) holding a real arm64 kernel's profile."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -49,6 +51,25 @@ def test_other_operations_exit_at_once(host):
     for op in (["vm", "start", "begin", "-"], ["vm", "stopped", "end", "-"], ["vm", "release", "end", "-"]):
         cp = host(*op, xml=domain())
         assert (cp.returncode, cp.stdout, cp.stderr) == (0, b"", b"")
+
+
+def test_a_judged_run_does_not_import_typing(host):
+    """typing (and the re, enum, functools and contextlib it imports) costs a judged run
+    about 0.6x a bare ``python3 -c pass`` and takes it past its 2x budget (README, Speed): the
+    modules a judged run imports say ``TYPE_CHECKING = False`` instead of importing typing."""
+    pins = domain(pinned(sealed("6.1.0-50-arm64", "psci")))
+    for op, xml in (("migrate", pins), ("restore", domain()), ("prepare", domain(pinned(sealed("7.2.13+deb14-arm64")))),
+                    ("started", pins)):
+        assert host("vm", op, "begin", "-", xml=xml).returncode in (0, 1)     # the profile saved, the config cached
+        shim = [str(host.root / "hook"), "vm", op, "begin", "-"]
+        cp = subprocess.run([sys.executable, "-X", "importtime", "-IS", *shim], input=xml, capture_output=True,
+                            timeout=30, env={"ABIGUARD_ROOT": str(host.root), "PATH": "/usr/bin:/bin", "LC_ALL": "C"})
+        imported = [line.rpartition("|")[2].strip() for line in cp.stderr.decode().splitlines()
+                    if line.startswith("import time:")]
+        assert "abiguard.hook.protocol" in imported, cp.stderr[-500:]
+        # -X importtime lists a module after the ones it imported: the first abiguard module
+        # after typing is the one that imported it
+        assert "typing" not in imported, f"{op}: typing imported, then {imported[imported.index('typing'):][:12]}"
 
 
 def test_allow_prints_the_same_xml_plus_a_stamp(host):

@@ -129,6 +129,18 @@ def test_unjudged_operations_ignore_an_unreadable_profile(host, op, sub):
     assert (cp.returncode, cp.stdout, cp.stderr) == (0, b"", b"")
 
 
+def test_install_removes_an_earlier_abiguards_hook_bundle(tmp_path, monkeypatch):
+    """abiguard install over an earlier one: its precompiled hook.bundle (nothing reads it
+    any more) goes, and the qemu hook is the plain shim."""
+    stale = tmp_path / "var/lib/abiguard/hook.bundle"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"abiguard-hook-bundle-3\n")
+    monkeypatch.setenv("CC", str(tmp_path / "no-compiler"))     # the preload library is not built
+    done = install.install(str(tmp_path), sys.executable, probe=False)
+    assert not stale.exists() and str(stale) not in done
+    assert (tmp_path / "etc/libvirt/hooks/qemu.d/abiguard").read_text() == install.render("qemu", sys.executable)
+
+
 def test_the_shim_judges_exactly_the_handlers():
     text = install.render("qemu", "/usr/bin/python3", "/usr/lib/python3/dist-packages")
     assert repr(tuple(sorted(protocol.JUDGED))) in text

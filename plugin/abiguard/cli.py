@@ -16,7 +16,6 @@ def _commands() -> dict[str, Command]:
     from .commands.check import Check
     from .commands.diff import Diff
     from .commands.fleet import Fleet
-    from .commands.hook_bundle import HookBundle
     from .commands.install import Install, Uninstall
     from .commands.matrix import Matrix
     from .commands.pin import Pin
@@ -24,7 +23,7 @@ def _commands() -> dict[str, Command]:
     from .commands.status import Status
 
     return {c.name: c for c in (Probe(), Check(), Diff(), Baseline(), Matrix(), Install(), Uninstall(), Pin(),
-                                Status(), HookBundle(), Fleet())}
+                                Status(), Fleet())}
 
 
 COMMANDS: dict[str, Command] = _commands()

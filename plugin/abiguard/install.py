@@ -44,15 +44,12 @@ def render(kind: str, python: str, path: str | None = None) -> str:
     """The hook shim: a few lines that hand over to :mod:`abiguard.hook`.
 
     ``-IS`` (one shebang argument): no environment, no site: the shim names the one
-    directory it needs, which keeps the hook's start as cheap as a bare interpreter's
-    (site alone costs ~4 ms). The qemu shim decides from argv before anything can fail:
-    an operation abiguard does not judge exits 0 at once, without reading the domain XML
-    or importing abiguard, because libvirt kills a VM whose ``reconnect`` hook fails and
+    directory it needs. The qemu shim decides from argv before anything can fail: an
+    operation abiguard does not judge exits 0 at once, without reading the domain XML or
+    importing abiguard, because libvirt kills a VM whose ``reconnect`` hook fails and
     aborts a start whose ``started`` hook fails; an operation it judges refuses with one
     ``abiguard:`` line when abiguard itself cannot be loaded.
     """
-    from ._hookpath import MAGIC, MAX_PART, RELPATH
-
     _path, _entry = HOOKS[kind]
     path = path or package_parent()
     head = f"#!{python} {'-IS' if kind == 'qemu' else '-I'}\n{_PURPOSE[kind]}\n# {HOOK_ID}-{kind}\nimport sys\n\n"
@@ -60,37 +57,19 @@ def render(kind: str, python: str, path: str | None = None) -> str:
         from .hook.protocol import JUDGED
 
         return head + (
-            "# an operation abiguard does not judge: exit 0 before anything can fail (and without\n"
-            "# tearing down an interpreter that did nothing)\n"
+            "# an operation abiguard does not judge: exit 0 before anything can fail\n"
             f"if tuple(sys.argv[2:4]) not in {tuple(sorted(JUDGED))!r}:\n"
-            "    sys.modules['posix']._exit(0)\n"
+            "    sys.exit(0)\n"
             f"sys.path.insert(0, {path!r})\n"
-            "# abiguard's modules precompiled, with the code that serves them and runs the hook\n"
-            "# (abiguard/_hookpath.py); none, or another interpreter's: the modules' own files\n"
-            f"bundle = sys.modules['posix'].environ.get(b'ABIGUARD_ROOT', b'').decode() + {'/' + RELPATH!r}\n"
             "try:\n"
-            "    with open(bundle, 'rb') as f:\n"
-            f"        head = f.read({len(MAGIC) + 8})\n"
-            f"        if head[:{len(MAGIC) + 4}] != {MAGIC!r} + "
-            "sys.modules['_frozen_importlib_external'].MAGIC_NUMBER:\n"
-            "            raise ValueError\n"
-            f"        hookpath = {{'__name__': 'abiguard-hook-bundle'}}\n"
-            f"        exec(sys.modules['marshal'].loads(f.read(min(int.from_bytes(head[{len(MAGIC) + 4}:], 'little'), "
-            f"{MAX_PART}))), hookpath)\n"
-            "except Exception:\n"
-            "    bundle = hookpath = None\n"
-            "try:\n"
-            "    if hookpath is None:\n"
-            "        from abiguard import _hookpath\n"
-            "        hookpath = vars(_hookpath)\n"
-            "    start = hookpath['start']\n"
+            "    from abiguard.hook.protocol import main\n"
             "except BaseException as e:  # missing or half-installed: what abiguard judges fails closed\n"
             "    if sys.argv[2] == 'started' and b'ABIGUARD_PINS' not in sys.stdin.buffer.read():\n"
-            "        sys.modules['posix']._exit(0)   # judged only for VMs that carry abiguard's pins\n"
+            "        sys.exit(0)   # judged only for VMs that carry abiguard's pins\n"
             "    sys.stderr.write('abiguard: cannot load abiguard (%s); refusing %s: reinstall abiguard\\n'\n"
             "                     % (type(e).__name__, sys.argv[2]))\n"
             "    sys.exit(1)\n"
-            "start(bundle)\n")
+            "sys.exit(main(sys.argv))\n")
     # the daemon hook's profile refresh needs site-packages (qemu.qmp, libvirt, lxml); libvirt
     # ignores what a daemon hook returns, and a refresh that cannot run leaves the old profile
     return head + (
@@ -136,10 +115,9 @@ def install(root: str = "/", python: str | None = None, probe: bool = True) -> l
         done.append(config)
     for d in ("var/lib/abiguard", "var/log/abiguard"):
         os.makedirs(os.path.join(root, d), mode=0o750, exist_ok=True)
-    # the hook's modules precompiled into one file (abiguard.bundle): faster judged runs
-    from . import bundle
-
-    done.append(bundle.write(os.path.join(root, bundle.RELPATH)))
+    stale = os.path.join(root, "var/lib/abiguard/hook.bundle")   # an earlier abiguard's precompiled hook
+    if os.path.exists(stale):
+        os.unlink(stale)
     # arm64 register enforcement: the preload library, built with this host's compiler
     # unless the distribution package shipped it already
     from . import preload

@@ -3,7 +3,7 @@ named ``ARCH``; the engine, the models and the commands reach arch knowledge onl
 through :func:`get`. Imported lazily, so the hook loads only the arch it judges."""
 from __future__ import annotations
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from .base import Arch
 

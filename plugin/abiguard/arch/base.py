@@ -8,7 +8,7 @@ the ``section_*`` and ``body_*`` methods. An arch keeps its knowledge as table r
 """
 from __future__ import annotations
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from typing import Any
 

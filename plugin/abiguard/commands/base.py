@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, UsageError
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..engine.problem import Verdict
     from ..model.contract import Contract

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from .base import Command, print_json, qemu_version
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..model.profile import Profile
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import Refusal, UsageError
 from .base import Command, load_contract_or_profile, print_json
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..model.contract import Contract
 

@@ -4,13 +4,12 @@ and what its stack cannot pin. The arch plugin folds the values
 (:meth:`abiguard.arch.base.Arch.baseline`); this module does what every arch shares."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ..errors import UsageError
 from . import verdict
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from ..model.contract import Contract
     from ..model.profile import Profile
 

@@ -5,7 +5,7 @@ Plain classes with ``__slots__`` (not dataclasses or NamedTuples: ``typing`` and
 """
 from __future__ import annotations
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from typing import Any
 

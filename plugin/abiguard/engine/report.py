@@ -13,7 +13,7 @@ built here.
 """
 from __future__ import annotations
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from .problem import Problem, Verdict
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .problem import Policy, Problem, Verdict
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from ..model.contract import Contract
     from ..model.profile import Profile

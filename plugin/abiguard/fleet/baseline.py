@@ -9,12 +9,11 @@ member saying which hosts each profile stands for.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ..errors import UsageError
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from ..model.profile import Profile
     from .record import HostRecord
     from .store import Store

@@ -10,7 +10,8 @@ that one again when it arrives.)
 """
 from __future__ import annotations
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
+
 if TYPE_CHECKING:
     from ..model.contract import Contract
     from ..model.profile import Profile

@@ -9,7 +9,8 @@ cache to that promise.
 """
 from __future__ import annotations
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
+
 if TYPE_CHECKING:
     from ..engine.problem import Policy
     from ..model.contract import Contract

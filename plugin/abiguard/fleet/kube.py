@@ -21,11 +21,9 @@ Every name written is checked (node names as DNS-1123 subdomains, label names by
 """
 from __future__ import annotations
 
-from . import names
+from typing import Any
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
+from . import names
 
 
 def node_labels(realised: dict[str, list[str]], contracts: list[str]) -> tuple[dict[str, dict[str, bool]], list[str]]:

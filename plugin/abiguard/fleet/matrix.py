@@ -9,10 +9,9 @@ named); the diagonal is ``same`` (hosts of one profile).
 """
 from __future__ import annotations
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
     from ..model.profile import Profile
     from .record import HostRecord
 

@@ -14,7 +14,8 @@ The whole digest does not fit a Kubernetes label name (at most 63 characters, an
 """
 from __future__ import annotations
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
+
 if TYPE_CHECKING:
     from ..model.profile import Profile
 

@@ -28,14 +28,14 @@ Every response is hostile input: size-capped, and each member read is checked.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ..errors import EXIT_REFUSE, AbiguardError, InputError, UsageError, printable
 from ..model.fields import Reader
 from . import names
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
 
 MICROVERSION = "1.6"
 MAX_RESPONSE = 16 * 1024 * 1024

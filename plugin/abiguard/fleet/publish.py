@@ -6,12 +6,11 @@ URI is ``--uri``, else ``[fleet] uri``, else what its record already says.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ..errors import AbiguardError, UsageError, printable
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from ..hook.config import Config
     from .store import Published, Store
 

@@ -15,10 +15,11 @@ words, and the others are published.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import AbiguardError, printable
 from ..model import address
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .store import Published, Store
 

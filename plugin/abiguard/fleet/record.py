@@ -20,13 +20,11 @@ there. Members this version does not know are refused, so a record is never half
 """
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import InputError
 from ..model import address
 from ..model.fields import Reader
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
 
 FORMAT = "abiguard-fleet-host"
 VERSION = 1

@@ -11,12 +11,10 @@ attribute values; nothing from the input becomes markup.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from .matrix import Group
 
 #: state -> (fill colour, legend text)

@@ -20,10 +20,9 @@ JSON layout::
 """
 from __future__ import annotations
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
     from ..model.profile import Profile
     from .judge import Judge, Judgement
     from .record import HostRecord

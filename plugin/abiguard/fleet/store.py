@@ -25,15 +25,13 @@ directory is ever rewritten by a reader.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, UsageError, printable
 from ..model import address
 from .record import MAX_BYTES as MAX_RECORD, HostRecord, now
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from ..model.profile import Profile
 
 PROFILES = "profiles"

@@ -12,9 +12,10 @@ daemon threads, so a hung connection never keeps the command from exiting.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import AbiguardError, printable
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..model.contract import Contract
     from ..xml.domain import DomainFacts, Element

@@ -14,10 +14,10 @@ profile) once, with destinations grouped by profile.
 """
 from __future__ import annotations
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING, Any
+
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
 
     from ..model.profile import Profile
     from .contracts import FleetContract

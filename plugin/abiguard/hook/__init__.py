@@ -13,8 +13,6 @@ Modules: :mod:`.protocol` (argv, stdin, HANDLERS), :mod:`.incoming` (migrate/res
 """
 from __future__ import annotations
 
-TYPE_CHECKING = False
-
 
 def main(argv: list[str]) -> int:
     from .protocol import main as _main

@@ -2,12 +2,13 @@
 this host's profile, the unpinned policy, and the one refusal line."""
 from __future__ import annotations
 
+import os
 import sys
 
 from ..errors import ContractError, ProfileError, Refusal
 from . import state
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from ..engine.problem import Problem
     from ..model.contract import Contract
@@ -97,7 +98,6 @@ def refuse(what: str, problems: list[Problem], log_prefix: str) -> None:
 
 
 def library_present() -> bool:
-    from .. import _fs
     from ..preload import LIBRARY_PATH
 
-    return _fs.exists(state.rooted(LIBRARY_PATH))
+    return os.path.exists(state.rooted(LIBRARY_PATH))

@@ -14,10 +14,11 @@ would otherwise silently leave the policy at its default.
 """
 from __future__ import annotations
 
-from .. import _fs as os  # posix calls: the hook's path never imports os
+import os
+
 from . import state
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from typing import TypeAlias
 
@@ -55,21 +56,21 @@ class Config:
         except FileNotFoundError:
             return cls()
         key = (st.st_size, st.st_mtime_ns, st.st_ino)
-        cache = os.join(state.STATE, "config.cache")
+        cache = os.path.join(state.STATE, "config.cache")
         cached = _read_cache(cache, key)
         if cached is not None:
             return cls(*cached)
         config = cls.parse(path)
         try:
+            import hashlib
             import marshal
 
-            from .._sha import sha256
             from ..model.profile import atomic_write
 
             payload = marshal.dumps((key, config.unpinned, config.allow_widening, config.fleet_dir,
                                      config.fleet_host, config.fleet_uri))
-            os.makedirs(state.STATE, 0o755)
-            atomic_write(cache, _CACHE_MAGIC + sha256(payload) + payload, 0o600)
+            os.makedirs(state.STATE, 0o755, exist_ok=True)
+            atomic_write(cache, _CACHE_MAGIC + hashlib.sha256(payload).digest() + payload, 0o600)
         except OSError:
             pass  # a read-only state directory only costs speed
         return config
@@ -119,16 +120,15 @@ class Config:
 
 
 def _read_cache(path: str, key: tuple[int, int, int]) -> Cached | None:
+    import hashlib
     import marshal
-
-    from .._sha import sha256
 
     try:
         with open(path, "rb") as f:
             data = f.read(16384)
         head = len(_CACHE_MAGIC)
         payload = data[head + 32:]
-        if data[:head] != _CACHE_MAGIC or sha256(payload) != data[head:head + 32]:
+        if data[:head] != _CACHE_MAGIC or hashlib.sha256(payload).digest() != data[head:head + 32]:
             return None
         cached_key, unpinned, widening, fleet_dir, host, uri = marshal.loads(payload)
     except (OSError, EOFError, ValueError, TypeError):

@@ -27,15 +27,6 @@ def daemon_main(argv: list[str]) -> int:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     try:
-        from .. import bundle as hook_bundle
-
-        bundle = os.path.join(state.ROOT, hook_bundle.RELPATH)
-        if not hook_bundle.current(bundle):       # after an upgrade: the hook's fast path again
-            hook_bundle.write(bundle)
-            state.log(f"daemon {argv[2]}: hook bundle rewritten")
-    except Exception as e:  # the hook still works without it, only slower
-        state.log(f"daemon {argv[2]}: hook bundle not written: {e}")
-    try:
         from ..model import profile
         from ..probe.host import probe_host
 

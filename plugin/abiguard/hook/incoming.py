@@ -2,14 +2,14 @@
 before any RAM moves, allow (and stamp) the VM or refuse it."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 
-from .. import _fs
 from ..errors import EnforceError, Refusal
 from . import checks, state
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from ..model.contract import Contract
     from ..model.profile import Profile
@@ -20,7 +20,7 @@ def new_stamp(profile: Profile, sealed: Contract, nonce: str) -> bytes:
     from ..arch import get
     from ..model.stamp import HopStamp, safe_attr
 
-    host = _fs.uname().nodename[:64]
+    host = os.uname().nodename[:64]
     attrs = {"host": host if safe_attr(host) else "?", "kernel": profile.kernel_release[:64],
              "profile": profile.digest, "nonce": nonce, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if profile.qemu is not None and profile.qemu.version_text and safe_attr(profile.qemu.version_text):
@@ -74,7 +74,7 @@ def incoming(dom: str, op: str, data: bytes, deadline: float | None = None) -> i
                           "(reinstall the abiguard package, or run abiguard install)")
     if widen:
         checks.refuse(what, widen, f"{op} {dom}")
-    nonce = _fs.urandom(8).hex()
+    nonce = os.urandom(8).hex()
     state.mark_incoming(facts.uuid, nonce)
     out = domain.with_stamp(data, facts, new_stamp(profile, sealed, nonce), pins)
     state.log(f"{op} {dom}: ALLOW, contract {sealed.digest[:19]}, notes: {'; '.join(v.notes) or '-'}")

@@ -11,14 +11,14 @@ the migration path.
 from __future__ import annotations
 
 import io
+import os
 import sys
 import time
 
-from .. import _fs
 from ..errors import MAX_LINE, Refusal, printable
 from . import state
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -68,7 +68,7 @@ def read_stdin(deadline: float, fd: int = 0, cap: int = MAX_STDIN) -> bytes:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
             raise Refusal("abiguard: timed out reading the domain XML from libvirt")
-        chunk = _fs.read(fd, 65536)
+        chunk = os.read(fd, 65536)
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)

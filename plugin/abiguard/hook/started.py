@@ -8,7 +8,8 @@ TCG VM (no KVM, nothing to pin), a definition this cannot read.
 """
 from __future__ import annotations
 
-from .. import _fs
+import os
+
 from ..errors import Refusal
 from . import state
 
@@ -60,22 +61,23 @@ def read_record(domain_id: str | None) -> tuple[str | None, str]:
     """The library's record for the running domain ``domain_id``: (text or None, where)."""
     from ..preload import RECORD_NAME
 
-    base = _fs.join(state.ROOT, LIBVIRT_QEMU_LIB)
+    base = state.rooted(LIBVIRT_QEMU_LIB)
     if domain_id is None or not domain_id.isdigit():
         return None, "no domain id in the live XML"
     prefix = f"domain-{domain_id}-"
     try:
-        dirs = [d for d in _fs.listdir(base) if d.startswith(prefix)]
+        dirs = [d for d in os.listdir(base) if d.startswith(prefix)]
     except OSError as e:
         return None, f"{base}: {e.strerror}"
     if len(dirs) != 1:
         return None, f"{base}/{prefix}*: {len(dirs)} directories"
-    path = _fs.join(base, dirs[0], RECORD_NAME)
+    path = os.path.join(base, dirs[0], RECORD_NAME)
     try:
-        data = _fs.read_capped(path, MAX_RECORD)
+        with open(path, "rb") as f:
+            data = f.read(MAX_RECORD + 1)
     except OSError as e:
         return None, f"{path}: {e.strerror}"
-    if data is None:
+    if len(data) > MAX_RECORD:
         return None, f"{path}: larger than {MAX_RECORD} bytes"
     return data.decode("utf-8", "replace"), path
 

@@ -7,19 +7,19 @@ reaches a hook that libvirt started.
 """
 from __future__ import annotations
 
+import os
 import time
 
-from .. import _fs as os  # posix calls: the hook's path never imports os (abiguard._fs)
 from ..errors import Refusal
 
-ROOT = os.env("ABIGUARD_ROOT", "/")
-ETC = os.join(ROOT, "etc/abiguard")
-STATE = os.join(ROOT, "var/lib/abiguard")
-LOGDIR = os.join(ROOT, "var/log/abiguard")
-CONFIG = os.join(ETC, "abiguard.toml")
-PROFILE = os.join(STATE, "host-profile.json")
-INCOMING = os.join(STATE, "incoming")
-LOG = os.join(LOGDIR, "hook.log")
+ROOT = os.environ.get("ABIGUARD_ROOT", "/")
+ETC = os.path.join(ROOT, "etc/abiguard")
+STATE = os.path.join(ROOT, "var/lib/abiguard")
+LOGDIR = os.path.join(ROOT, "var/log/abiguard")
+CONFIG = os.path.join(ETC, "abiguard.toml")
+PROFILE = os.path.join(STATE, "host-profile.json")
+INCOMING = os.path.join(STATE, "incoming")
+LOG = os.path.join(LOGDIR, "hook.log")
 LOG_MAX = 1024 * 1024
 #: a migrate/restore marker older than this does not make a later start "incoming"
 MARKER_TTL = 600.0
@@ -27,13 +27,13 @@ MARKER_TTL = 600.0
 
 def rooted(path: str) -> str:
     """An absolute host path below ABIGUARD_ROOT."""
-    return os.join(ROOT, path.lstrip("/"))
+    return os.path.join(ROOT, path.lstrip("/"))
 
 
 def log(line: str) -> None:
     try:
-        os.makedirs(LOGDIR, 0o750)
-        if os.exists(LOG) and os.getsize(LOG) > LOG_MAX:
+        os.makedirs(LOGDIR, 0o750, exist_ok=True)
+        if os.path.exists(LOG) and os.path.getsize(LOG) > LOG_MAX:
             os.replace(LOG, LOG + ".1")
         with open(LOG, "ab") as f:   # bytes: a text file would look up the locale's codec
             f.write((time.strftime("%Y-%m-%dT%H:%M:%S ") + line.rstrip("\n") + "\n").encode("utf-8", "replace"))
@@ -44,7 +44,7 @@ def log(line: str) -> None:
 def _marker(uuid: str) -> str:
     if not (32 <= len(uuid) <= 36 and all(c in "0123456789abcdefABCDEF-" for c in uuid)):
         raise Refusal(f"abiguard: domain UUID {uuid!r} is not a UUID")
-    return os.join(INCOMING, uuid.lower())
+    return os.path.join(INCOMING, uuid.lower())
 
 
 def mark_incoming(uuid: str | None, nonce: str) -> None:
@@ -54,8 +54,8 @@ def mark_incoming(uuid: str | None, nonce: str) -> None:
     a file costs a block discard (~0.3 ms) on filesystems mounted with ``discard``."""
     if not uuid:
         raise Refusal("abiguard: domain XML has no <uuid>")
-    os.makedirs(INCOMING, 0o700)
-    fd = os.open_fd(_marker(uuid), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    os.makedirs(INCOMING, 0o700, exist_ok=True)
+    fd = os.open(_marker(uuid), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         data = nonce.encode()
         os.pwrite(fd, data, 0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..errors import ContractError, printable
 from .fields import Reader, is_digest, is_name
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from typing import Any, TypeAlias
 
@@ -177,12 +177,13 @@ def canonical(obj: object) -> str:
 
 
 def seal(arch: str, machine_type: str | None, origin: Origin, body: Body) -> Contract:
+    import hashlib
+
     from .. import __version__
-    from .._sha import sha256_hex
 
     doc = _unsealed(arch, machine_type, origin, body)
-    return Contract(arch, machine_type, origin, body, "sha256:" + sha256_hex(canonical(doc).encode()),
-                    __version__)
+    digest = "sha256:" + hashlib.sha256(canonical(doc).encode()).hexdigest()
+    return Contract(arch, machine_type, origin, body, digest, __version__)
 
 
 def loads(text: str | bytes, source: str) -> Contract:
@@ -204,12 +205,12 @@ def from_profile(profile: Profile, config: str | None = None, machine_type: str 
 def seal_json(doc: dict[str, Any], source: str = "contract") -> Contract:
     """A contract from a JSON document whose digest is missing or stale: checked like any
     other, then sealed anew (for callers that build or edit contract documents)."""
-    from .._sha import sha256_hex
+    import hashlib
 
     body = {k: v for k, v in doc.items() if k not in ("digest", "meta")}   # meta is outside the digest
     body.update(format=FORMAT, version=VERSION)
     try:
-        digest = "sha256:" + sha256_hex(canonical(body).encode())
+        digest = "sha256:" + hashlib.sha256(canonical(body).encode()).hexdigest()
     except ContractError as e:
         raise ContractError(source, e.detail) from None
     sealed = Contract.from_json(body | {"digest": digest}, source)

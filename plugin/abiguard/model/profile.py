@@ -24,11 +24,10 @@ the hook needs neither json, re nor a digest over 160 KB (:func:`load_for_hook`)
 """
 from __future__ import annotations
 
-from .. import _fs
 from ..errors import InputError, ProfileError
 from .fields import Reader
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from typing import Any
 
@@ -348,9 +347,9 @@ def _check(payload: bytes) -> bytes:
 
 
 def _stat_key(path: str) -> tuple[int, int, int]:
-    import posix
+    import os
 
-    st = posix.stat(path)
+    st = os.stat(path)
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
@@ -360,9 +359,10 @@ def load_view(path: str) -> Profile | None:
     import marshal
 
     try:
-        data = _fs.read_capped(path + HOOKVIEW_SUFFIX, MAX_VIEW_BYTES)
+        with open(path + HOOKVIEW_SUFFIX, "rb") as f:
+            data = f.read(MAX_VIEW_BYTES + 1)
         head = len(_VIEW_MAGIC)
-        if data is None or data[:head] != _VIEW_MAGIC:
+        if len(data) > MAX_VIEW_BYTES or data[:head] != _VIEW_MAGIC:
             return None
         payload = data[head + 8:]
         if _check(payload) != data[head:head + 8]:

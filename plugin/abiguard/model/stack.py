@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .fields import Reader
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from typing import Any
 

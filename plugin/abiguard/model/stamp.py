@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..xml.names import STAMP_NS, STAMP_PREFIX
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from ..xml.domain import Element
     from .contract import Contract
@@ -31,14 +31,15 @@ _SUMS: dict[tuple[str, tuple[int, ...]], str] = {}
 
 def stream_sum(contract_digest: str, stream: tuple[int, ...]) -> str:
     """The checksum that binds a stream to its contract (first 32 hex digits of sha256)."""
-    from .._sha import sha256_hex
+    import hashlib
 
     key = (contract_digest, stream)
     got = _SUMS.get(key)
     if got is None:
         if len(_SUMS) >= 4:
             _SUMS.clear()
-        got = _SUMS[key] = sha256_hex((contract_digest + " " + " ".join(map(hex, stream))).encode())[:32]
+        text = contract_digest + " " + " ".join(map(hex, stream))
+        got = _SUMS[key] = hashlib.sha256(text.encode()).hexdigest()[:32]
     return got
 
 

@@ -3,12 +3,14 @@ is built. What it pins is planned by :mod:`abiguard.engine.pins`; the C source b
 file is the library itself (``abiguard_pin.c``)."""
 from __future__ import annotations
 
+import os
+
 #: the variable the library reads its pins from (``0xID=0xVALUE,...``)
 ENV_PINS = "ABIGUARD_PINS"
 LIBRARY_NAME = "abiguard_pin.so"
 LIBRARY_DIR = "/usr/lib/abiguard"
 LIBRARY_PATH = f"{LIBRARY_DIR}/{LIBRARY_NAME}"
-SOURCE_PATH = __file__.rpartition("/")[0] + "/abiguard_pin.c"   # no os: the hook's path reads this module
+SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "abiguard_pin.c")
 #: what the library writes into $HOME (libvirt: the domain's private directory,
 #: /var/lib/libvirt/qemu/domain-ID-NAME) so the started hook can see the pins took effect
 RECORD_NAME = "abiguard-pin.record"
@@ -20,7 +22,6 @@ MAX_ENV_CHARS = 4096
 def build_library(out: str, cc: str | None = None, source: str = SOURCE_PATH) -> str:
     """Compile the library with the system (or a cross) compiler: ``abiguard install``,
     the Debian and RPM packages."""
-    import os
     import subprocess
 
     from ..errors import AbiguardError

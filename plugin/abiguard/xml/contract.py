@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..errors import ContractError
 from .names import CONTRACT_NS, CONTRACT_PREFIX
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from typing import Any
 

@@ -23,7 +23,7 @@ from ..errors import InputError, printable
 from ..preload import ENV_PINS, LIBRARY_PATH
 from .names import CONTRACT_NS, LD_PRELOAD, QEMU_NS, QEMU_PREFIX, STAMP_NS
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any

@@ -1,6 +1,6 @@
 """abiguard in the arm64 lab, as an operator puts it there: the arm64 .deb that
 ``packaging/build-deb --arch arm64`` makes, ``apt install ./abiguard_*.deb`` in every host
-(its postinst probes the host and bundles the hook), libvirtd restarted so that it finds
+(its postinst probes the host), libvirtd restarted so that it finds
 the hooks, the hosts' own profiles carried back here for ``abiguard baseline``."""
 from __future__ import annotations
 

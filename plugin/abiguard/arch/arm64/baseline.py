@@ -2,15 +2,14 @@
 value every host takes, by the register's rule (:meth:`.rules.Rule.fold`)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ...errors import UsageError
 from . import regs
 from .judge import section_of
 from .rules import RULES
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from ...model.contract import Contract
     from ...model.profile import Profile
     from .body import Arm64Body

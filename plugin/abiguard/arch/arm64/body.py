@@ -9,7 +9,7 @@ from __future__ import annotations
 from ...model.fields import hex_values, is_hex
 from . import regs
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from typing import Any
 

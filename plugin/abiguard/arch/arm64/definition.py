@@ -3,12 +3,11 @@ pin``): PMU and SVE where libvirt has elements for them, and the preload library
 this host's pins as ``<qemu:commandline>`` environment."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import UsageError
 from ...xml.names import QEMU_NS
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ...model.contract import Contract
     from ...model.profile import Profile

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from . import ids as kvm  # the uapi id layout, without the ioctls
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 
 # Linux ``enum ftr_type``: which of two differing field values is the safe one. Plain
 # ints, not an Enum: this module is on the hook's path, and enum costs milliseconds.

@@ -12,7 +12,7 @@ from ...engine.problem import Problem, Verdict
 from . import cpreg, regs
 from .rules import RULES, Dest, can_pin
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from ...engine.problem import Policy
     from ...model.contract import Contract

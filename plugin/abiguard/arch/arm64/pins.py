@@ -15,7 +15,7 @@ from ...preload import MAX_PINS
 from . import regs
 from .judge import section_of
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from ...engine.problem import Problem, Verdict
     from ...model.contract import Contract

@@ -4,14 +4,12 @@ the arm64 lab runs it inside an initramfs."""
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING, Any
 
 from ...probe import kvm
 from . import regs
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from ...probe.host import Missing
 
 

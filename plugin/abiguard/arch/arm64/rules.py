@@ -12,7 +12,7 @@ from __future__ import annotations
 from ...engine.problem import Problem
 from . import regs
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from typing import Any
 

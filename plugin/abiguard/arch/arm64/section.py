@@ -14,12 +14,13 @@ Written by :mod:`.probe`; layout::
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from ..base import KvmSection
 from . import regs
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
     from typing import Any
 
     from ...model.fields import Reader
@@ -42,13 +43,7 @@ class ArmConfig:
         self.registers = registers
 
 
-if TYPE_CHECKING:
-    _ConfigMap = Mapping[str, ArmConfig]
-else:
-    _ConfigMap = object   # collections.abc costs the hook ~2 ms; a read-only dict is all it needs
-
-
-class LazyConfigs(_ConfigMap):
+class LazyConfigs(Mapping[str, ArmConfig]):
     """The configurations of a profile read from its hook view: each one's registers are
     decoded when first asked for. A hook run judges one configuration of eight, and
     decoding all of them would be most of its work."""
@@ -77,20 +72,8 @@ class LazyConfigs(_ConfigMap):
     def __len__(self) -> int:
         return len(self._raw)
 
-    def __contains__(self, name: object) -> bool:
+    def __contains__(self, name: object) -> bool:     # without decoding it
         return name in self._raw
-
-    def get(self, name: str, default: ArmConfig | None = None) -> ArmConfig | None:  # type: ignore[override]
-        return self[name] if name in self._raw else default
-
-    def keys(self) -> Any:
-        return self._raw.keys()
-
-    def values(self) -> Any:
-        return [self[n] for n in self._raw]
-
-    def items(self) -> Any:
-        return [(n, self[n]) for n in self._raw]
 
 
 class Arm64Kvm(KvmSection):

@@ -14,10 +14,11 @@ gives a named CPU model.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import features
 from .judge import contract_body, explicit_arch_capabilities, guest_pv
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ...model.profile import Profile
     from .body import X86Body

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from . import features
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from typing import Any
 

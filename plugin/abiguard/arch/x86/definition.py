@@ -2,9 +2,8 @@
 a custom CPU model with the contract's features."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ...model.contract import Contract
     from ...model.profile import Profile

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ...engine.problem import Problem, Verdict
 from . import features
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from ...engine.problem import Policy
     from ...model.contract import Contract

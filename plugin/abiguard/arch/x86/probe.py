@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING, Any
 
 from ...probe import kvm
 from . import features
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from ...probe.host import Missing
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ..base import Command
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ...fleet.contracts import FleetContract
     from ...fleet.record import HostRecord
