@@ -7,9 +7,12 @@
 set -euo pipefail
 ND=$(cd "$(dirname "$0")" && pwd); source "$ND/aptenv.sh"
 S=$1
-A=("${APTO[@]}" -o "Dir::Etc::SourceList=$APTDIR/etc/sources.$S.list")
+# one suite's lists, and a package cache of its own: the closure below asks apt-cache once per
+# candidate package, and without a cache each call parses the suite's Packages file again
+A=("${APTO[@]}" -o "Dir::Etc::SourceList=$APTDIR/etc/sources.$S.list"
+   -o "Dir::Cache::pkgcache=$APTDIR/cache/pkgcache-$S.bin" -o "Dir::Cache::srcpkgcache=$APTDIR/cache/srcpkgcache-$S.bin")
 D=$NESTED_CACHE/debs-$S; ST=$NESTED_CACHE/stage-$S
-mkdir -p "$D" "$ST"
+mkdir -p "$D" "$ST" "$APTDIR/cache"
 dl() { for p in "$@"; do ls "$D/${p}_"*.deb >/dev/null 2>&1 || (cd "$D" && apt-get "${A[@]}" -q download "$p" >&2); dpkg-deb -x "$D/${p}_"*.deb "$ST"; echo "$p" >> "$D/.have"; done; }
 deps() { apt-cache "${A[@]}" depends --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances "$1" 2>/dev/null | awk '/Depends:/ {print $2}' | grep -v '^<' || true; }
 : > "$D/.have"
