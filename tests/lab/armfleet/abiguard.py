@@ -114,3 +114,43 @@ def recorded(lab: Lab, name: str, runs: dict) -> Iterator[dict]:
         out = Path(os.environ.get("ARMFLEET_RESULTS", lab.dir)) / name
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, runs)
+
+
+#: what libvirt runs of the qemu hook for a ``virsh start`` and at the destination of an
+#: incoming live migration (libvirt's qemu_process.c / qemu_migration.c; the judged ones are
+#: abiguard's hook.protocol.JUDGED, the others exit at the shim's first line)
+START_OPS = (("prepare", "begin"), ("start", "begin"), ("started", "begin"))
+ARRIVAL_OPS = (("migrate", "begin"), ("prepare", "begin"), ("start", "begin"), ("started", "begin"))
+HOOK = "/etc/libvirt/hooks/qemu.d/abiguard"
+
+
+def hook_cost(lab: Lab, host: str, dom: str, runs: int = 7) -> dict:
+    """The installed hook run by hand inside *host*, as libvirt runs it (argv, the domain's
+    XML on stdin), *runs* times per operation, against ``python3 -IS -c pass`` alternating
+    with it; medians in ms. The hook's state is a copy under ABIGUARD_ROOT (the host's
+    profile, config and views), so the real hook log and markers are not touched."""
+    script = (
+        "set -e; r=$(mktemp -d); trap 'rm -rf $r' EXIT; mkdir -p $r/etc $r/var/lib $r/var/log/abiguard; "
+        "cp -a /etc/abiguard $r/etc/ 2>/dev/null || mkdir -p $r/etc/abiguard; cp -a /var/lib/abiguard $r/var/lib/; "
+        f"virsh -q dumpxml --migratable {dom} > $r/dom.xml; "
+        "ms() { a=$(date +%s%N); \"$@\" < $r/dom.xml >/dev/null 2>&1 || true; b=$(date +%s%N); "
+        "echo $(( (b - a) / 1000 )); }; "
+        f"for i in $(seq {runs}); do "
+        + "".join(f"echo {op}-{ph} $(ms env ABIGUARD_ROOT=$r {HOOK} {dom} {op} {ph} -); "
+                  "echo pass $(ms env ABIGUARD_ROOT=$r python3 -IS -c pass); "
+                  for op, ph in dict.fromkeys(START_OPS + ARRIVAL_OPS))
+        + "done")
+    out = lab.sh(host, script, quiet=True, timeout=600).stdout
+    samples: dict[str, list[int]] = {}
+    for line in out.splitlines():
+        name, _, us = line.partition(" ")
+        if us.strip().isdigit():
+            samples.setdefault(name, []).append(int(us))
+
+    def median_ms(name: str) -> float:
+        xs = sorted(samples[name])
+        return round(xs[len(xs) // 2] / 1000, 1)
+    ops = {name: median_ms(name) for name in samples}
+    return {"runs": runs, "median_ms": ops,
+            "start_ms": round(sum(ops[f"{o}-{p}"] for o, p in START_OPS), 1),
+            "arrival_ms": round(sum(ops[f"{o}-{p}"] for o, p in ARRIVAL_OPS), 1)}
