@@ -13,9 +13,9 @@ from lxml import etree
 from abiguard.arch.arm64 import regs
 from abiguard.arch.arm64.pins import for_start
 from abiguard.builtin import builtin_profiles
-from abiguard.engine import baseline, pins as enforce, verdict
+from abiguard.engine import baseline, verdict
 from abiguard.errors import ContractError, EnforceError
-from abiguard.model import contract, profile
+from abiguard.model import contract, pins as enforce, profile
 from abiguard.xml import contract as contract_xml
 
 P = {os.path.basename(p)[:-5]: profile.load(p) for p in builtin_profiles()}

@@ -269,7 +269,7 @@ def _canonical_id(w: str) -> bool:
 
 def _reference_kind(reg_id: int) -> str:
     from abiguard.arch.arm64 import regs
-    from abiguard.probe import kvm
+    from abiguard.uapi import kvm
 
     fw = regs.FW_BY_ID.get(reg_id)
     if fw is not None:
@@ -298,7 +298,7 @@ def test_kind_of_is_the_uapi_layout(reg_id):
 
 
 def _sysreg_id_range(reg_id: int) -> bool:
-    from abiguard.probe import kvm
+    from abiguard.uapi import kvm
 
     op0, op1, crn, _crm, _op2 = kvm.arm64_sysreg_encoding(reg_id)
     return kvm.arm64_coproc(reg_id) == "sysreg" and op0 == 3 and op1 in (0, 1, 3) and crn == 0

@@ -17,8 +17,8 @@ import pytest
 
 from abiguard.builtin import builtin_profiles
 from abiguard.model import contract, profile
+from abiguard.model.names import CONTRACT_NS
 from abiguard.xml.contract import to_xml_text
-from abiguard.xml.names import CONTRACT_NS
 from helpers.realparts import need
 from lab.conftest_twohost import make_twohost_fixture
 from lab.twohost import TwoHost

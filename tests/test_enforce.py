@@ -1,7 +1,7 @@
 """The enforcement backend: abiguard_pin.so (built here with the system compiler and driven
 through LD_PRELOAD), the pins a contract needs on a host (abiguard.arch.arm64.pins, planned
 from the verdict and validated by the same rule rows, against the bundled real host
-profiles) and the library configuration they render to (abiguard.engine.pins).
+profiles) and the library configuration they render to (abiguard.model.pins).
 
 The library's write path needs a real arm64 KVM vCPU: tests/test_nested_lab.py runs it in
 the arm64 lab (pinned value read back, a value the kernel refuses aborts the start)."""
@@ -20,10 +20,9 @@ from abiguard import preload
 from abiguard.arch.arm64 import pins as arm64_pins
 from abiguard.arch.arm64.regs import preload_allows
 from abiguard.builtin import builtin_profiles
-from abiguard.engine import pins as enforce
 from abiguard.errors import EnforceError
-from abiguard.model import contract, profile
-from abiguard.xml.names import QEMU_NS
+from abiguard.model import contract, pins as enforce, profile
+from abiguard.model.names import QEMU_NS
 from helpers.realparts import need
 
 PROFILES = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}

@@ -16,8 +16,8 @@ from abiguard.builtin import builtin_profiles
 from abiguard.errors import InputError, UsageError
 from abiguard.fleet.record import HostRecord
 from abiguard.fleet.store import Store
-from abiguard.hook.config import Config
 from abiguard.model import address, profile
+from abiguard.model.config import Config
 from helpers.invalid import invalid
 from helpers.run import abiguard
 
@@ -249,7 +249,8 @@ def test_config_refuses_unknown_or_bad_fleet_settings(tmp_path, text, grep):
 
 
 def test_config_cache_keeps_the_fleet_settings(tmp_path, monkeypatch):
-    from abiguard.hook import config as config_mod, state
+    from abiguard import state
+    from abiguard.model import config as config_mod
 
     monkeypatch.setattr(state, "STATE", str(tmp_path / "state"))
     cfg = tmp_path / "abiguard.toml"

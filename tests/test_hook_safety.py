@@ -22,11 +22,11 @@ from abiguard.builtin import builtin_profiles
 from abiguard.errors import InputError
 from abiguard.hook import protocol
 from abiguard.model import contract, profile
+from abiguard.model.names import QEMU_NS
 from abiguard.model.stamp import HopStamp
 from abiguard.xml import domain as domxml
 from abiguard.xml.contract import to_xml_text
 from abiguard.xml.edit import boot_stamp
-from abiguard.xml.names import QEMU_NS
 from helpers.hookroot import hook_root
 from helpers.invalid import invalid
 

@@ -13,7 +13,7 @@ import pytest
 from abiguard.arch.arm64 import cpreg, idregs, regs
 from abiguard.arch.arm64.rules import RULES, Dest
 from abiguard.arch.x86 import features as x86
-from abiguard.probe import kvm
+from abiguard.uapi import kvm
 
 REG = {r.name: r for r in idregs.ID_REGS}
 #: a destination that takes every PSCI version, workaround levels up to 2 and one bitmap bit
@@ -149,7 +149,7 @@ def test_libvirt_drop_row_both_ways(row: tuple[tuple[int, ...], str, str]) -> No
 @pytest.mark.parametrize("row", sorted(x86.PER_CPU_CPUID_BITS.items()), ids=lambda r: f"{r[0][0]:#x}.{r[0][1]}")
 def test_per_cpu_cpuid_row_is_zeroed_by_the_probe(row: tuple[tuple[int, str], int]) -> None:
     from abiguard.arch.x86.probe import probe
-    from abiguard.probe.host import Missing
+    from abiguard.uapi.kvm import Missing
 
     (function, reg), mask = row
 

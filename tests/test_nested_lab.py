@@ -22,8 +22,8 @@ import pytest
 from abiguard.arch.arm64 import pins as arm64_pins
 from abiguard.builtin import builtin_profiles
 from abiguard.engine import verdict
-from abiguard.engine.pins import env_value
 from abiguard.model import contract, profile
+from abiguard.model.pins import env_value
 from helpers.realparts import need, need_commands
 from helpers.timing import phase
 from lab import warmup

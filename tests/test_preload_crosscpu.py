@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from abiguard import preload
-from abiguard.engine import pins as enforce
-from abiguard.engine.pins import Pin
+from abiguard.model import pins as enforce
+from abiguard.model.pins import Pin
 from helpers.realparts import need
 
 HERE = Path(__file__).resolve().parent

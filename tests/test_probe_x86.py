@@ -7,7 +7,8 @@ import os
 import pytest
 
 from abiguard.model import profile
-from abiguard.probe import host as probe, kvm
+from abiguard.probe import host as probe
+from abiguard.uapi import kvm
 from helpers.realparts import need_kvm
 from helpers.run import abiguard
 

@@ -17,10 +17,10 @@ from types import ModuleType
 import pytest
 
 from abiguard.arch.arm64 import idregs, regs
-from abiguard.arch.arm64.ids import arm64_sysreg_id
 from abiguard.builtin import builtin_profiles
 from abiguard.errors import AbiguardError
 from abiguard.model import profile
+from abiguard.uapi.arm64 import arm64_sysreg_id
 
 REPO = Path(__file__).resolve().parents[1]
 GEN = REPO / "packaging" / "gen-sysreg-names"

@@ -14,8 +14,8 @@ import pytest
 from abiguard.arch.x86 import features as x86
 from abiguard.arch.x86.body import X86Body
 from abiguard.engine import verdict
-from abiguard.engine.problem import Policy
 from abiguard.model import contract, profile
+from abiguard.model.problem import Policy
 
 DATA = Path(__file__).parent / "data" / "x86" / "profiles"
 

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="abiguard",
         description="Keep a VM's guest ABI identical across live migration, upgrades and rollbacks.")
-    from . import __version__
+    from .version import __version__
 
     parser.add_argument("--version", action="version", version=f"abiguard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -11,7 +11,7 @@
           +-- EnforceError                 a pin this host cannot realise
 
 ``str(err)`` is the single ``abiguard: ...`` line a ``virsh`` user reads. A refused move
-found by the engine is not an exception: it is a :class:`abiguard.engine.verdict.Verdict`
+found by the engine is not an exception: it is a :class:`abiguard.model.problem.Verdict`
 with problems, which a command turns into exit 1 (:data:`EXIT_REFUSE`).
 
 This module is imported on the hook's path: standard library only, nothing at import time.

@@ -23,11 +23,11 @@ from abiguard.builtin import builtin_profiles
 from abiguard.errors import MAX_LINE, AbiguardError, InputError
 from abiguard.hook import protocol
 from abiguard.model import contract, profile
+from abiguard.model.names import LD_PRELOAD, QEMU_NS
 from abiguard.preload import ENV_PINS
 from abiguard.xml import domain as domxml
 from abiguard.xml.contract import to_xml_text
 from abiguard.xml.edit import boot_stamp
-from abiguard.xml.names import LD_PRELOAD, QEMU_NS
 
 P = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
 K61, K612, K72 = "6.1.0-50-arm64", "6.12.117+deb13-arm64", "7.2.13+deb14-arm64"
@@ -88,7 +88,7 @@ def _fake_root(profile_name: str) -> str:
 
 def run_hook(root: str, argv: list[str], data: bytes) -> tuple[int, bytes, str]:
     """The real hook protocol, in-process, on a fake root (its paths move with ABIGUARD_ROOT)."""
-    from abiguard.hook import state
+    from abiguard import state
 
     saved = {k: getattr(state, k) for k in ("ROOT", "ETC", "STATE", "LOGDIR", "CONFIG", "PROFILE", "INCOMING",
                                             "LOG")}
@@ -317,8 +317,8 @@ def _planned_pins(root: str, facts: domxml.DomainFacts) -> str | None:
     where the plan does not apply: no contract, or an arch without the library)."""
     from abiguard.arch import get
     from abiguard.engine import verdict
-    from abiguard.engine.pins import env_value
-    from abiguard.engine.problem import Policy
+    from abiguard.model.pins import env_value
+    from abiguard.model.problem import Policy
     from abiguard.model.stamp import HopStamp
     from abiguard.xml.contract import from_element
 

@@ -1,7 +1,10 @@
 """Architecture plugins: each arch is one package with an :class:`~.base.Arch` object
 named ``ARCH``; the engine, the models and the commands reach arch knowledge only
-through :func:`get`. Imported lazily, so the hook loads only the arch it judges."""
+through :func:`get` (the models, one layer below, through the table this module fills:
+:mod:`abiguard.model.arches`). Imported lazily, so the hook loads only the arch it judges."""
 from __future__ import annotations
+
+from ..model import arches as _models
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
@@ -22,3 +25,6 @@ def get(name: str) -> Arch:
         module = __import__(PLUGINS[name], fromlist=["ARCH"])
         arch = _loaded[name] = module.ARCH
     return arch
+
+
+_models.install(NAMES, get)

@@ -2,9 +2,10 @@
 
 The engine is generic: :mod:`abiguard.engine.verdict` dispatches a contract to its arch's
 :meth:`Arch.check`, :mod:`abiguard.engine.baseline` to :meth:`Arch.baseline`, the probe to
-:meth:`Arch.probe`; the models read the arch's profile section and contract body through
-the ``section_*`` and ``body_*`` methods. An arch keeps its knowledge as table rows
-(registers, fields, rule kinds, features) used by these few methods.
+:meth:`Arch.probe`; the models, one layer below, read the arch's profile section and
+contract body through the ``section_*`` and ``body_*`` methods (their table of plugins:
+:mod:`abiguard.model.arches`). An arch keeps its knowledge as table rows (registers,
+fields, rule kinds, features) used by these few methods.
 """
 from __future__ import annotations
 
@@ -12,19 +13,12 @@ TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, 
 if TYPE_CHECKING:
     from typing import Any
 
-    from ..engine.pins import Pin
-    from ..engine.problem import Policy, Verdict
     from ..model.contract import Body, Contract
     from ..model.fields import Reader
-    from ..model.profile import Profile
-    from ..probe.host import Missing
-    from ..probe.kvm import KvmSystem
-
-
-class KvmSection:
-    """The arch's part of a profile's ``kvm`` section (``kvm.aarch64``, ``kvm.x86_64``)."""
-
-    __slots__ = ()
+    from ..model.pins import Pin
+    from ..model.problem import Policy, Verdict
+    from ..model.profile import KvmSection, Profile
+    from ..uapi.kvm import KvmSystem, Missing
 
 
 class XmlShape:
@@ -91,10 +85,11 @@ class Arch:
         raise NotImplementedError
 
     def check_pair(self, source: Profile, dest: Profile, policy: Policy) -> Verdict:
-        from ..engine import verdict
+        """A VM booted on the source with defaults, moving to the destination (both of
+        this arch: :func:`abiguard.engine.verdict.check_pair` asks only then)."""
         from ..model import contract
 
-        return verdict.check(contract.from_profile(source), dest, policy)
+        return self.check(contract.from_profile(source), dest, policy, None, True)
 
     def realise(self, contract: Contract, profile: Profile) -> Verdict:
         """A plain start of the contract on this host: what stands in the way, and the

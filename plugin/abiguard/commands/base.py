@@ -1,5 +1,6 @@
-"""What every subcommand shares: the command interface, JSON and file output, and the
-loading of the inputs commands take (profiles, contracts, baselines)."""
+"""What every subcommand shares: the command interface, JSON and file output, the verdict's
+report, and ``--qemu``. (A contract, baseline or profile file as a contract:
+:func:`abiguard.engine.baseline.load_contract_or_profile`.)"""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +8,10 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError, UsageError
+from ..errors import UsageError
 
 if TYPE_CHECKING:
-    from ..engine.problem import Verdict
-    from ..model.contract import Contract
+    from ..model.problem import Verdict
 
 
 class Command:
@@ -45,28 +45,6 @@ def write(text: str, output: str | None) -> None:
     else:
         from ..model.profile import atomic_write
         atomic_write(output, text)
-
-
-def load_contract_or_profile(path: str, config: str | None = None) -> Contract:
-    """A contract file, a baseline file (its contract) or a host profile (the contract a
-    VM booted there with defaults has)."""
-    from ..engine.baseline import FORMAT as BASELINE
-    from ..model import contract, profile
-
-    try:
-        with open(path, "rb") as f:
-            text = f.read(profile.MAX_BYTES + 1)
-    except OSError as e:
-        raise InputError(path, f"cannot read: {e.strerror}") from e
-    doc = profile.parse_json(text, path, InputError)
-    kind = doc.get("format") if isinstance(doc, dict) else None
-    if kind == contract.FORMAT:
-        return contract.Contract.from_json(doc, path)
-    if kind == BASELINE:
-        return contract.Contract.from_json(doc.get("contract"), path)
-    if kind == profile.FORMAT:
-        return contract.from_profile(profile.Profile.from_json(doc, path), config)
-    raise InputError(path, "not an abiguard host profile, contract or baseline (member 'format')")
 
 
 def print_verdict(v: Verdict, as_json: bool, header: str) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .base import Command, load_contract_or_profile, print_verdict, qemu_version
+from .base import Command, print_verdict, qemu_version
 
 
 class Check(Command):
@@ -24,8 +24,9 @@ class Check(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from ..engine import verdict
-        from ..engine.problem import Policy
+        from ..engine.baseline import load_contract_or_profile
         from ..model import profile
+        from ..model.problem import Policy
 
         source = load_contract_or_profile(args.source, args.config)
         dest = profile.load(args.dest)

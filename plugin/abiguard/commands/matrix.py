@@ -70,7 +70,7 @@ class Matrix(Command):
     def _cells(names: list[str], hosts: list[Profile], qemu: tuple[int, ...] | None
                ) -> dict[tuple[str, str], dict[str, Any]]:
         from ..engine import verdict
-        from ..engine.problem import Policy
+        from ..model.problem import Policy
 
         cells: dict[tuple[str, str], dict[str, Any]] = {}
         for sname, src in zip(names, hosts):

@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Refusal, UsageError
-from .base import Command, load_contract_or_profile, print_json
+from .base import Command, print_json
 
 if TYPE_CHECKING:
     from ..model.contract import Contract
@@ -32,6 +32,8 @@ class Pin(Command):
 
         sealed = None
         if args.baseline:
+            from ..engine.baseline import load_contract_or_profile
+
             sealed = load_contract_or_profile(args.baseline)
         elif args.profile:
             sealed = contract.from_profile(profile.load(args.profile))

@@ -42,7 +42,7 @@ class Status(Command):
 def _enforced(arch: str, qemu_env: dict[str, Any]) -> str:
     """How the contract is realised, as ``status`` says it."""
     from ..arch import get
-    from ..engine.pins import parse_env, parse_env_cpus
+    from ..model.pins import parse_env, parse_env_cpus
     from ..preload import ENV_PINS
 
     if not get(arch).uses_preload:

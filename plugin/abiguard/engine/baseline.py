@@ -1,12 +1,13 @@
 """Fleet baselines: the richest guest ABI every listed host (including the hosts a VM may
 be rolled back to) can provide, and for each host whether it takes VMs of that contract
 and what its stack cannot pin. The arch plugin folds the values
-(:meth:`abiguard.arch.base.Arch.baseline`); this module does what every arch shares."""
+(:meth:`abiguard.arch.base.Arch.baseline`); this module does what every arch shares, and
+reads the files a contract comes in (a contract, a baseline, a host profile) as a contract."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from . import verdict
 
 if TYPE_CHECKING:
@@ -77,3 +78,24 @@ def host_report(sealed: Contract, profile: Profile) -> dict[str, Any]:
                               "incoming_problems": [p.line() for p in incoming.problems]}
     report.update(get(sealed.arch).host_report(sealed, profile))
     return report
+
+
+def load_contract_or_profile(path: str, config: str | None = None) -> Contract:
+    """A contract file, a baseline file (its contract) or a host profile (the contract a
+    VM booted there with defaults has)."""
+    from ..model import contract, profile
+
+    try:
+        with open(path, "rb") as f:
+            text = f.read(profile.MAX_BYTES + 1)
+    except OSError as e:
+        raise InputError(path, f"cannot read: {e.strerror}") from e
+    doc = profile.parse_json(text, path, InputError)
+    kind = doc.get("format") if isinstance(doc, dict) else None
+    if kind == contract.FORMAT:
+        return contract.Contract.from_json(doc, path)
+    if kind == FORMAT:
+        return contract.Contract.from_json(doc.get("contract"), path)
+    if kind == profile.FORMAT:
+        return contract.from_profile(profile.Profile.from_json(doc, path), config)
+    raise InputError(path, "not an abiguard host profile, contract or baseline (member 'format')")

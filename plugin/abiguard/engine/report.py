@@ -15,7 +15,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
-    from .problem import Problem, Verdict
+    from ..model.problem import Problem, Verdict
 
 #: the one vocabulary for a verdict
 VERDICT = {True: "ALLOW", False: "REFUSE"}

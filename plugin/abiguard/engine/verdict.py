@@ -4,7 +4,7 @@ ABI unchanged? One generic engine: the contract's arch plugin judges
 arch shares (a guest never changes architecture)."""
 from __future__ import annotations
 
-from .problem import Policy, Problem, Verdict
+from ..model.problem import Policy, Problem, Verdict
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ class FleetContract:
 
 def gather(files: list[str], vms: list[FleetVm]) -> dict[str, FleetContract]:
     """digest -> contract, from contract/baseline files and from pinned VMs."""
-    from ..commands.base import load_contract_or_profile
+    from ..engine.baseline import load_contract_or_profile
 
     out: dict[str, FleetContract] = {}
     for path in files:

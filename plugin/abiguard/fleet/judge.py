@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..engine.problem import Policy
     from ..model.contract import Contract
+    from ..model.problem import Policy
     from ..model.profile import Profile
 
 

@@ -46,7 +46,7 @@ def groups(records: list[HostRecord], profiles: dict[str, Profile]) -> list[Grou
 
 def cell(src: Profile, dst: Profile, qemu: tuple[int, ...] | None = None) -> dict[str, Any]:
     from ..engine import verdict
-    from ..engine.problem import Policy
+    from ..model.problem import Policy
 
     if src.digest == dst.digest:
         return {"state": "same", "problems": 0, "reason": None, "register": None}

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import AbiguardError, UsageError, printable
 
 if TYPE_CHECKING:
-    from ..hook.config import Config
+    from ..model.config import Config
     from .store import Published, Store
 
 
@@ -39,7 +39,7 @@ def publish_configured(doc: dict[str, Any], source: str, via: str, config_path: 
 
     :returns: the line to report (None: no fleet directory is configured)
     """
-    from ..hook.config import Config
+    from ..model.config import Config
     from .store import Store
 
     try:

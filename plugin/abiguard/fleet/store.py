@@ -122,11 +122,11 @@ class Store:
         """The directory ``--fleet`` names, else the configured one (``[fleet] dir``)."""
         root = option
         if root is None:
-            from ..hook.config import Config
+            from ..model.config import Config
 
             root = Config.load(config_path).fleet_dir
             if root is None:
-                from ..hook import state
+                from .. import state
 
                 raise UsageError(f"no fleet directory: give --fleet DIR, or set [fleet] dir in "
                                  f"{config_path or state.CONFIG}")

@@ -1,7 +1,7 @@
 """The fleet's VMs, read through each host's libvirt (the URI its record names).
 
 Each domain's XML is read as the hook reads it on a destination (:mod:`abiguard.xml.domain`
-and :mod:`abiguard.hook.checks`): the contract, the hop stamp and the register stream the
+and :mod:`abiguard.xml.vm`): the contract, the hop stamp and the register stream the
 VM carries now, and whatever would make the hook refuse it anywhere (a contract that does
 not parse, a stamp of another contract, a machine type that is not the contract's), so
 ``fleet status`` answers what the hook would.
@@ -71,11 +71,11 @@ _STREAMS: dict[tuple[str, str | None, str | None, str | None], tuple[int, ...] |
 
 def _stream_of(facts: DomainFacts, sealed: Contract, name: str) -> tuple[int, ...] | None:
     from ..arch import get
-    from ..hook import checks
-    from ..xml.names import STAMP_NS
+    from ..model.names import STAMP_NS
+    from ..xml import vm
 
     if not get(sealed.arch).carries_register_stream:
-        checks.stamp_of(facts, sealed, name)     # what the hook checks (x86: cheap)
+        vm.stamp_of(facts, sealed, name)     # what the hook checks (x86: cheap)
         return None
     el = facts.stamp
     stream_el = el.find(f"{{{STAMP_NS}}}stream") if el is not None else None
@@ -83,7 +83,7 @@ def _stream_of(facts: DomainFacts, sealed: Contract, name: str) -> tuple[int, ..
            el.get("stream-sum") if el is not None else None, stream_el.text if stream_el is not None else None)
     if el is not None and key in _STREAMS:
         return _STREAMS[key]
-    stamp = checks.stamp_of(facts, sealed, name)
+    stamp = vm.stamp_of(facts, sealed, name)
     stream = stamp.stream if stamp is not None else None
     if len(_STREAMS) >= _MAX_CONTRACTS:
         _STREAMS.clear()
@@ -92,14 +92,14 @@ def _stream_of(facts: DomainFacts, sealed: Contract, name: str) -> tuple[int, ..
 
 
 def _contract_of(facts: DomainFacts, name: str) -> Contract | None:
-    from ..hook import checks
+    from ..xml import vm
 
     if facts.contract is None:
         return None
     key = _shape(facts.contract)
     got = _CONTRACTS.get(key)
     if got is None:
-        got = checks.contract_of(facts, name)
+        got = vm.contract_of(facts, name)
         assert got is not None
         if len(_CONTRACTS) >= _MAX_CONTRACTS:
             _CONTRACTS.clear()
@@ -109,8 +109,7 @@ def _contract_of(facts: DomainFacts, name: str) -> Contract | None:
 
 def from_xml(host: str, name: str, state: str, xml: bytes) -> FleetVm:
     """What the hook would read from this domain XML."""
-    from ..hook import checks
-    from ..xml import domain
+    from ..xml import domain, vm
 
     shown = printable(name, 100)
     try:
@@ -118,7 +117,7 @@ def from_xml(host: str, name: str, state: str, xml: bytes) -> FleetVm:
         sealed = _contract_of(facts, shown)
         if sealed is None:
             return FleetVm(host, shown, state, None, None, None)
-        checks.check_domain_matches(facts, sealed, shown)
+        vm.check_domain_matches(facts, sealed, shown)
         stream = _stream_of(facts, sealed, shown)
     except AbiguardError as e:
         return FleetVm(host, shown, state, None, None, str(e).removeprefix("abiguard: "))

@@ -8,8 +8,11 @@ destination before QEMU starts and before any RAM moves; their stdout replaces t
 stderr to the ``virsh`` user, so a refusal is one line starting ``abiguard:``.
 
 Modules: :mod:`.protocol` (argv, stdin, HANDLERS), :mod:`.incoming` (migrate/restore begin),
-:mod:`.prepare` (prepare begin), :mod:`.daemon` (the daemon hook's profile refresh),
-:mod:`.config` (abiguard.toml), :mod:`.state` (paths, log, markers).
+:mod:`.prepare` (prepare begin), :mod:`.started` (started begin), :mod:`.checks` (what they
+share), :mod:`.daemon` (the daemon hook's profile refresh). What the fleet shares with the
+hook sits below both: abiguard.toml (:mod:`abiguard.model.config`), paths, log and markers
+(:mod:`abiguard.state`), a VM's contract and stamp as the hook trusts them
+(:mod:`abiguard.xml.vm`).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import state
+from .. import state
 
 
 def daemon_main(argv: list[str]) -> int:

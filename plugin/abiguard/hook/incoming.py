@@ -6,8 +6,9 @@ import os
 import sys
 import time
 
+from .. import state
 from ..errors import EnforceError, Refusal
-from . import checks, state
+from . import checks
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
@@ -31,18 +32,18 @@ def new_stamp(profile: Profile, sealed: Contract, nonce: str) -> bytes:
 def incoming(dom: str, op: str, data: bytes, deadline: float | None = None) -> int:
     from ..arch import get
     from ..engine import verdict
-    from ..engine.pins import env_value
-    from ..engine.problem import Policy
-    from ..xml import domain
-    from .config import Config
+    from ..model.config import Config
+    from ..model.pins import env_value
+    from ..model.problem import Policy
+    from ..xml import domain, vm
 
     facts = domain.parse(data, f"domain XML of '{dom}'", deadline)
     config = Config.load()
-    sealed = checks.contract_of(facts, dom)
+    sealed = vm.contract_of(facts, dom)
     if sealed is None:
         return checks.unpinned(config, dom, op)
-    checks.check_domain_matches(facts, sealed, dom)
-    stamp = checks.stamp_of(facts, sealed, dom)
+    vm.check_domain_matches(facts, sealed, dom)
+    stamp = vm.stamp_of(facts, sealed, dom)
     arch = get(sealed.arch)
     stream = stamp.stream if stamp is not None and arch.carries_register_stream else None
     profile = checks.load_profile()

@@ -2,30 +2,31 @@
 incoming start was judged at migrate/restore begin)."""
 from __future__ import annotations
 
+from .. import state
 from ..errors import Refusal, printable
-from . import checks, state
+from . import checks
 
 
 def prepare(dom: str, op: str, data: bytes, deadline: float | None = None) -> int:
     from ..arch import get
     from ..engine import verdict
-    from ..engine.pins import env_value
+    from ..model.config import Config
+    from ..model.pins import env_value
     from ..preload import ENV_PINS, LIBRARY_PATH
-    from ..xml import domain
-    from .config import Config
+    from ..xml import domain, vm
 
     facts = domain.parse(data, f"domain XML of '{dom}'", deadline)
     config = Config.load()
-    sealed = checks.contract_of(facts, dom)
+    sealed = vm.contract_of(facts, dom)
     if sealed is None:
         return checks.unpinned(config, dom, op) if config.unpinned == "refuse" else 0
     nonce = facts.stamp.get("nonce") if facts.stamp is not None else None
     if state.was_incoming(facts.uuid, nonce):
         state.log(f"{op} {dom}: ALLOW, an incoming VM (judged at migrate/restore begin)")
         return 0
-    checks.check_domain_matches(facts, sealed, dom)
+    vm.check_domain_matches(facts, sealed, dom)
     arch = get(sealed.arch)
-    stamp = checks.stamp_of(facts, sealed, dom)
+    stamp = vm.stamp_of(facts, sealed, dom)
     profile = checks.load_profile()
     v = verdict.realise(sealed, profile)
     what = f"this host cannot start '{dom}' with its contract"

@@ -15,8 +15,8 @@ import os
 import sys
 import time
 
+from .. import state
 from ..errors import MAX_LINE, Refusal, printable
-from . import state
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:

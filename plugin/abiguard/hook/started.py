@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
+from .. import state
 from ..errors import Refusal
-from . import state
 
 #: where libvirt keeps a running domain's private directory (QEMU's HOME): domain-ID-NAME
 LIBVIRT_QEMU_LIB = "/var/lib/libvirt/qemu"

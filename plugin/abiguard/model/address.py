@@ -11,7 +11,7 @@ compromised host must not make ``abiguard fleet status`` run its program, so onl
 ``qemu`` URIs over unix, tcp, tls and the ssh transports pass, with a ``/system`` or
 ``/session`` path and no parameter but ``socket`` (unix), ``mode`` and ``no_tty``.
 
-Standard library only and no ``re``: :mod:`abiguard.hook.config` validates its
+Standard library only and no ``re``: :mod:`abiguard.model.config` validates its
 ``[fleet]`` table with these, and the config module is on the hook's path.
 """
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A contract is an arch, a machine type, where it came from (a host profile or a fleet
 baseline over several) and the arch's body (:mod:`abiguard.arch.arm64.body`,
-:mod:`abiguard.arch.x86.body`), sealed with a sha256 digest over its canonical JSON form.
+:mod:`abiguard.arch.x86.body`, read by the arch's plugin: :mod:`.arches`), sealed with a
+sha256 digest over its canonical JSON form.
 It travels as JSON (files, ``abiguard baseline``) and as a compact XML element inside the
 domain's ``<metadata>`` (:mod:`abiguard.xml.contract`); both forms round-trip exactly.
 
@@ -12,6 +13,7 @@ digest recomputed from the model, so a contract that parses is one abiguard wrot
 from __future__ import annotations
 
 from ..errors import ContractError, printable
+from . import arches
 from .fields import Reader, is_digest, is_name
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
@@ -96,8 +98,6 @@ class Contract:
     @classmethod
     def from_json(cls, doc: Any, source: str) -> Contract:
         """Check every member; raise ContractError naming the first wrong one."""
-        from ..arch import NAMES as ARCHES, get
-
         r = Reader(source, ContractError)
         r.need(isinstance(doc, dict), "a contract must be a JSON object")
         r.need(doc.get("format") == FORMAT, f"member 'format' must be {FORMAT!r}")
@@ -105,13 +105,13 @@ class Contract:
         r.need(version == VERSION and not isinstance(version, bool),
                f"contract version {printable(repr(version), 20)}; this abiguard reads version {VERSION}")
         arch = doc.get("arch")
-        r.need(arch in ARCHES, f"member 'arch' must be one of {', '.join(ARCHES)}")
+        r.need(arch in arches.NAMES, f"member 'arch' must be one of {', '.join(arches.NAMES)}")
         mt = doc.get("machine_type")
         r.need(mt is None or is_name(mt),
                "member 'machine_type' must be a machine type name such as 'virt-7.2' or null")
         body_doc = doc.get(arch)
         r.need(isinstance(body_doc, dict), f"member {arch!r} must be a JSON object")
-        body = get(arch).body_from_json(r, body_doc, arch)
+        body = arches.get(arch).body_from_json(r, body_doc, arch)
         digest = doc.get("digest")
         r.need(is_digest(digest), "member 'digest' is missing or not a sha256 digest")
         origin_doc = doc.get("origin")
@@ -179,7 +179,7 @@ def canonical(obj: object) -> str:
 def seal(arch: str, machine_type: str | None, origin: Origin, body: Body) -> Contract:
     import hashlib
 
-    from .. import __version__
+    from ..version import __version__
 
     doc = _unsealed(arch, machine_type, origin, body)
     digest = "sha256:" + hashlib.sha256(canonical(doc).encode()).hexdigest()
@@ -194,9 +194,7 @@ def loads(text: str | bytes, source: str) -> Contract:
 
 def from_profile(profile: Profile, config: str | None = None, machine_type: str | None = None) -> Contract:
     """The contract a VM booted on that host with libvirt's defaults has."""
-    from ..arch import get
-
-    arch = get(profile.machine)
+    arch = arches.get(profile.machine)
     body = arch.contract_body(profile, config)
     origin = Origin("profile", (OriginHost(profile.kernel_release, profile.digest),))
     return seal(profile.machine, machine_type or profile.newest_machine(arch.machine_family), origin, body)
@@ -214,7 +212,7 @@ def seal_json(doc: dict[str, Any], source: str = "contract") -> Contract:
     except ContractError as e:
         raise ContractError(source, e.detail) from None
     sealed = Contract.from_json(body | {"digest": digest}, source)
-    from .. import __version__
+    from ..version import __version__
 
     sealed.sealed_by = __version__
     return sealed

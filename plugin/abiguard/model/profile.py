@@ -16,7 +16,7 @@ Register ids and values are hex strings in the JSON ("0x6030000000140000": reada
 exact in every JSON reader) and ints in the model. :meth:`Profile.from_json` checks every
 member the engine reads, naming the member that is wrong; members it does not know are
 left alone (a newer probe may add some). The arch sections are read by the arch plugins
-(:mod:`abiguard.arch`).
+(:mod:`abiguard.arch`), which the models reach through :mod:`.arches`.
 
 The hook reads a profile from its *hook view*: the model's values in marshal form, written
 next to the JSON by :func:`save`, keyed to the JSON bytes written and checksummed, so that
@@ -25,13 +25,13 @@ the hook needs neither json, re nor a digest over 160 KB (:func:`load_for_hook`)
 from __future__ import annotations
 
 from ..errors import InputError, ProfileError
+from . import arches
 from .fields import Reader
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from typing import Any
 
-    from ..arch.base import KvmSection
     from .stack import LibvirtInfo, QemuInfo
 
 FORMAT = "abiguard-host-profile"
@@ -39,7 +39,13 @@ VERSION = 1
 #: a profile bigger than this is not one of ours
 MAX_BYTES = 8 * 1024 * 1024
 _UNDIGESTED = ("digest", "meta")
-from ..arch import NAMES as ARCHES  # noqa: E402 (after the error import)
+
+
+class KvmSection:
+    """The arch's part of a profile's ``kvm`` section (``kvm.aarch64``, ``kvm.x86_64``): a
+    subclass of the arch plugin's, read by it (:meth:`abiguard.arch.base.Arch.section_from_json`)."""
+
+    __slots__ = ()
 
 
 class KvmInfo:
@@ -125,7 +131,7 @@ class Profile:
         r.need(isinstance(host, dict) and isinstance(host.get("machine"), str),
                "member 'host' must be an object with a string 'machine'")
         machine = host["machine"]
-        r.need(machine in ARCHES, f"architecture {_shown(machine)}: abiguard knows aarch64 and x86_64")
+        r.need(machine in arches.NAMES, f"architecture {_shown(machine)}: abiguard knows aarch64 and x86_64")
         digest = r.string(doc.get("digest"), "digest", 80)
         if verified is not None:
             twin = verified.get(digest)
@@ -162,13 +168,11 @@ class Profile:
 
     def to_view(self) -> tuple[Any, ...]:
         """The model as marshal-able values (:func:`from_view` is its inverse)."""
-        from ..arch import get
-
         kvm = None
         if self.kvm is not None:
             section = self.kvm.arch
             kvm = (self.kvm.device, self.kvm.api_version, self.kvm.caps,
-                   None if section is None else get(self.machine).section_to_view(section))
+                   None if section is None else arches.get(self.machine).section_to_view(section))
         qemu = None
         if self.qemu is not None:
             q = self.qemu
@@ -195,16 +199,15 @@ class Profile:
     @classmethod
     def from_view(cls, v: Any) -> Profile:
         """Rebuild from :meth:`to_view` values; TypeError/ValueError on anything else."""
-        from ..arch import get
-
         kernel, kernel_version, machine, kvm_v, qemu_v, libvirt_v, unavail, digest = v
-        if machine not in ARCHES or not isinstance(kernel, str) or not isinstance(digest, str):
+        if machine not in arches.NAMES or not isinstance(kernel, str) or not isinstance(digest, str):
             raise ValueError("not a profile view")
         kvm = None
         if kvm_v is not None:
             device, api, caps, section_v = kvm_v
             _dict_of(caps, str, int)
-            kvm = KvmInfo(device, api, caps, None if section_v is None else get(machine).section_from_view(section_v))
+            section = None if section_v is None else arches.get(machine).section_from_view(section_v)
+            kvm = KvmInfo(device, api, caps, section)
         if qemu_v is not None or libvirt_v is not None:
             # the stack's model loads only for profiles that have one (not the lab's KVM-only ones)
             from .stack import CustomModel, DomCaps, HostModel, LibvirtCpu, LibvirtInfo, Machine, QemuInfo
@@ -238,8 +241,6 @@ def _dict_of(d: object, kt: type, vt: type) -> None:
 
 
 def _kvm_from_json(r: Reader, doc: dict[str, Any], machine: str) -> KvmInfo:
-    from ..arch import get
-
     device = r.opt_string(doc.get("device"), "kvm.device", 256)
     api = doc.get("api_version")
     api_version = None if api is None else r.integer(api, "kvm.api_version", 0, 1 << 16)
@@ -249,7 +250,7 @@ def _kvm_from_json(r: Reader, doc: dict[str, Any], machine: str) -> KvmInfo:
     section_doc = doc.get(machine)
     section = None
     if section_doc is not None:
-        section = get(machine).section_from_json(r, r.obj(section_doc, f"kvm.{machine}"), f"kvm.{machine}")
+        section = arches.get(machine).section_from_json(r, r.obj(section_doc, f"kvm.{machine}"), f"kvm.{machine}")
     return KvmInfo(device, api_version, caps, section)
 
 
@@ -272,7 +273,7 @@ def finalize(doc: dict[str, Any], probe_seconds: float, hostname: str) -> dict[s
     """Stamp a probe's document with format, version, meta and digest."""
     import time
 
-    from .. import __version__
+    from ..version import __version__
 
     doc = dict(doc, format=FORMAT, version=VERSION)
     doc["meta"] = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,5 +1,6 @@
 """The stack part of a host profile: what QEMU (over QMP) and libvirt (domcapabilities)
-said, as :mod:`abiguard.probe.stack` recorded it, read into typed models."""
+said, as :mod:`abiguard.probe.stack` recorded it, read into typed models; and the one piece
+of libvirt's XML the probes share (:func:`host_model_cpu_xml`)."""
 from __future__ import annotations
 
 from .fields import Reader
@@ -143,6 +144,21 @@ class LibvirtInfo:
         self.domcaps = domcaps
         self.cpu = cpu
 
+
+
+def host_model_cpu_xml(host_model: Any) -> str:
+    """The ``<mode name='host-model'>`` of domcapabilities as the ``<cpu>`` libvirt's CPU
+    APIs take (what ``virsh hypervisor-cpu-baseline`` does with a domcapabilities file):
+    what :attr:`DomCaps.host_model_xml` holds, written by the probe."""
+    from copy import deepcopy
+
+    from lxml import etree
+
+    cpu = deepcopy(host_model)
+    cpu.tag = "cpu"
+    for attr in list(cpu.attrib):
+        del cpu.attrib[attr]
+    return etree.tostring(cpu, encoding="unicode").strip()
 
 
 def _shown(v: object, limit: int = 40) -> str:

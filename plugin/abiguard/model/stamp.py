@@ -10,7 +10,7 @@ a stream copied or edited by hand is noticed.
 """
 from __future__ import annotations
 
-from ..xml.names import STAMP_NS, STAMP_PREFIX
+from .names import STAMP_NS, STAMP_PREFIX
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class HopStamp:
         contract's, or ``stream`` (the pinning host's :meth:`boot_stream
         <abiguard.arch.base.Arch.boot_stream>`); ``prepare`` refuses a start where the host's
         list differs from the stamp's."""
-        from ..arch import get
+        from .arches import get
 
         if not get(contract.arch).carries_register_stream:
             stream = None
@@ -108,7 +108,7 @@ class HopStamp:
         stream_el = el.find(f"{{{STAMP_NS}}}stream")
         stream = None
         if stream_el is not None:
-            from ..arch.arm64.regs import parse_ids  # only arm64 stamps carry a stream
+            from ..uapi.arm64 import parse_ids  # only arm64 stamps carry a stream
 
             words = stream_el.text.split()
             ids, bad = parse_ids(words)

@@ -1,5 +1,5 @@
 """abiguard_pin.so, the arm64 register-pinning preload library: where it lives and how it
-is built. What it pins is planned by :mod:`abiguard.engine.pins`; the C source beside this
+is built. What it pins is planned by :mod:`abiguard.model.pins`; the C source beside this
 file is the library itself (``abiguard_pin.c``)."""
 from __future__ import annotations
 

@@ -1,2 +1,3 @@
-"""Reading a host: the KVM ioctls (:mod:`.kvm`), the generic probe (:mod:`.host`) and
-QEMU/libvirt (:mod:`.stack`). Arch-specific probing lives in each arch plugin."""
+"""Reading a host: the generic probe (:mod:`.host`) and QEMU/libvirt (:mod:`.stack`).
+Arch-specific probing lives in each arch plugin; both read KVM through
+:mod:`abiguard.uapi.kvm`, below the plugins."""

@@ -1,5 +1,6 @@
 """Read what this host's KVM offers a guest, from scratch VMs that never run: the
-generic part, and the arch plugin's probe (:meth:`abiguard.arch.base.Arch.probe`).
+generic part, and the arch plugin's probe (:meth:`abiguard.arch.base.Arch.probe`), both
+through the ioctls of :mod:`abiguard.uapi.kvm` (which records what fails: ``Missing``).
 
 The KVM part uses the standard library only, so the arm64 lab runs it inside an
 initramfs; QEMU and libvirt are asked in :mod:`abiguard.probe.stack`, imported only when
@@ -11,38 +12,10 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from . import kvm
-
-T = TypeVar("T")
-
-
-class Missing:
-    """Collects what could not be read, and why (the profile's ``unavailable``)."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-
-    def attempt(self, what: str, fn: Callable[..., T], *args: Any) -> T | None:
-        try:
-            return fn(*args)
-        except OSError as e:
-            self.add(what, e.errno or 0, e.strerror or "")
-            return None
-
-    def add(self, what: str, err: int, detail: str = "") -> None:
-        self.items.append({"what": what, "errno": err, "error": kvm.errno_name(err), "detail": detail})
-
-
-def caps_of(fd: kvm._Fd, missing: Missing, where: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for name, number in kvm.CAPS.items():
-        value = missing.attempt(f"KVM_CHECK_EXTENSION({name}) on {where}", fd.check_extension, number)
-        if value is not None:
-            out[name] = value
-    return out
+from ..uapi import kvm
+from ..uapi.kvm import Missing, caps_of
 
 
 def probe_kvm(device: str = "/dev/kvm") -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:

@@ -15,15 +15,11 @@ import subprocess
 import tempfile
 from typing import Any
 
+from ..model.stack import host_model_cpu_xml
+from ..uapi.kvm import note
+
 #: how long any QEMU start or QMP exchange may take before it counts as unavailable
 QMP_TIMEOUT = 15.0
-
-
-
-def _note(unavailable: list[dict[str, Any]], what: str, err: int, detail: str) -> None:
-    unavailable.append({"what": what, "errno": err, "error": errno.errorcode.get(err, str(err)),
-                        "detail": detail})
-
 
 #: where the Debian/RPM packages put QEMU's qemu.qmp library, which the distributions do
 #: not package (yet); a pip install finds it in site-packages instead
@@ -99,7 +95,7 @@ def probe_qemu(machine: str, unavailable: list[dict[str, Any]]) -> dict[str, Any
     binary_name = get(machine).qemu_binary if machine in PLUGINS else None
     binary = shutil.which(binary_name) if binary_name else None
     if binary is None:
-        _note(unavailable, f"QEMU ({binary_name or machine})", errno.ENOENT, "no QEMU binary for this host")
+        note(unavailable, f"QEMU ({binary_name or machine})", errno.ENOENT, "no QEMU binary for this host")
         return None
     named = get(machine).qemu_named_model if machine in PLUGINS else None
     commands: list[tuple[str, str, dict[str, Any] | None]] = [
@@ -113,7 +109,7 @@ def probe_qemu(machine: str, unavailable: list[dict[str, Any]]) -> dict[str, Any
     try:
         answers = _qmp_session(binary, commands)
     except Exception as e:  # QEMU or QMP failed: recorded, the rest of the profile stands
-        _note(unavailable, f"QMP on {binary} -machine none -accel kvm", errno.EIO, str(e)[:500])
+        note(unavailable, f"QMP on {binary} -machine none -accel kvm", errno.EIO, str(e)[:500])
         return {"binary": binary}
     out: dict[str, Any] = {"binary": binary}
     version = _unwrap(answers["query-version"], "query-version")
@@ -131,35 +127,21 @@ def probe_qemu(machine: str, unavailable: list[dict[str, Any]]) -> dict[str, Any
         out["host_cpu_expansion"] = {"model": expansion["model"]["name"],
                                      "props": dict(sorted(expansion["model"].get("props", {}).items()))}
     except RuntimeError as e:
-        _note(unavailable, "query-cpu-model-expansion host", errno.EIO, str(e))
+        note(unavailable, "query-cpu-model-expansion host", errno.EIO, str(e))
     if named:
         try:
             expansion = _unwrap(answers["named"], f"query-cpu-model-expansion {named}")
             out["named_cpu_expansion"] = {"model": expansion["model"]["name"],
                                           "props": dict(sorted(expansion["model"].get("props", {}).items()))}
         except RuntimeError as e:
-            _note(unavailable, f"query-cpu-model-expansion {named}", errno.EIO, str(e))
+            note(unavailable, f"query-cpu-model-expansion {named}", errno.EIO, str(e))
     try:
         defs = _unwrap(answers["query-cpu-definitions"], "query-cpu-definitions")
         out["cpu_definitions"] = {d["name"]: sorted(d.get("unavailable-features", []))
                                   for d in sorted(defs, key=lambda d: d["name"])}
     except RuntimeError as e:
-        _note(unavailable, "query-cpu-definitions", errno.EIO, str(e))
+        note(unavailable, "query-cpu-definitions", errno.EIO, str(e))
     return out
-
-
-def host_model_cpu_xml(host_model: Any) -> str:
-    """The ``<mode name='host-model'>`` of domcapabilities as the ``<cpu>`` libvirt's CPU
-    APIs take (what ``virsh hypervisor-cpu-baseline`` does with a domcapabilities file)."""
-    from copy import deepcopy
-
-    from lxml import etree
-
-    cpu = deepcopy(host_model)
-    cpu.tag = "cpu"
-    for attr in list(cpu.attrib):
-        del cpu.attrib[attr]
-    return etree.tostring(cpu, encoding="unicode").strip()
 
 
 def _domcaps_summary(xml: str) -> tuple[dict[str, Any], Any]:
@@ -194,14 +176,14 @@ def probe_libvirt(machine: str, unavailable: list[dict[str, Any]], uri: str = "q
     try:
         import libvirt
     except ImportError:
-        _note(unavailable, "libvirt-python", errno.ENOENT, "python3-libvirt is not installed")
+        note(unavailable, "libvirt-python", errno.ENOENT, "python3-libvirt is not installed")
         return None
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     try:
         # domain capabilities need a read-write connection; fall back for non-root callers
         conn = libvirt.open(uri) if os.geteuid() == 0 else libvirt.openReadOnly(uri)
     except libvirt.libvirtError as e:
-        _note(unavailable, f"libvirt {uri}", errno.ECONNREFUSED, str(e))
+        note(unavailable, f"libvirt {uri}", errno.ECONNREFUSED, str(e))
         return None
     try:
         hv = conn.getVersion()
@@ -216,7 +198,7 @@ def probe_libvirt(machine: str, unavailable: list[dict[str, Any]], uri: str = "q
             out["domcapabilities"], root = _domcaps_summary(
                 conn.getDomainCapabilities(None, machine, None, virttype, 0))
         except libvirt.libvirtError as e:
-            _note(unavailable, f"domcapabilities {machine} {virttype}", errno.EIO, str(e))
+            note(unavailable, f"domcapabilities {machine} {virttype}", errno.EIO, str(e))
         else:
             from ..arch import PLUGINS, get
 

@@ -9,7 +9,7 @@ the XML (the hook's expat tree or lxml).
 from __future__ import annotations
 
 from ..errors import ContractError
-from .names import CONTRACT_NS, CONTRACT_PREFIX
+from ..model.names import CONTRACT_NS, CONTRACT_PREFIX
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:

@@ -20,8 +20,8 @@ import pyexpat as expat  # the builtin module itself: xml.parsers.expat is three
 import time
 
 from ..errors import InputError, printable
+from ..model.names import CONTRACT_NS, LD_PRELOAD, QEMU_NS, QEMU_PREFIX, STAMP_NS
 from ..preload import ENV_PINS, LIBRARY_PATH
-from .names import CONTRACT_NS, LD_PRELOAD, QEMU_NS, QEMU_PREFIX, STAMP_NS
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
@@ -377,7 +377,7 @@ def _end_tag(data: bytes, span: Span) -> bytes:
 
 def _pin_cuts(data: bytes, facts: DomainFacts, pins: str | None, library: str
               ) -> Iterator[tuple[int, int, bytes]]:
-    """The destination's ABIGUARD_PINS (abiguard.engine.pins): None leaves the XML as it
+    """The destination's ABIGUARD_PINS (abiguard.model.pins): None leaves the XML as it
     is, "" removes abiguard's qemu:env elements wherever they are, a value puts exactly
     one LD_PRELOAD and one ABIGUARD_PINS into the first <qemu:commandline>, in whatever
     shape that element has (with children, empty, or <qemu:commandline/>), or into a new

@@ -10,13 +10,12 @@ TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, 
 if TYPE_CHECKING:
     from typing import Any
 
-    from ...engine.pins import Pin
-    from ...engine.problem import Policy, Verdict
     from ...model.contract import Contract
     from ...model.fields import Reader
+    from ...model.pins import Pin
+    from ...model.problem import Policy, Verdict
     from ...model.profile import Profile
-    from ...probe.host import Missing
-    from ...probe.kvm import KvmSystem
+    from ...uapi.kvm import KvmSystem, Missing
     from .body import Arm64Body
     from .section import Arm64Kvm
 

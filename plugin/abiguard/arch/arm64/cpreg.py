@@ -7,7 +7,7 @@ KVM_SET_ONE_REG and one failed write fails the load (``write_list_to_kvmstate``)
 """
 from __future__ import annotations
 
-from . import ids as kvm  # the uapi id layout, without the ioctls
+from ...uapi import arm64 as kvm  # the uapi id layout, without the ioctls
 
 
 class QemuCpregRule:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ...errors import UsageError
-from ...xml.names import QEMU_NS
+from ...model.names import QEMU_NS
 
 if TYPE_CHECKING:
     from ...model.contract import Contract
@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 def edit(root: Any, sealed: Contract, notes: list[str], cannot: list[str], profile: Profile | None = None) -> None:
     from lxml import etree
 
-    from ...engine.pins import commandline_xml, describe
     from ...errors import EnforceError
+    from ...model.pins import commandline_xml, describe
     from ...preload import ENV_PINS, LIBRARY_NAME, LIBRARY_PATH
     from .body import Arm64Body
 

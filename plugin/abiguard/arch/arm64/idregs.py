@@ -29,7 +29,7 @@ MPIDR, REVIDR, AIDR, CLIDR, the AFRs, ID_AA64DFR1, ID_AA64DFR2) therefore have n
 """
 from __future__ import annotations
 
-from . import ids as kvm  # the uapi id layout, without the ioctls
+from ...uapi import arm64 as kvm  # the uapi id layout, without the ioctls
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 

@@ -8,14 +8,14 @@ destination's default, which widens the ABI unless it is neutral or pinned off.
 """
 from __future__ import annotations
 
-from ...engine.problem import Problem, Verdict
+from ...model.problem import Problem, Verdict
 from . import cpreg, regs
 from .rules import RULES, Dest, can_pin
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
-    from ...engine.problem import Policy
     from ...model.contract import Contract
+    from ...model.problem import Policy
     from ...model.profile import Profile
     from .body import Arm64Body
     from .section import Arm64Kvm
@@ -34,7 +34,7 @@ def section_of(profile: Profile) -> Arm64Kvm | None:
 
 def dest_for(profile: Profile, config: str) -> tuple[Dest | None, list[Problem]]:
     """The destination's registers for one vCPU configuration, or why it has none."""
-    from . import ids
+    from ...uapi import arm64 as ids
 
     section = section_of(profile)
     probed = section.usable(config) if section is not None else None

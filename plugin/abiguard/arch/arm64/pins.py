@@ -9,16 +9,16 @@ through ``-cpu`` properties instead, never both.
 """
 from __future__ import annotations
 
-from ...engine.pins import Pin
 from ...errors import EnforceError
+from ...model.pins import Pin
 from ...preload import MAX_PINS
 from . import regs
 from .judge import section_of
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
-    from ...engine.problem import Problem, Verdict
     from ...model.contract import Contract
+    from ...model.problem import Problem, Verdict
     from ...model.profile import Profile
     from .body import Arm64Body
 
@@ -90,7 +90,7 @@ def plan(contract: Contract, profile: Profile, verdict: Verdict, explicit: bool 
 def check(pins: dict[int, int], profile: Profile, config: str) -> list[Problem]:
     """Why each of these pins cannot be realised on this host (empty: all fine): the same
     rule rows that judge a migration, plus what the library itself can write."""
-    from ...engine.problem import Problem
+    from ...model.problem import Problem
     from .judge import dest_for
     from .rules import RULES
 
@@ -148,7 +148,7 @@ def for_start(contract: Contract, profile: Profile, explicit: bool = False) -> l
 def for_arrival(contract: Contract, profile: Profile, stream: tuple[int, ...] | None = None) -> list[Pin]:
     """The pins an incoming migration or restore of this contract gets on this host (what
     the hook adds to the incoming XML), whatever else its verdict says."""
-    from ...engine.problem import Policy
+    from ...model.problem import Policy
     from .judge import check as judge
 
     return plan(contract, profile, judge(contract, profile, Policy(), stream))

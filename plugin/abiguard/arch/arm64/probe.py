@@ -6,11 +6,11 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Any
 
-from ...probe import kvm
+from ...uapi import kvm
 from . import regs
 
 if TYPE_CHECKING:
-    from ...probe.host import Missing
+    from ...uapi.kvm import Missing
 
 
 def _hex(v: int) -> str:
@@ -92,7 +92,7 @@ def _masks(vm: kvm.KvmVm) -> dict[str, str]:
 
 def probe(system: kvm.KvmSystem, caps: dict[str, int], missing: Missing) -> dict[str, Any]:
     """The ``kvm.aarch64`` section (:mod:`.section` reads it back)."""
-    from ...probe.host import caps_of
+    from ...uapi.kvm import caps_of
 
     out: dict[str, Any] = {}
     with system.create_vm(0) as vm:

@@ -12,7 +12,12 @@ Standard library only: this runs inside the arm64 lab's initramfs and on the hoo
 """
 from __future__ import annotations
 
-from . import ids as kvm  # the uapi id layout, without the ioctls
+from ...uapi import arm64 as kvm  # the uapi id layout, without the ioctls
+from ...uapi.arm64 import (  # which ids are well formed: the uapi layout, read as arm64 registers
+    ID_PREFIXES as ID_PREFIXES,
+    is_reg_id as is_reg_id,
+    parse_ids as parse_ids,
+)
 
 
 class FwReg:
@@ -331,66 +336,3 @@ def preload_allows(reg_id: int) -> bool:
         op0, op1, crn, crm, _op2 = kvm.arm64_sysreg_encoding(reg_id)
         return op0 == 3 and op1 == 0 and crn == 0 and 1 <= crm <= 7
     return False
-
-
-#: arm64 ONE_REG groups (arch/arm64/include/uapi/asm/kvm.h KVM_REG_ARM_*: core, demux,
-#: sysreg, fw, sve, fw_bmap) and sizes (KVM_REG_SIZE_U32 .. U2048)
-_ARM64_COPROCS = frozenset({0x10, 0x11, 0x13, 0x14, 0x15, 0x16})
-_ARM64_SIZES = frozenset(range(2, 9))
-#: ``id >> 16`` of every well-formed id: KVM_REG_ARM64 (0x60 << 56) | size << 52 | group << 16,
-#: every other bit above the low 16 zero -- one set lookup checks all of it
-_ID_PREFIXES = frozenset((0x60 << 40) | (size << 36) | coproc for size in _ARM64_SIZES for coproc in _ARM64_COPROCS)
-#: the id prefixes (the id shifted right by 16) of every register group KVM defines
-ID_PREFIXES = _ID_PREFIXES
-
-
-def is_reg_id(reg: int) -> bool:
-    """A well-formed arm64 ONE_REG id of a group KVM defines (0x60..., 64-bit)."""
-    return reg >= 0 and reg >> 16 in _ID_PREFIXES
-
-
-#: the last few streams parsed, by their words: a hop's stamp usually lists the same
-#: stream as the contract (or the previous hop), and parsing ~200 hex words costs
-_PARSED: dict[tuple[str, ...], tuple[int, ...]] = {}
-_MAX_PARSED = 4
-
-
-def parse_ids(words: list[str]) -> tuple[list[int], list[str]]:
-    """Register ids from their canonical hex spelling, all at once (a stream has ~260):
-    (the ids, the words that are not a well-formed arm64 ONE_REG id as abiguard writes it)."""
-    key = tuple(words) if set(map(type, words)) <= {str} else None
-    if key is not None:
-        seen = _PARSED.get(key)
-        if seen is not None:
-            return list(seen), []
-    ids, bad = _parse_ids(words)
-    if key is not None and not bad:
-        if len(_PARSED) >= _MAX_PARSED:
-            _PARSED.clear()
-        _PARSED[key] = tuple(ids)
-    return ids, bad
-
-
-def _parse_ids(words: list[str]) -> tuple[list[int], list[str]]:
-    try:
-        ids = [int(w, 16) for w in words]
-    except (ValueError, TypeError):
-        pass
-    else:
-        # hex() is the one spelling abiguard writes: 0x, lowercase, no leading zeros
-        if all(type(w) is str for w in words) and [hex(i) for i in ids] == words \
-                and all(i >> 16 in _ID_PREFIXES for i in ids):
-            return ids, []
-    good: list[int] = []
-    bad: list[str] = []
-    for w in words:
-        try:
-            rid = int(w, 16)
-        except (ValueError, TypeError):
-            bad.append(str(w))
-            continue
-        if type(w) is not str or hex(rid) != w or not is_reg_id(rid):
-            bad.append(w if type(w) is str else str(w))
-        else:
-            good.append(rid)
-    return good, bad

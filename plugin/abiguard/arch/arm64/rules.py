@@ -9,7 +9,7 @@ the arm64 lab on real kernels. Which kind judges a register: :func:`.regs.kind_o
 """
 from __future__ import annotations
 
-from ...engine.problem import Problem
+from ...model.problem import Problem
 from . import regs
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ...model.fields import Reader
-    from ...probe.kvm import KvmVcpu
+    from ...uapi.kvm import KvmVcpu
 
 
 def _h(v: int) -> str:
@@ -84,7 +84,7 @@ class Rule:
 
 
 def _set_result(vcpu: KvmVcpu, reg_id: int, value: int) -> str:
-    from ...probe import kvm
+    from ...uapi import kvm
 
     try:
         vcpu.set_one_reg(reg_id, value)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from ..base import KvmSection
+from ...model.profile import KvmSection
 from . import regs
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)

@@ -8,12 +8,11 @@ TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, 
 if TYPE_CHECKING:
     from typing import Any
 
-    from ...engine.problem import Policy, Verdict
     from ...model.contract import Contract
     from ...model.fields import Reader
+    from ...model.problem import Policy, Verdict
     from ...model.profile import Profile
-    from ...probe.host import Missing
-    from ...probe.kvm import KvmSystem
+    from ...uapi.kvm import KvmSystem, Missing
     from .body import X86Body
     from .section import X86Kvm
 
@@ -61,7 +60,7 @@ class X86(Arch):
     def realise(self, contract: Contract, profile: Profile) -> Verdict:
         """QEMU realises the pinned CPU model and features itself (libvirt passes them on the
         command line), so a start is judged like an arrival, minus libvirt's incoming drops."""
-        from ...engine.problem import Policy
+        from ...model.problem import Policy
         from . import judge
 
         return judge.check(contract, profile, Policy(), incoming=False)

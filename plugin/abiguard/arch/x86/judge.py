@@ -3,13 +3,13 @@ model's unavailable features, the host CPU expansion, what libvirt drops from an
 CPU), and its KVM the paravirtual features."""
 from __future__ import annotations
 
-from ...engine.problem import Problem, Verdict
+from ...model.problem import Problem, Verdict
 from . import features
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
-    from ...engine.problem import Policy
     from ...model.contract import Contract
+    from ...model.problem import Policy
     from ...model.profile import Profile
     from .body import X86Body
     from .section import X86Kvm

@@ -4,11 +4,11 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Any
 
-from ...probe import kvm
+from ...uapi import kvm
 from . import features
 
 if TYPE_CHECKING:
-    from ...probe.host import Missing
+    from ...uapi.kvm import Missing
 
 
 def _hex(v: int) -> str:
@@ -57,7 +57,8 @@ def probe_libvirt(conn: Any, domcaps: Any, unavailable: list[dict[str, Any]]) ->
     import libvirt
     from lxml import etree
 
-    from ...probe.stack import _note, host_model_cpu_xml
+    from ...model.stack import host_model_cpu_xml
+    from ...uapi.kvm import note
 
     out: dict[str, Any] = {}
     try:
@@ -65,11 +66,11 @@ def probe_libvirt(conn: Any, domcaps: Any, unavailable: list[dict[str, Any]]) ->
         out["features"] = sorted({f.get("name") for f in tree.iter("feature") if f.get("name")}
                                  | {a.get("name") for a in tree.iter("alias") if a.get("name")})
     except (OSError, etree.XMLSyntaxError) as e:
-        _note(unavailable, f"libvirt CPU map {CPU_MAP}", errno.ENOENT, str(e)[:200])
+        note(unavailable, f"libvirt CPU map {CPU_MAP}", errno.ENOENT, str(e)[:200])
     try:
         out["models"] = sorted(conn.getCPUModelNames("x86_64", 0) or [])
     except libvirt.libvirtError as e:
-        _note(unavailable, "libvirt getCPUModelNames x86_64", errno.EIO, str(e))
+        note(unavailable, "libvirt getCPUModelNames x86_64", errno.EIO, str(e))
     host_model = domcaps.find("cpu/mode[@name='host-model']")
     if host_model is not None and host_model.get("supported") == "yes":
         try:
@@ -81,5 +82,5 @@ def probe_libvirt(conn: Any, domcaps: Any, unavailable: list[dict[str, Any]]) ->
             out["host_features"] = sorted(f.get("name") for f in root.findall("feature")
                                           if f.get("policy") == "require" and f.get("name"))
         except (libvirt.libvirtError, etree.XMLSyntaxError) as e:
-            _note(unavailable, "libvirt baselineHypervisorCPU of the host-model CPU", errno.EIO, str(e)[:300])
+            note(unavailable, "libvirt baselineHypervisorCPU of the host-model CPU", errno.EIO, str(e)[:300])
     return {"cpu": out} if out else {}

@@ -7,7 +7,7 @@ APIC-id bits zeroed), ``pv_features`` (leaf 0x40000001 EAX/EDX), ``feature_msrs`
 """
 from __future__ import annotations
 
-from ..base import KvmSection
+from ...model.profile import KvmSection
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:

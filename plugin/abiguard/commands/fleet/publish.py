@@ -22,10 +22,10 @@ class FleetPublish(Command):
         add_common(parser)
 
     def run(self, args: argparse.Namespace) -> int:
+        from ... import state
         from ...fleet.publish import publish
-        from ...hook import state
-        from ...hook.config import Config
         from ...model import profile
+        from ...model.config import Config
 
         path = args.profile or state.PROFILE
         doc = profile.load(path).doc

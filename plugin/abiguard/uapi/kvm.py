@@ -9,7 +9,7 @@ against Debian 12's linux-libc-dev (6.1) header, 224-235 against the upstream he
 
 Standard library only: this module runs inside the arm64 lab's initramfs.
 Every failing ioctl surfaces as :class:`OSError` with the kernel's errno; callers
-record it, they never guess a value.
+record it (:class:`Missing`, the profile's ``unavailable``), they never guess a value.
 """
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ import errno
 import fcntl
 import os
 import struct
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 # the arm64 ONE_REG id layout and vCPU feature bits: pure uapi arithmetic, kept where the
 # hook can read it without this module's fcntl/struct
-from ..arch.arm64.ids import (
+from .arm64 import (
     ARM_COPROC as ARM_COPROC,
     ARM_COPROC_MASK as ARM_COPROC_MASK,
     ARM_COPROC_SHIFT as ARM_COPROC_SHIFT,
@@ -40,6 +42,8 @@ from ..arch.arm64.ids import (
     arm64_sysreg_id as arm64_sysreg_id,
     reg_size as reg_size,
 )
+
+T = TypeVar("T")
 
 KVMIO = 0xAE
 _IOC_WRITE, _IOC_READ = 1, 2
@@ -134,6 +138,39 @@ CAPS: dict[str, int] = {
 
 def errno_name(err: int) -> str:
     return errno.errorcode.get(err, str(err))
+
+
+def note(unavailable: list[dict[str, Any]], what: str, err: int, detail: str = "") -> None:
+    """One entry of a profile's ``unavailable`` list: what could not be read, the errno and
+    its name, and what was said."""
+    unavailable.append({"what": what, "errno": err, "error": errno_name(err), "detail": detail})
+
+
+class Missing:
+    """Collects what could not be read, and why (the profile's ``unavailable``)."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def attempt(self, what: str, fn: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return fn(*args)
+        except OSError as e:
+            self.add(what, e.errno or 0, e.strerror or "")
+            return None
+
+    def add(self, what: str, err: int, detail: str = "") -> None:
+        note(self.items, what, err, detail)
+
+
+def caps_of(fd: _Fd, missing: Missing, where: str) -> dict[str, int]:
+    """Every capability of :data:`CAPS` as ``fd`` (/dev/kvm, a VM) answers it."""
+    out: dict[str, int] = {}
+    for name, number in CAPS.items():
+        value = missing.attempt(f"KVM_CHECK_EXTENSION({name}) on {where}", fd.check_extension, number)
+        if value is not None:
+            out[name] = value
+    return out
 
 
 def _counted_list(fd: int, request: int, item: str) -> list[int]:

@@ -1,5 +1,7 @@
-"""Where the hook keeps things, its log, and the markers that tell an incoming start from a
-plain one.
+"""Where abiguard keeps things on a host (its configuration, the host profile, state), the
+hook's log, and the markers that tell an incoming start from a plain one. Below everything
+that reads them: the hook, the configuration (:mod:`abiguard.model.config`), the fleet's
+publishing and the commands.
 
 ABIGUARD_ROOT moves every path below a directory, for tests and benchmarks; libvirt runs
 hooks with a cleared environment (vircommand.c virCommandAddEnvPassCommon), so it never
@@ -10,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..errors import Refusal
+from .errors import Refusal
 
 ROOT = os.environ.get("ABIGUARD_ROOT", "/")
 ETC = os.path.join(ROOT, "etc/abiguard")

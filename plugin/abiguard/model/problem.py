@@ -1,4 +1,5 @@
-"""What the engine answers: problems, a verdict, and the policy it judged under.
+"""What the engine answers: problems, a verdict, and the policy it judged under (the arch
+plugins build them, the engine and the hook read them).
 
 Plain classes with ``__slots__`` (not dataclasses or NamedTuples: ``typing`` and
 ``dataclasses`` cost the hook milliseconds it does not have).

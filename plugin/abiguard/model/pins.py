@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..errors import EnforceError
 from ..preload import ENV_PINS, LIBRARY_NAME, LIBRARY_PATH, MAX_ENV_CHARS
-from ..xml.names import QEMU_NS
+from .names import QEMU_NS
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""/etc/abiguard/abiguard.toml, as the hook reads it; a missing file means the defaults.
+"""/etc/abiguard/abiguard.toml, as the hook (and the fleet, for its ``[fleet]`` table) reads
+it; a missing file means the defaults.
 
 The file is read whole: a setting past any cut-off would silently stop counting (a
 "refuse" policy at the end of a long file read as "warn"), so a file larger than
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from . import state
+from .. import state
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class Config:
             import hashlib
             import marshal
 
-            from ..model.profile import atomic_write
+            from .profile import atomic_write
 
             payload = marshal.dumps((key, config.unpinned, config.allow_widening, config.fleet_dir,
                                      config.fleet_host, config.fleet_uri))
@@ -106,7 +107,7 @@ class Config:
             raise InputError(path, "[policy] unpinned must be allow, warn or refuse; "
                              "allow_widening must be true or false")
         fleet = doc.get("fleet", {})
-        from ..model import address
+        from . import address
 
         fleet_dir, host, uri = fleet.get("dir"), fleet.get("host"), fleet.get("uri")
         if fleet_dir is not None and not address.is_path(fleet_dir):
