@@ -86,6 +86,23 @@ def test_every_bundled_register_has_a_name() -> None:
     assert {_encoding(rid) for rid in by_encoding} == UNNAMED, "a register of UNNAMED got a name: drop it there"
 
 
+def test_a_profile_names_its_registers_as_the_kernel_does() -> None:
+    """what reports print through a profile (``name_of``: the probing abiguard's names, kept
+    in the profile) -- every register of every bundled profile, not only through reg_name:
+    a name the probe stored as an encoding gives way to the kernel's table"""
+    seen = 0
+    for path in builtin_profiles():
+        section = profile.load(path).arch_section()
+        assert section is not None, path
+        ids = {rid for config in section.configs.values() for rid in [*config.reg_list, *(config.registers or {})]}
+        printed = {rid: section.name_of(rid) for rid in ids}
+        assert {rid: n for rid, n in printed.items() if ENCODING_NAME.fullmatch(n) and _encoding(rid) not in UNNAMED} \
+            == {}, path
+        seen += arm64_sysreg_id(3, 3, 14, 2, 1) in printed
+        assert printed.get(arm64_sysreg_id(3, 3, 14, 2, 1), "CNTP_CTL_EL0") == "CNTP_CTL_EL0", path
+    assert seen >= 4, "the bundled 6.1+ profiles list CNTP_CTL_EL0"
+
+
 def _encoding(rid: int) -> tuple[int, int, int, int, int]:
     return ((rid >> 14) & 3, (rid >> 11) & 7, (rid >> 7) & 15, (rid >> 3) & 15, rid & 7)
 

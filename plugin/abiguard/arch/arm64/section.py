@@ -60,8 +60,12 @@ class LazyConfigs(Mapping[str, ArmConfig]):
             import marshal
 
             features, vls, reg_list, registers = marshal.loads(self._raw[name])
-            if not (isinstance(features, tuple) and isinstance(reg_list, tuple)
-                    and (registers is None or isinstance(registers, dict))):
+            if not (type(features) is tuple and type(reg_list) is tuple and len(reg_list) <= MAX_REGISTERS * 4
+                    and set(map(type, features)) <= {str} and set(map(type, reg_list)) <= {int}
+                    and (vls is None or type(vls) is int)
+                    and (registers is None or (type(registers) is dict and len(registers) <= MAX_REGISTERS
+                                               and set(map(type, registers)) <= {int}
+                                               and set(map(type, registers.values())) <= {int, type(None)}))):
                 raise ValueError("not an arm64 profile view")
             done = self._done[name] = ArmConfig(name, features, vls, reg_list, registers)
         return done
@@ -96,7 +100,13 @@ class Arm64Kvm(KvmSection):
         return c if c is not None and c.registers is not None else None
 
     def name_of(self, reg_id: int) -> str:
-        return self.names.get(reg_id) or regs.reg_name(reg_id)
+        """The profile's own name for a register (what the probing abiguard called it: no
+        table to load on the hook's path) -- unless that was its encoding (``S3_3_C14_C2_1``),
+        which the kernel's table may name (``CNTP_CTL_EL0``, :func:`regs.reg_name`)."""
+        stored = self.names.get(reg_id)
+        if stored is None or (stored[:1] == "S" and stored[1:2].isdigit()):
+            return regs.reg_name(reg_id)
+        return stored
 
     def default_config(self) -> str:
         """What ``-cpu host`` gives on that host: every vCPU feature its KVM offers."""
@@ -189,8 +199,30 @@ def to_view(s: Arm64Kvm) -> Any:
 
 
 def from_view(v: Any) -> Arm64Kvm:
-    configs, names, acceptance, masks, vm_caps, target = v
-    if not (isinstance(configs, dict) and all(isinstance(b, bytes) for b in configs.values())
-            and isinstance(names, dict) and isinstance(acceptance, dict)):
+    """The section from its hook view, every member typed (exact types) as strictly as
+    :func:`from_json` reads it; ValueError on anything else. A configuration's registers
+    are typed when it is decoded (:class:`LazyConfigs`)."""
+    if type(v) is not tuple or len(v) != 6:
         raise ValueError("not an arm64 profile view")
+    configs, names, acceptance, masks, vm_caps, target = v
+
+    def typed(d: object, kt: type, vts: set[type], cap: int) -> bool:
+        return (type(d) is dict and len(d) <= cap and set(map(type, d)) <= {kt}
+                and set(map(type, d.values())) <= vts)
+
+    if not (typed(configs, str, {bytes}, 64) and typed(names, int, {str}, MAX_REGISTERS * 4)
+            and typed(acceptance, str, {dict, int, type(None)}, 64)
+            and (masks is None or typed(masks, str, {int}, 256)) and typed(vm_caps, str, {int}, 4096)
+            and (target is None or type(target) is int)):
+        raise ValueError("not an arm64 profile view")
+    from .rules import RULES
+
+    for name, trial in acceptance.items():
+        fw = regs.FW_BY_NAME.get(name)
+        if fw is None:
+            raise ValueError("not an arm64 profile view")
+        kind = RULES[fw.kind].kind
+        ok = trial is None or (type(trial) is int if kind == "bitmap" else typed(trial, str, {str}, 16))
+        if not ok:
+            raise ValueError("not an arm64 profile view")
     return Arm64Kvm(LazyConfigs(configs), names, acceptance, masks, vm_caps, target)
