@@ -11,8 +11,10 @@ from ..errors import ProfileError, Refusal
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..model.config import Config
-    from ..model.problem import Problem
+    from ..model.problem import Problem, Verdict
     from ..model.profile import Profile
 
 
@@ -23,6 +25,30 @@ def load_profile() -> Profile:
         return profile.load_for_hook(state.PROFILE)
     except ProfileError as e:
         raise Refusal(f"{e} (refresh it: 'abiguard probe -o {state.PROFILE}', or restart libvirtd)") from None
+
+
+def judge(fn: Callable[[Profile], Verdict]) -> tuple[Profile, Verdict]:
+    """``fn`` (a judgement) over this host's profile. The hook view is trusted no further
+    than the JSON (issue 22): a judgement that fails on what the view held (a crafted or
+    damaged member the view's checks let through, decoded late) is made again over the
+    validated JSON, never answered with an internal error or a laxer profile."""
+    from ..errors import AbiguardError
+    from ..model import profile as profiles
+
+    p = load_profile()
+    try:
+        return p, fn(p)
+    except AbiguardError:
+        raise
+    except Exception:   # noqa: BLE001 -- any doubt about the view: the JSON
+        if p.doc is not None:
+            raise
+        state.log(f"the hook view of {state.PROFILE} failed a judgement: reading the JSON")
+    try:
+        p = profiles.load(state.PROFILE)
+    except ProfileError as e:
+        raise Refusal(f"{e} (refresh it: 'abiguard probe -o {state.PROFILE}', or restart libvirtd)") from None
+    return p, fn(p)
 
 
 def unpinned(config: Config, dom: str, op: str) -> int:

@@ -46,8 +46,8 @@ def incoming(dom: str, op: str, data: bytes, deadline: float | None = None) -> i
     stamp = vm.stamp_of(facts, sealed, dom)
     arch = get(sealed.arch)
     stream = stamp.stream if stamp is not None and arch.carries_register_stream else None
-    profile = checks.load_profile()
-    v = verdict.check(sealed, profile, Policy(allow_widening=config.allow_widening), stream)
+    policy = Policy(allow_widening=config.allow_widening)
+    profile, v = checks.judge(lambda p: verdict.check(sealed, p, policy, stream))
     # registers this host adds and the stream lacks widen the ABI unless they are pinned off
     # here; anything else refuses at once
     widen = [p for p in v.problems if p.kind == "widen"]

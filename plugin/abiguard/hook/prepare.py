@@ -27,8 +27,7 @@ def prepare(dom: str, op: str, data: bytes, deadline: float | None = None) -> in
     vm.check_domain_matches(facts, sealed, dom)
     arch = get(sealed.arch)
     stamp = vm.stamp_of(facts, sealed, dom)
-    profile = checks.load_profile()
-    v = verdict.realise(sealed, profile)
+    profile, v = checks.judge(lambda p: verdict.realise(sealed, p))
     what = f"this host cannot start '{dom}' with its contract"
     if v.problems:
         checks.refuse(what, v.problems, f"{op} {dom}: start")

@@ -198,13 +198,19 @@ class Profile:
 
     @classmethod
     def from_view(cls, v: Any) -> Profile:
-        """Rebuild from :meth:`to_view` values; TypeError/ValueError on anything else."""
+        """Rebuild from :meth:`to_view` values; TypeError/ValueError on anything else. Every
+        member is typed here (exact types), as strictly as :meth:`from_json` reads the JSON."""
+        _tuple(v, 8)
         kernel, kernel_version, machine, kvm_v, qemu_v, libvirt_v, unavail, digest = v
-        if machine not in arches.NAMES or not isinstance(kernel, str) or not isinstance(digest, str):
+        if machine not in arches.NAMES or type(kernel) is not str or type(digest) is not str \
+                or type(kernel_version) is not str or not digest.startswith("sha256:") or len(digest) > 80:
             raise ValueError("not a profile view")
         kvm = None
         if kvm_v is not None:
+            _tuple(kvm_v, 4)
             device, api, caps, section_v = kvm_v
+            if not (device is None or type(device) is str) or not (api is None or type(api) is int):
+                raise ValueError("not a profile view")
             _dict_of(caps, str, int)
             section = None if section_v is None else arches.get(machine).section_from_view(section_v)
             kvm = KvmInfo(device, api, caps, section)
@@ -213,19 +219,43 @@ class Profile:
             from .stack import CustomModel, DomCaps, HostModel, LibvirtCpu, LibvirtInfo, Machine, QemuInfo
         qemu = None
         if qemu_v is not None:
+            _tuple(qemu_v, 8)
             binary, vtext, package, machines, model, props, defs, named = qemu_v
+            _tuple(machines)
+            for m in machines:
+                _tuple(m, 4)
             qemu = QemuInfo(binary, vtext, package, tuple(Machine(*m) for m in machines), model, props, defs, named)
         libvirt = None
         if libvirt_v is not None:
+            _tuple(libvirt_v, 6)
             uri, vtext, hv, uuid, caps_v, cpu_v = libvirt_v
             dc = None
             if caps_v is not None:
+                _tuple(caps_v, 6)
                 m, emu, hm, modes, custom, hm_xml = caps_v
+                if hm is not None:
+                    _tuple(hm, 3)
+                if custom is not None:
+                    _dict_of(custom, str, tuple)
+                    for c in custom.values():
+                        _tuple(c, 2)
                 dc = DomCaps(m, emu, None if hm is None else HostModel(*hm), tuple(modes),
                              None if custom is None else {k: CustomModel(*c) for k, c in custom.items()}, hm_xml)
+            if cpu_v is not None:
+                _tuple(cpu_v, 3)
             libvirt = LibvirtInfo(uri, vtext, hv, uuid, dc, None if cpu_v is None else LibvirtCpu(*cpu_v))
+        _tuple(unavail)
+        for u in unavail:
+            _tuple(u, 4)
+            if not (type(u[0]) is str and type(u[1]) is int and type(u[2]) is str and type(u[3]) is str):
+                raise ValueError("not a profile view")
         return cls(kernel, kernel_version, machine, kvm, qemu, libvirt,
                    tuple(Unavailable(*u) for u in unavail), digest)
+
+
+def _tuple(v: object, n: int | None = None) -> None:
+    if type(v) is not tuple or (n is not None and len(v) != n):
+        raise ValueError("not a profile view")
 
 
 def _shown(v: object, limit: int = 40) -> str:
@@ -319,7 +349,9 @@ def atomic_write(path: str, text: str | bytes, mode: int = 0o644) -> tuple[int, 
 HOOKVIEW_SUFFIX = ".hookview"
 #: the view's first bytes: format name and version; then the payload's length and CRC-32
 #: (8 bytes, big-endian): a torn or damaged view is noticed before marshal reads it
-_VIEW_MAGIC = b"abiguard-hookview-4\n"
+_VIEW_MAGIC = b"abiguard-hookview-5\n"
+#: after the length and CRC: the sha256 of the JSON file's bytes the view was made from
+_BOUND = 32
 #: a view bigger than this is not one of ours
 MAX_VIEW_BYTES = 16 * 1024 * 1024
 
@@ -332,12 +364,14 @@ def save(doc: dict[str, Any], path: str) -> Profile:
     other can leave a view that belongs to the other's JSON, and the key then does not
     match, so the hook reads the JSON instead. A checksum over the view's payload keeps a
     damaged view from ever reaching marshal."""
+    import hashlib
     import marshal
 
     model = Profile.from_json(doc, path)
-    key = atomic_write(path, render(doc))
+    text = render(doc).encode()
+    key = atomic_write(path, text)
     payload = marshal.dumps((key, model.to_view()))
-    atomic_write(path + HOOKVIEW_SUFFIX, _VIEW_MAGIC + _check(payload) + payload)
+    atomic_write(path + HOOKVIEW_SUFFIX, _VIEW_MAGIC + _check(payload) + hashlib.sha256(text).digest() + payload)
     return model
 
 
@@ -356,7 +390,13 @@ def _stat_key(path: str) -> tuple[int, int, int]:
 
 def load_view(path: str) -> Profile | None:
     """The profile from the hook view at ``path + HOOKVIEW_SUFFIX`` if it is whole, ours
-    and made from the JSON now at ``path``; None otherwise (read the JSON then)."""
+    and made from the JSON now at ``path``; None otherwise (read the JSON then).
+
+    The view is trusted no further than the JSON (issue 22): its sizes are checked before
+    marshal allocates anything; it must be bound to the exact bytes of the JSON now at
+    ``path`` (their sha256, compared before marshal reads the payload) and hold the model
+    of that JSON's digest; every member is typed (:meth:`Profile.from_view`). Any doubt,
+    any error (MemoryError included): None, and the hook reads the JSON."""
     import marshal
 
     try:
@@ -365,15 +405,40 @@ def load_view(path: str) -> Profile | None:
         head = len(_VIEW_MAGIC)
         if len(data) > MAX_VIEW_BYTES or data[:head] != _VIEW_MAGIC:
             return None
-        payload = data[head + 8:]
-        if _check(payload) != data[head:head + 8]:
+        payload = data[head + 8 + _BOUND:]
+        if int.from_bytes(data[head:head + 4], "big") != len(payload) or _check(payload) != data[head:head + 8]:
+            return None
+        with open(path, "rb") as f:
+            text = f.read(MAX_BYTES + 1)
+        if len(text) > MAX_BYTES or _sha256(text) != data[head + 8:head + 8 + _BOUND]:
             return None
         key, view = marshal.loads(payload)
-        if tuple(key) != _stat_key(path):
+        if type(key) is not tuple or tuple(key) != _stat_key(path):
             return None
-        return Profile.from_view(view)
-    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError):
+        model = Profile.from_view(view)
+        if model.digest != _json_digest(text):
+            return None
+        return model
+    except Exception:   # noqa: BLE001 -- any doubt: the JSON (MemoryError, RecursionError, ...)
         return None
+
+
+def _sha256(data: bytes) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(data).digest()
+
+
+def _json_digest(text: bytes) -> str | None:
+    """The top-level ``digest`` member of a JSON profile as :func:`render` writes it (one
+    space of indent marks the top level; a JSON string holds no raw newline)."""
+    mark = b'\n "digest": "'
+    at = text.find(mark)
+    if at < 0:
+        return None
+    start = at + len(mark)
+    end = text.find(b'"', start, start + 100)
+    return text[start:end].decode("ascii", "replace") if end > 0 else None
 
 
 def load_for_hook(path: str) -> Profile:

@@ -98,7 +98,24 @@ class HopStamp:
             return "its hop stamp's register stream does not match its checksum (edited or copied by hand)"
         if needs_stream and self.stream is None:
             return "its hop stamp lists no register stream"
-        return None
+        return self.claims_less(contract)
+
+    def claims_less(self, contract: Contract) -> str | None:
+        """Why this stamp claims less than its contract (None: it does not). A stamp's claims
+        may only add checks: the stream a VM carries is judged register by register, so a
+        stream without some of the contract's registers would skip their checks (and with
+        ``allow_widening`` their values). Every host of a contract lists its whole stream
+        (a fleet contract's is the hosts' common one), so an honest hop never drops any."""
+        own = getattr(contract.body, "stream", None)
+        if self.stream is None or not own:
+            return None
+        have = set(self.stream)
+        lacking = [r for r in own if r not in have]
+        if not lacking:
+            return None
+        return (f"its hop stamp claims fewer registers than its contract ({len(self.stream)} in its stream, "
+                f"{len(lacking)} of the contract's missing, first {lacking[0]:#x}): a stamp may only add "
+                "checks")
 
     @classmethod
     def from_element(cls, el: Element) -> HopStamp:

@@ -167,12 +167,25 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
     # the stream carries the values in; a pin keeps each there across every reset. A
     # contract value the stream no longer carries (an earlier hop's host lacked the
     # register) is given back by its pin where this host has the register.
+    # Every contract value is judged or pinned, whatever the stream and the policy: a value
+    # the stream lacks that this host cannot give is refused, never dropped unsaid.
     for rid, value in values.items():
         default = dest.registers.get(rid)
+        if rid not in stream_set and rid not in judged_bad:
+            if default is None:
+                if value:
+                    problems.append(Problem(name_of(rid), rid, None, f"{value:#x}", "does not list it",
+                                            "the guest would lose the value its contract gives it",
+                                            "keep the VM on hosts with this register"))
+                continue
+            trouble = RULES[regs.kind_of(rid)].check(rid, name_of(rid), value, dest)
+            if trouble:
+                problems += trouble
+                judged_bad.add(rid)
+                continue
         if default is None or default == value or not can_pin(rid) or rid in judged_bad:
             continue
-        if rid in stream_set or not RULES[regs.kind_of(rid)].check(rid, section.name_of(rid), value, dest):
-            boot_pins[rid] = value
+        boot_pins[rid] = value
     probed = section.usable(body.config)
     if body.sve_vls and "SVE" in body.features() and probed is not None:
         if probed.sve_vls != body.sve_vls:

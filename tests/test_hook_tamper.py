@@ -1,0 +1,175 @@
+"""Issue 22: nothing in a domain XML or a cached view can make the hook laxer. Each test
+drives the real hook shim (argv, XML on stdin, exit code) on a fake root, as libvirt runs
+it, with the input an attacker with write access to a domain (or a damaged cache) makes."""
+from __future__ import annotations
+
+import marshal
+import os
+
+import pytest
+
+from abiguard.builtin import builtin_profiles
+from abiguard.model import contract, profile
+from abiguard.model.stamp import HopStamp
+from abiguard.xml.contract import to_xml_text
+from abiguard.xml.edit import boot_stamp
+from helpers.hookroot import hook_root
+
+P = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
+UUID = "6f1c0d2e-8a51-4d8e-9d53-2b1f8c3e7a10"
+V72, V612 = "7.2.13+deb14-arm64", "6.12.117+deb13-arm64"
+
+
+def sealed(name: str, config: str | None = None) -> contract.Contract:
+    return contract.from_profile(profile.load(P[name]), config)
+
+
+def domain(meta: str = "", uuid: str = UUID) -> bytes:
+    return (f"<domain type='kvm'><name>vm</name><uuid>{uuid}</uuid><metadata>{meta}</metadata>"
+            "<os><type arch='aarch64' machine='virt'>hvm</type></os></domain>").encode()
+
+
+def pinned(c: contract.Contract) -> str:
+    return to_xml_text(c) + boot_stamp(c).decode()
+
+
+def forged_stamp(c: contract.Contract, stream: tuple[int, ...]) -> str:
+    """A stamp of ``c`` claiming ``stream``, its checksum recomputed (anyone can)."""
+    return HopStamp.made({"nonce": "00" * 8, "at": "2026-01-01T00:00:00Z", "boot": "pin"}, c.digest,
+                         stream).to_xml().decode()
+
+
+@pytest.fixture
+def host(tmp_path):
+    return hook_root(tmp_path, V612, timeout=30)
+
+
+WIDEN = "[policy]\nallow_widening = true\n"
+
+
+# -- finding 1: a stamp's claims can only add checks ---------------------------------------
+
+def test_an_empty_stamped_stream_does_not_open_widening_policy(host):
+    """7.2 VM (PSCI 1.3) onto 6.12 (PSCI <= 1.1) with allow_widening and a stamp that
+    claims an empty stream: refused, as under the default policy."""
+    c = sealed(V72)
+    xml = domain(to_xml_text(c) + forged_stamp(c, ()))
+    for config in (WIDEN, "[policy]\n"):
+        cp = host("vm", "migrate", "begin", "-", xml=xml, config=config)
+        assert cp.returncode == 1, (config, cp.stderr)
+        assert cp.stdout == b""
+
+
+def test_a_stamp_claiming_fewer_registers_than_its_contract_is_refused(host):
+    c = sealed(V72)
+    stream = tuple(c.body.stream)
+    psci = 0x6030000000140000
+    for claim in (stream[: len(stream) // 2], tuple(r for r in stream if r != psci)):
+        xml = domain(to_xml_text(c) + forged_stamp(c, claim))
+        for config in (WIDEN, "[policy]\n"):
+            cp = host("vm", "migrate", "begin", "-", xml=xml, config=config)
+            assert cp.returncode == 1, (config, cp.stderr)
+            assert b"claims fewer registers" in cp.stderr, cp.stderr
+
+
+def fleet_contract(*names: str) -> contract.Contract:
+    from abiguard.engine import baseline
+
+    doc = baseline.compute([profile.load(P[n]) for n in names])
+    return contract.Contract.from_json(doc["contract"], "baseline")
+
+
+def test_a_stamp_claiming_more_registers_is_still_legitimate(host):
+    """the labs' flow: a {6.12, 7.2} contract's VM booted on 7.2 carries the 7.2 host's
+    stream (more registers than the contract's) onto 6.12: judged as today"""
+    c = fleet_contract(V612, V72)
+    stream = tuple(sorted(profile.load(P[V72]).kvm.arch.usable(c.body.config).registers))
+    assert set(c.body.stream) < set(stream)
+    xml = domain(to_xml_text(c) + forged_stamp(c, stream))
+    for config in ("[policy]\n", WIDEN):
+        cp = host("vm", "migrate", "begin", "-", xml=xml, config=config)
+        assert b"claims fewer" not in cp.stderr, cp.stderr
+
+
+# -- finding 2: the hook view is trusted no further than the JSON ---------------------------
+
+def _view_path(host) -> str:
+    return str(host.root / "var/lib/abiguard/host-profile.json.hookview")
+
+
+def _rewrite_view(host, edit) -> None:
+    """Re-frame the view with ``edit`` applied to its (key, model) values: a valid frame
+    (length, CRC, the JSON's sha256 kept) around crafted content."""
+    import zlib
+
+    path = _view_path(host)
+    data = open(path, "rb").read()
+    head = data[:data.index(b"\n") + 1]
+    size = 32 if head.endswith(b"-5\n") else 0      # the JSON's sha256 (issue 22's views; none before)
+    bound = data[len(head) + 8:len(head) + 8 + size]
+    key, view = marshal.loads(data[len(head) + 8 + size:])
+    payload = edit(key, view)
+    if not isinstance(payload, bytes):
+        payload = marshal.dumps(payload)
+    frame = len(payload).to_bytes(4, "big") + zlib.crc32(payload).to_bytes(4, "big")
+    open(path, "wb").write(head + frame + bound + payload)
+    st = os.stat(str(host.root / "var/lib/abiguard/host-profile.json"))
+    os.utime(str(host.root / "var/lib/abiguard/host-profile.json"), ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _hook_keeping_view(host, xml: bytes, edit, config: str = "[policy]\n"):
+    host("vm", "migrate", "begin", "-", xml=xml, config=config)      # saves the profile and its view
+    _rewrite_view(host, edit)
+    return host("vm", "migrate", "begin", "-", xml=xml, profile_name=None)
+
+
+def _honest(host, xml: bytes):
+    return host("vm", "migrate", "begin", "-", xml=xml, config="[policy]\n")
+
+
+def test_a_view_holding_another_hosts_profile_is_not_trusted(host):
+    """6.12's JSON, a view whose file key matches it but holds 7.2's model: the JSON wins"""
+    c = sealed(V72)
+    xml = domain(pinned(c))
+    assert _honest(host, xml).returncode == 1
+    other = profile.load(P[V72]).to_view()
+    cp = _hook_keeping_view(host, xml, lambda key, view: (key, other))
+    assert cp.returncode == 1, cp.stderr
+    assert b"internal error" not in cp.stderr
+
+
+def _huge_list(key, view):
+    """a marshal list claiming 2**31-1 items (valid frame, crafted body)"""
+    return b")\x02" + marshal.dumps(key) + b"[\xff\xff\xff\x7f"
+
+
+def _bad_workaround(key, view):
+    view = list(view)
+    kvm = list(view[3])
+    section = list(kvm[3])
+    acceptance = dict(section[2])
+    acceptance["SMCCC_ARCH_WORKAROUND_1"] = ("accepted",)
+    section[2] = acceptance
+    kvm[3] = tuple(section)
+    view[3] = tuple(kvm)
+    return key, tuple(view)
+
+
+def _bad_names(key, view):
+    view = list(view)
+    kvm = list(view[3])
+    section = list(kvm[3])
+    section[1] = {k: 7 for k in section[1]}
+    kvm[3] = tuple(section)
+    view[3] = tuple(kvm)
+    return key, tuple(view)
+
+
+@pytest.mark.parametrize("edit", [_huge_list, _bad_workaround, _bad_names])
+def test_a_view_with_a_valid_frame_and_crafted_body_falls_back_to_the_json(host, edit):
+    c = sealed(V72)
+    for xml in (domain(pinned(c)), domain(pinned(sealed(V612)))):
+        honest = _honest(host, xml)
+        cp = _hook_keeping_view(host, xml, edit)
+        assert b"internal error" not in cp.stderr, cp.stderr
+        assert cp.returncode == honest.returncode, (cp.stderr, honest.stderr)
