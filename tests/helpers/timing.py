@@ -29,7 +29,8 @@ if TYPE_CHECKING:           # the labs' drivers import phase() outside pytest to
 BUDGET_S = 55 * 60
 
 _T0 = time.monotonic()
-_reporter = None            # the terminal reporter, once pytest has configured it
+_config = None              # pytest's config, once it has configured this plugin
+_reporter = None            # the terminal reporter, looked up on first use
 _capman = None              # pytest's capture manager: suspended while we print
 _modules: dict[str, dict] = {}
 _phases: list[dict] = []    # in the order they began
@@ -44,14 +45,21 @@ def _clock() -> str:
 
 def say(text: str) -> None:
     """One progress line on the real terminal (not captured), prefixed with the time so far."""
+    global _reporter
     line = f"[{_clock()}] {text}"
+    if _reporter is None and _config is not None:
+        # registered by pytest's own pytest_configure, which may run after this plugin's
+        _reporter = _config.pluginmanager.getplugin("terminalreporter")
     if _reporter is None:                 # outside pytest (a lab driver run by hand)
         print(line, flush=True)
         return
     cm = _capman.global_and_fixture_disabled() if _capman is not None else contextlib.nullcontext()
     with cm:
-        _reporter.ensure_newline()
+        # -q prints its dots without a path, so ensure_newline() does not know a line is open
+        if getattr(_reporter._tw, "width_of_current_line", 0):
+            _reporter._tw.line()
         _reporter.write_line(line)
+        _reporter.flush()       # now, while capture is off: a buffered line would land in the capture
 
 
 @contextlib.contextmanager
@@ -77,8 +85,8 @@ def _module_of(nodeid: str) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _reporter, _capman
-    _reporter = config.pluginmanager.getplugin("terminalreporter")
+    global _config, _capman
+    _config = config
     _capman = config.pluginmanager.getplugin("capturemanager")
 
 
