@@ -270,6 +270,14 @@ def migrate_running(lab: Lab, src: str, dst: str, dom: str, *, console: Console 
         rec["source_paused"] = rec["source_state_after"].startswith("paused")
         rec["destination_qemu_log_tail"] = lab.sh(
             dst, f"tail -n 15 /var/log/libvirt/qemu/{dom}.log 2>/dev/null", check=False, quiet=True).stdout.splitlines()
+        rec["error_from"] = "virsh"
+        if not rec["error"]:
+            # virsh exited non-zero and said nothing (seen once with this machine's virsh 9.0
+            # driving a sid -> bookworm move whose destination QEMU failed the load): the
+            # destination QEMU's own last error, said to come from there
+            said = [ln for ln in rec["destination_qemu_log_tail"] if re.search(r"qemu-system-\w+: ", ln)]
+            if said:
+                rec["error"], rec["error_from"] = said[-1], "the destination's QEMU log (virsh printed no error)"
         if console is not None and rec["source_running"]:
             # a fresh console: after a failed migration the old stream may stay open yet go
             # silent (seen with libvirt 12.8 after a failed Prepare)
