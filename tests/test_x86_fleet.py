@@ -122,6 +122,15 @@ def test_verdict_agrees_with_ground_truth(truth, verdicts, vm, src, dst):
     hold_verdict_to_truth(case_of(truth, vm, src, dst), verdicts[(vm, src, dst)])
 
 
+def test_a_dump_still_being_written_is_not_read() -> None:
+    """the serial log is read while the guest prints: only complete lines and dumps count"""
+    done = "ABIGUARD-CPUID-BEGIN 1\r\n00000000 00000000: 0000000d 68747541 444d4163 69746e65\r\nABIGUARD-CPUID-END\r\n"
+    assert xf.parse_dumps(done) == {1: {"0x0.0": ["0x0000000d", "0x68747541", "0x444d4163", "0x69746e65"]}}
+    for cut in range(len(done) - 1):
+        assert xf.parse_dumps(done[:cut]) == {}, cut
+    assert xf.parse_dumps(done + "ABIGUARD-CPUID-BEGIN ") == xf.parse_dumps(done)
+
+
 def test_changed_cpuid_is_named(truth, verdicts):
     """A move that changed CPUID bits: the refusal should name the feature that changed
     (e.g. cmp_legacy for CPUID 0x80000001 ECX bit 1), not only unrelated ones."""

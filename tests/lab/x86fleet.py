@@ -346,7 +346,10 @@ def parse_dumps(text: str) -> dict[int, dict[str, list[str]]]:
     out: dict[int, dict[str, list[str]]] = {}
     cur: dict[str, list[str]] | None = None
     rnd = 0
-    for line in text.splitlines():
+    lines = text.split("\n")
+    # the last line is still being written unless the text ends with one (the log is read
+    # while the guest prints: "ABIGUARD-CPUID-BEGIN " without its round was seen)
+    for line in (x.rstrip("\r") for x in lines[:-1]):
         if line.startswith("ABIGUARD-CPUID-BEGIN "):
             rnd, cur = int(line.split()[1], 16), {}
         elif line.startswith("ABIGUARD-CPUID-END") and cur is not None:
