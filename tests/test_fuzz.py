@@ -31,6 +31,14 @@ CONTRACT_DOCS = [contract.from_profile(profile.load(fuzz.P[k]), c).to_json()
 OPS = [["hook", "vm", "migrate", "begin", "-"], ["hook", "vm", "restore", "begin", "-"],
        ["hook", "vm", "prepare", "begin", "-"], ["hook", "vm", "started", "begin", "-"]]
 HOSTS = [fuzz.K61, fuzz.K612, fuzz.K72]
+#: arm64 contracts (their stamps carry the register stream)
+STAMP_CONTRACTS = [contract.from_profile(profile.load(fuzz.P[k]), c)
+                   for k, c in ((fuzz.K61, "psci"), (fuzz.K612, None), (fuzz.K72, None))]
+PINNED_SEEDS = [s for s in SEEDS if b"<abiguard:contract" in s]
+UNPINNED_SEEDS = [SEEDS[0]] + [fuzz.without_contract(s) for s in PINNED_SEEDS]
+VIEW_ROOTS: dict[str, str] = {}
+VIEW_GOOD: dict[str, bytes] = {}
+VIEW_HONEST: dict[tuple[str, bytes, str], int] = {}
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 derandomize=True)
 
@@ -44,9 +52,95 @@ def hook_case(seed: int, xml_index: int, op: int, host: int) -> None:
             fuzz.mutate_bytes(rng, seed_xml, rounds=4))
     root = fuzz._fake_root(HOSTS[host % len(HOSTS)])
     argv = OPS[op % len(OPS)]
+    fuzz.pinned_record(root, fuzz.UUID, None)     # records: record_case's (an allow here leaves one)
     t0 = time.monotonic()
     rc, out, err = fuzz.run_hook(root, argv, data)
     fuzz.check_hook_answer(root, argv, data, rc, out, err, time.monotonic() - t0)
+
+
+def stamp_case(seed: int) -> None:
+    """A stamp claiming less than its contract (checksum recomputed): refused on every judged
+    path, whatever the policy; exit 0 is a fail-open."""
+    rng = random.Random(seed)
+    c = rng.choice(STAMP_CONTRACTS)
+    data = fuzz._domain(contract_xml.to_xml_text(c) + fuzz.forged_stamp(rng, c))
+    config = rng.choice(["[policy]\n", "[policy]\nallow_widening = true\n", "[policy]\nunpinned = \"allow\"\n"])
+    root = fuzz._fake_root(HOSTS[rng.randrange(len(HOSTS))])
+    os.makedirs(os.path.join(root, "etc/abiguard"), exist_ok=True)
+    argv = OPS[rng.randrange(2)]                       # migrate, restore: the stamp is the VM's word
+    t0 = time.monotonic()
+    try:
+        with open(os.path.join(root, "etc/abiguard/abiguard.toml"), "w") as f:
+            f.write(config)
+        rc, out, err = fuzz.run_hook(root, argv, data)
+    finally:
+        os.unlink(os.path.join(root, "etc/abiguard/abiguard.toml"))
+    fuzz.check_hook_answer(root, argv, data, rc, out, err, time.monotonic() - t0)
+    fuzz.check_fail_open(argv, rc, err, True, "a stamp claiming fewer registers than its contract")
+
+
+def view_body_case(seed: int) -> None:
+    """A hook view with a valid frame around a crafted body: the hook answers as with the
+    honest view (exit 0 where the honest input refuses is a fail-open), never an internal error."""
+    rng = random.Random(seed)
+    host = HOSTS[rng.randrange(len(HOSTS))]
+    root = VIEW_ROOTS.get(host)
+    if root is None:
+        root = VIEW_ROOTS[host] = fuzz.view_root(host, host[:6])
+        with open(os.path.join(root, "var/lib/abiguard/host-profile.json.hookview"), "rb") as f:
+            VIEW_GOOD[host] = f.read()
+    xml = PINNED_SEEDS[rng.randrange(len(PINNED_SEEDS))]
+    argv = OPS[rng.randrange(3)]
+    key = (host, xml, argv[2])
+    if key not in VIEW_HONEST:
+        with open(os.path.join(root, "var/lib/abiguard/host-profile.json.hookview"), "wb") as f:
+            f.write(VIEW_GOOD[host])
+        VIEW_HONEST[key] = fuzz.run_hook(root, argv, xml)[0]
+    with open(os.path.join(root, "var/lib/abiguard/host-profile.json.hookview"), "wb") as f:
+        f.write(fuzz.crafted_view_body(rng, VIEW_GOOD[host]))
+    t0 = time.monotonic()
+    rc, out, err = fuzz.run_hook(root, argv, xml)
+    fuzz.check_hook_answer(root, argv, xml, rc, out, err, time.monotonic() - t0)
+    fuzz.check_fail_open(argv, rc, err, VIEW_HONEST[key] == 1, "a crafted hook view")
+    assert rc == VIEW_HONEST[key], (rc, VIEW_HONEST[key], err[:300])
+
+
+def record_case(seed: int) -> None:
+    """A pinned VM's record present (valid, malformed, or another VM's) while a VM arrives or
+    starts without a contract (mutated): the VM the record names is refused under every
+    policy; exit 0 for it is a fail-open."""
+    rng = random.Random(seed)
+    root = fuzz._fake_root(HOSTS[rng.randrange(len(HOSTS))])
+    c = rng.choice(STAMP_CONTRACTS)
+    line = (c.digest + " 2026-01-01T00:00:00Z\n").encode()
+    shape = rng.randrange(4)
+    if shape == 1:
+        line = fuzz.mutate_bytes(rng, line, 2)
+    uuid = fuzz.UUID if shape != 3 else "0b7e2a51-1c3d-4e5f-8a9b-0c1d2e3f4a5b"
+    seed_xml = rng.choice(UNPINNED_SEEDS)
+    data = seed_xml if rng.random() < 0.3 else (
+        fuzz.mutate_markup(rng, seed_xml) if rng.random() < 0.5 else fuzz.mutate_bytes(rng, seed_xml, rounds=2))
+    argv = OPS[rng.randrange(3)]
+    policy = rng.choice(["allow", "warn", "refuse"])
+    os.makedirs(os.path.join(root, "etc/abiguard"), exist_ok=True)
+    path = fuzz.pinned_record(root, uuid, line)
+    t0 = time.monotonic()
+    try:
+        with open(os.path.join(root, "etc/abiguard/abiguard.toml"), "w") as f:
+            f.write(f"[policy]\nunpinned = \"{policy}\"\n")
+        rc, out, err = fuzz.run_hook(root, argv, data)
+    finally:
+        os.unlink(os.path.join(root, "etc/abiguard/abiguard.toml"))
+        fuzz.pinned_record(root, uuid, None)
+    fuzz.check_hook_answer(root, argv, data, rc, out, err, time.monotonic() - t0)
+    try:
+        facts = domxml.parse(data)
+    except Exception:  # noqa: BLE001 - the hook refuses what its reader refuses
+        return
+    named = facts.contract is None and facts.uuid is not None and facts.uuid.lower() == uuid
+    fuzz.check_fail_open(argv, rc, err, named, f"a pinned record {path} and no contract")
+    if named and shape == 0:
+        assert c.digest in err, err[:300]
 
 
 def contract_case(seed: int) -> None:
@@ -132,6 +226,27 @@ def test_fuzz_hook(seed, xml_index, op, host):
     hook_case(seed, xml_index, op, host)
 
 
+SHAPES = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+
+
+@SHAPES
+@given(st.integers(0, 2 ** 32))
+def test_fuzz_stamps_claiming_less(seed):
+    stamp_case(seed)
+
+
+@SHAPES
+@given(st.integers(0, 2 ** 32))
+def test_fuzz_hook_view_bodies(seed):
+    view_body_case(seed)
+
+
+@SHAPES
+@given(st.integers(0, 2 ** 32))
+def test_fuzz_pinned_records(seed):
+    record_case(seed)
+
+
 @FAST
 @given(st.integers(0, 2 ** 32))
 def test_fuzz_contracts(seed):
@@ -159,7 +274,8 @@ def test_fuzz_cli_inputs(tmp_path_factory, seed):
 # -- the long run: >= 100,000 inputs in the full suite -----------------------------------------
 
 #: inputs per class in the long run (the sum is the campaign's size)
-LONG = {"hook": 72_000, "contract": 20_000, "view": 6_000, "profile": 1_500, "cli": 500}
+LONG = {"hook": 66_000, "stamp": 2_000, "viewbody": 2_000, "record": 2_000, "contract": 20_000, "view": 6_000,
+        "profile": 1_500, "cli": 500}
 
 
 @pytest.mark.slow
@@ -175,6 +291,12 @@ def test_fuzz_long_run():
                 try:
                     if name == "hook":
                         hook_case(seed, i, i // 7, i // 3)
+                    elif name == "stamp":
+                        stamp_case(seed)
+                    elif name == "viewbody":
+                        view_body_case(seed)
+                    elif name == "record":
+                        record_case(seed)
                     elif name == "contract":
                         contract_case(seed)
                     elif name == "profile":

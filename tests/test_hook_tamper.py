@@ -143,6 +143,12 @@ def _huge_list(key, view):
     return b")\x02" + marshal.dumps(key) + b"[\xff\xff\xff\x7f"
 
 
+def _huge_list_overcommitted(key, view):
+    """a marshal list claiming 0x30000000 items (6 GiB of pointers: allocated lazily by the
+    kernel, then freed item by item: ~45 s before issue 22's cap on marshal's memory)"""
+    return b")\x02" + marshal.dumps(key) + b"[\x00\x00\x00\x30" + b"N" * 8
+
+
 def _bad_workaround(key, view):
     view = list(view)
     kvm = list(view[3])
@@ -165,7 +171,7 @@ def _bad_names(key, view):
     return key, tuple(view)
 
 
-@pytest.mark.parametrize("edit", [_huge_list, _bad_workaround, _bad_names])
+@pytest.mark.parametrize("edit", [_huge_list, _huge_list_overcommitted, _bad_workaround, _bad_names])
 def test_a_view_with_a_valid_frame_and_crafted_body_falls_back_to_the_json(host, edit):
     c = sealed(V72)
     for xml in (domain(pinned(c)), domain(pinned(sealed(V612)))):
@@ -173,3 +179,108 @@ def test_a_view_with_a_valid_frame_and_crafted_body_falls_back_to_the_json(host,
         cp = _hook_keeping_view(host, xml, edit)
         assert b"internal error" not in cp.stderr, cp.stderr
         assert cp.returncode == honest.returncode, (cp.stderr, honest.stderr)
+
+
+# -- issue 22: a pinned VM stays judged as pinned ----------------------------------------
+
+POLICIES = ("allow", "warn", "refuse")
+OTHER_UUID = "0b7e2a51-1c3d-4e5f-8a9b-0c1d2e3f4a5b"
+
+
+def _pinned_once(host, uuid: str = UUID) -> contract.Contract:
+    """A VM pinned to 6.12's contract, migrated onto this (6.12) host and allowed."""
+    c = sealed(V612)
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(c), uuid), config="[policy]\n")
+    assert cp.returncode == 0, cp.stderr
+    return c
+
+
+def _release(host, *args: str):
+    from helpers.run import abiguard
+
+    return abiguard("release", *args, env_extra={"ABIGUARD_ROOT": str(host.root)})
+
+
+def test_a_pinned_vm_arriving_without_its_contract_is_refused_under_every_policy(host):
+    c = _pinned_once(host)
+    for policy in POLICIES:
+        for op in ("migrate", "restore", "prepare"):
+            cp = host("vm", op, "begin", "-", xml=domain(), config=f"[policy]\nunpinned = \"{policy}\"\n")
+            assert cp.returncode == 1, (policy, op, cp.stderr)
+            assert cp.stdout == b""
+            lines = cp.stderr.decode().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("abiguard: "), lines
+            assert c.digest in lines[0] and "abiguard release vm" in lines[0] and "abiguard pin vm" in lines[0]
+
+
+def test_after_release_the_vm_is_judged_by_the_policy_again(host):
+    c = _pinned_once(host)
+    assert host("vm", "migrate", "begin", "-", xml=domain(), config="[policy]\nunpinned = \"allow\"\n").returncode == 1
+    done = _release(host, "--uuid", UUID.upper())
+    assert done.returncode == 0, done.stderr
+    assert "removed" in done.stdout and c.digest in done.stdout
+    for policy, rc in (("allow", 0), ("warn", 0), ("refuse", 1)):
+        cp = host("vm", "migrate", "begin", "-", xml=domain(), config=f"[policy]\nunpinned = \"{policy}\"\n")
+        assert cp.returncode == rc, (policy, cp.stderr)
+        assert c.digest.encode() not in cp.stderr
+    again = _release(host, "--uuid", UUID)
+    assert again.returncode == 0 and "was not pinned: nothing to release" in again.stdout, again
+
+
+def test_release_refuses_a_bad_uuid(host):
+    cp = _release(host, "--uuid", "../../etc/passwd")
+    assert cp.returncode == 2, cp
+    assert cp.stderr.startswith("abiguard: ") and "not a UUID" in cp.stderr and "virsh domuuid" in cp.stderr
+
+
+def test_a_vm_never_pinned_is_unaffected(host):
+    _pinned_once(host, OTHER_UUID)
+    for policy, rc in (("allow", 0), ("warn", 0), ("refuse", 1)):
+        cp = host("vm", "migrate", "begin", "-", xml=domain(), config=f"[policy]\nunpinned = \"{policy}\"\n")
+        assert cp.returncode == rc, (policy, cp.stderr)
+        assert b"was pinned" not in cp.stderr
+    assert host("vm", "prepare", "begin", "-", xml=domain(), config="[policy]\n").returncode == 0
+
+
+def test_a_malformed_record_refuses_naming_the_file(host):
+    os.makedirs(host.root / "var/lib/abiguard/pinned")
+    record = host.root / "var/lib/abiguard/pinned" / UUID
+    for junk in (b"", b"sha256:xyz 2026\n", b"x" * 4096):
+        record.write_bytes(junk)
+        cp = host("vm", "migrate", "begin", "-", xml=domain(), config="[policy]\nunpinned = \"allow\"\n")
+        assert cp.returncode == 1, (junk, cp.stderr)
+        assert str(record).encode() in cp.stderr and b"abiguard release vm" in cp.stderr
+
+
+def test_a_pinned_vm_keeps_its_contract_and_its_record(host):
+    """the record of an allowed VM is one line naming its contract; a re-pinned VM is judged as pinned"""
+    c = _pinned_once(host)
+    text = (host.root / "var/lib/abiguard/pinned" / UUID).read_text()
+    assert text.startswith(c.digest + " ") and text.endswith("Z\n") and text.count("\n") == 1
+    assert host("vm", "migrate", "begin", "-", xml=domain(pinned(c)), config="[policy]\n").returncode == 0
+
+
+def test_the_fleet_directory_shares_the_record(host, tmp_path_factory):
+    """with [fleet] dir, a VM allowed on one host and arriving contract-less on another host
+    of the fleet (which never saw it) is refused there; release removes both records"""
+    fleet = tmp_path_factory.mktemp("fleet")
+    config = f"[policy]\nunpinned = \"allow\"\n[fleet]\ndir = \"{fleet}\"\n"
+    c = sealed(V612)
+    assert host("vm", "migrate", "begin", "-", xml=domain(pinned(c)), config=config).returncode == 0
+    assert (fleet / "pinned" / UUID).read_text().startswith(c.digest + " ")
+    other = hook_root(tmp_path_factory.mktemp("other"), V612, timeout=30)
+    cp = other("vm", "migrate", "begin", "-", xml=domain(), config=config)
+    assert cp.returncode == 1 and c.digest.encode() in cp.stderr and str(fleet).encode() in cp.stderr, cp.stderr
+    done = _release(other, "--uuid", UUID)
+    assert done.returncode == 0 and str(fleet / "pinned" / UUID) in done.stdout, done
+    assert other("vm", "migrate", "begin", "-", xml=domain(), config=config).returncode == 0
+    # this host's own record still holds until it is released here too
+    assert host("vm", "migrate", "begin", "-", xml=domain(), config=config).returncode == 1
+
+
+def test_a_record_that_cannot_be_written_never_refuses_an_allowed_vm(host):
+    (host.root / "var/lib/abiguard/pinned").write_bytes(b"not a directory")
+    c = sealed(V612)
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(c)), config="[policy]\n")
+    assert cp.returncode == 0, cp.stderr
+    assert "pinned record not written" in (host.root / "var/log/abiguard/hook.log").read_text()

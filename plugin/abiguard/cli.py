@@ -20,10 +20,11 @@ def _commands() -> dict[str, Command]:
     from .commands.matrix import Matrix
     from .commands.pin import Pin
     from .commands.probe import Probe
+    from .commands.release import Release
     from .commands.status import Status
 
     return {c.name: c for c in (Probe(), Check(), Diff(), Baseline(), Matrix(), Install(), Uninstall(), Pin(),
-                                Status(), Fleet())}
+                                Release(), Status(), Fleet())}
 
 
 COMMANDS: dict[str, Command] = _commands()

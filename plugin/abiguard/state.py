@@ -25,6 +25,9 @@ LOG = os.path.join(LOGDIR, "hook.log")
 LOG_MAX = 1024 * 1024
 #: a migrate/restore marker older than this does not make a later start "incoming"
 MARKER_TTL = 600.0
+#: a pinned VM's record (issue 22): one line, ``sha256:<64 hex> <ISO time>``; a larger file
+#: is not one abiguard wrote
+MAX_PINNED_RECORD = 128
 
 
 def rooted(path: str) -> str:
@@ -43,10 +46,92 @@ def log(line: str) -> None:
         pass  # logging must never turn an answer into a failure
 
 
+def is_uuid(uuid: str) -> bool:
+    return 32 <= len(uuid) <= 36 and all(c in "0123456789abcdefABCDEF-" for c in uuid)
+
+
 def _marker(uuid: str) -> str:
-    if not (32 <= len(uuid) <= 36 and all(c in "0123456789abcdefABCDEF-" for c in uuid)):
+    if not is_uuid(uuid):
         raise Refusal(f"abiguard: domain UUID {uuid!r} is not a UUID")
     return os.path.join(INCOMING, uuid.lower())
+
+
+def pinned_path(uuid: str, base: str | None = None) -> str:
+    """Where the record of a pinned VM lives: below this host's state directory, or below
+    ``base`` (the fleet directory). ``uuid`` is validated: never a path of its own."""
+    if not is_uuid(uuid):
+        raise Refusal(f"abiguard: domain UUID {uuid!r} is not a UUID")
+    return os.path.join(base or STATE, "pinned", uuid.lower())
+
+
+def _record_digest(data: bytes) -> str | None:
+    """The contract digest a pinned record holds, or None when it is not one abiguard wrote."""
+    if len(data) > MAX_PINNED_RECORD or not data.endswith(b"\n") or data.count(b"\n") != 1:
+        return None
+    words = data[:-1].split(b" ")
+    if len(words) != 2 or len(words[1]) != 20 or not words[1].endswith(b"Z"):
+        return None
+    digest = words[0]
+    if len(digest) != 71 or not digest.startswith(b"sha256:") \
+            or not all(c in b"0123456789abcdef" for c in digest[7:]):
+        return None
+    return digest.decode("ascii")
+
+
+def read_pinned(uuid: str | None, base: str | None = None) -> tuple[bool, str | None, str]:
+    """Whether this VM was pinned here: (record present, the contract digest it names or None
+    when the record is malformed, its path). One bounded read; a VM without a valid UUID
+    was never recorded."""
+    if not uuid or not is_uuid(uuid):
+        return False, None, ""
+    path = pinned_path(uuid, base)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return False, None, path
+    except OSError:
+        return True, None, path     # there, and unreadable: present-and-unknown
+    try:
+        data = os.read(fd, MAX_PINNED_RECORD + 1)
+    except OSError:
+        data = b""
+    finally:
+        os.close(fd)
+    return True, _record_digest(data), path
+
+
+def record_pinned(uuid: str, digest: str, base: str | None = None) -> None:
+    """Remember that the VM ``uuid`` was judged and allowed under the contract ``digest``
+    (written atomically; left alone when it already says so). Raises OSError/Refusal: the
+    caller logs it and allows anyway."""
+    path = pinned_path(uuid, base)
+    present, have, _ = read_pinned(uuid, base)
+    if present and have == digest:
+        return
+    line = f"{digest} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode("ascii", "replace")
+    if _record_digest(line) is None:
+        raise Refusal(f"abiguard: contract digest {digest[:80]!r} cannot be recorded")
+    os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+    tmp = f"{path}.{os.uname().nodename[:64]}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def release_pinned(uuid: str, base: str | None = None) -> tuple[str, str | None] | None:
+    """Forget the VM ``uuid``'s record: (its path, the digest it named or None when malformed),
+    or None when there was none."""
+    present, digest, path = read_pinned(uuid, base)
+    if not present:
+        return None
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return None
+    return path, digest
 
 
 def mark_incoming(uuid: str | None, nonce: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from abiguard.xml.edit import boot_stamp  # noqa: E402
 GOAL = 2.0
 #: what an installed host runs: the distribution's interpreter, for the shim and the baseline
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+UUID = "6f1c0d2e-8a51-4d8e-9d53-2b1f8c3e7a10"
 DOMAIN = """<domain type='kvm'>
   <name>bench-vm</name>
   <uuid>6f1c0d2e-8a51-4d8e-9d53-2b1f8c3e7a10</uuid>
@@ -149,6 +151,8 @@ def paths() -> dict[str, tuple[list[str], bytes, str, int]]:
             _arm("7.2.13+deb14-arm64-cortex-a72"), 0),
         "migrate, x86 pinned (baseline -> bookworm)": (begin, domain(x86, "x86_64"), _x86_profile(), 0),
         "migrate, unpinned (policy warn)": (begin, domain(None), _arm("7.2.13+deb14-arm64"), 0),
+        "migrate, pinned VM without its contract (record: refusal)": (
+            begin, domain(None), _arm("7.2.13+deb14-arm64"), 1),
         "prepare, plain start (7.2 on 7.2)": (["bench-vm", "prepare", "begin", "-"], same,
                                               _arm("7.2.13+deb14-arm64"), 0),
         "started, a VM without pins": (["bench-vm", "started", "begin", "-"], same, _arm("7.2.13+deb14-arm64"), 0),
@@ -215,6 +219,12 @@ def main() -> int:
             if args.path and args.path not in name:
                 continue
             profile.save(profile.load(prof).doc, target)
+            # the record of a pinned VM (issue 22): only the path about it finds one
+            shutil.rmtree(os.path.join(root, "var/lib/abiguard/pinned"), ignore_errors=True)
+            if "record: refusal" in name:
+                os.makedirs(os.path.join(root, "var/lib/abiguard/pinned"))
+                with open(os.path.join(root, "var/lib/abiguard/pinned", UUID), "w") as f:
+                    f.write(contract.from_profile(profile.load(prof)).digest + " 2026-01-01T00:00:00Z\n")
             hook = [shim, *argv]
             timed(hook, xml, env, expect)     # warm: config cache, page cache
             base, hooked = [], []

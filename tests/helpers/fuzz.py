@@ -359,3 +359,129 @@ def check_engine(p: profile.Profile) -> None:
                 call()
             except AbiguardError:
                 pass
+
+
+# -- issue 22's shapes: stamps claiming less, crafted view bodies, pinned records ----------------
+
+def forged_stamp(rng: random.Random, c: contract.Contract) -> str:
+    """A stamp of ``c`` that claims less than its contract: an empty, shortened or thinned
+    stream, some attributes dropped, its checksum recomputed (anyone can)."""
+    from abiguard.model.stamp import HopStamp
+
+    stream = tuple(c.body.stream)
+    shape = rng.randrange(4)
+    if shape == 0:
+        claim: tuple[int, ...] = ()
+    elif shape == 1:
+        claim = stream[:rng.randrange(len(stream))]
+    elif shape == 2:
+        drop = set(rng.sample(stream, rng.randint(1, min(8, len(stream)))))
+        claim = tuple(r for r in stream if r not in drop)
+    else:                                        # one dropped, the rest shuffled or repeated
+        gone = rng.choice(stream)
+        claim = tuple(r for r in stream if r != gone)
+        claim = tuple(rng.sample(claim, len(claim))) + claim[:rng.randrange(3)]
+    attrs = {"nonce": os.urandom(8).hex(), "at": "2026-01-01T00:00:00Z", "boot": "pin", "host": "h",
+             "profile": "sha256:" + "0" * 64, "kernel": K72}
+    for k in rng.sample(list(attrs), rng.randrange(len(attrs))):
+        if k != "nonce":
+            attrs.pop(k)
+    return HopStamp.made(attrs, c.digest, claim).to_xml().decode()
+
+
+def check_fail_open(argv: list[str], rc: int, err: str, must_refuse: bool, why: str) -> None:
+    """The fail-open oracle: exit 0 where the honest input (or a pinned VM's record) refuses."""
+    if must_refuse:
+        assert rc == 1, f"fail-open ({why}): exit {rc} for {argv[2]} {err[:300]!r}"
+
+
+def pinned_record(root: str, uuid: str, line: bytes | None) -> str:
+    """Leave (or, ``line`` None, remove) the record of VM ``uuid`` on a fake root."""
+    path = os.path.join(root, "var/lib/abiguard/pinned", uuid.lower())
+    if line is None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(line)
+    return path
+
+
+def without_contract(xml: bytes) -> bytes:
+    """A pinned seed with its contract cut out (stamps and pins left), as ``virsh metadata
+    --remove`` leaves it when only the contract goes."""
+    start = xml.find(b"<abiguard:contract")
+    end = xml.find(b"</abiguard:contract>")
+    if start < 0 or end < 0:
+        return xml
+    return xml[:start] + xml[end + len(b"</abiguard:contract>"):]
+
+
+def view_root(profile_name: str, tag: str) -> str:
+    """A fresh host root (not shared with the other campaigns) whose view can be rewritten."""
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix=f"abiguard-fuzzview-{tag}-")
+    os.makedirs(os.path.join(root, "var/lib/abiguard"))
+    os.makedirs(os.path.join(root, "usr/lib/abiguard"))
+    open(os.path.join(root, "usr/lib/abiguard/abiguard_pin.so"), "wb").close()
+    profile.save(profile.load(P[profile_name]).doc, os.path.join(root, "var/lib/abiguard/host-profile.json"))
+    return root
+
+
+def _leaves(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path]
+    if isinstance(node, (tuple, list)):
+        for i, v in enumerate(node[:64]):
+            out += _leaves(v, path + (i,))
+    elif isinstance(node, dict):
+        for k in list(node)[:64]:
+            out += _leaves(node[k], path + (k,))
+    return out
+
+
+def _replace(node: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(node, dict):
+        new = dict(node)
+        new[head] = _replace(node[head], rest, value)
+        return new
+    items = list(node)
+    items[head] = _replace(items[head], rest, value)
+    return tuple(items) if isinstance(node, tuple) else items
+
+
+_WRONG = [None, True, 0, -1, 1 << 70, 1.5, "", "x" * 3000, b"\x00", (), [], {}, frozenset(), ("accepted",), {"a": 7},
+          [None] * 5, (1, 2, 3), "0xffffffffffffffffff"]
+
+
+def crafted_view_body(rng: random.Random, good: bytes) -> bytes:
+    """The view ``good`` re-framed (length, CRC and the JSON's sha256 kept valid) around a
+    crafted body: huge marshal length fields, or members of the wrong type."""
+    import marshal
+    import zlib
+
+    head = good[:good.index(b"\n") + 1]
+    size = 32 if head.endswith(b"-5\n") else 0
+    bound = good[len(head) + 8:len(head) + 8 + size]
+    key, view = marshal.loads(good[len(head) + 8 + size:])
+    shape = rng.randrange(4)
+    if shape == 0:                  # a container claiming 2**31-1 (or a random huge count of) items
+        count = rng.choice([0x7fffffff, 0xffffffff, 1 << 24, rng.randrange(1 << 32)]).to_bytes(4, "little")
+        payload = b")\x02" + marshal.dumps(key) + rng.choice(b"[()<{") .to_bytes(1, "little") + count
+        payload += rng.choice([b"", b"N" * rng.randrange(16), marshal.dumps(view)[:rng.randrange(200)]])
+    elif shape == 1:                # a string or bytes with a huge length field inside a valid tuple
+        body = marshal.dumps((key, view))
+        at = rng.randrange(len(body))
+        payload = body[:at] + rng.choice([b"s", b"u", b"a", b"z"]) + (0xfffffff0).to_bytes(4, "little") + body[at:]
+    else:                           # members of the wrong type, 1-3 of them, anywhere in the model
+        for _ in range(rng.randint(1, 3)):
+            path = rng.choice(_leaves(view)[1:] or [()])
+            view = _replace(view, path, rng.choice(_WRONG))
+        payload = marshal.dumps((key, view))
+    return head + len(payload).to_bytes(4, "big") + zlib.crc32(payload).to_bytes(4, "big") + bound + payload

@@ -51,7 +51,41 @@ def judge(fn: Callable[[Profile], Verdict]) -> tuple[Profile, Verdict]:
     return p, fn(p)
 
 
-def unpinned(config: Config, dom: str, op: str) -> int:
+def left_contract(dom: str, op: str, uuid: str | None, fleet_dir: str | None = None) -> None:
+    """A VM without a contract that this host (or, with ``[fleet] dir``, any host of the
+    fleet) allowed under one: refused under every policy until re-pinned or released
+    (issue 22). One bounded read here, one in the fleet directory when there is none here."""
+    present, digest, path = state.read_pinned(uuid)
+    if not present and fleet_dir:
+        present, digest, path = state.read_pinned(uuid, fleet_dir)
+    if not present:
+        return
+    if digest is None:
+        state.log(f"{op} {dom}: REFUSE, no contract and a malformed pinned record {path}")
+        raise Refusal(f"abiguard: VM '{dom}' has no guest ABI contract and its pinned record {path} is not one "
+                      f"abiguard writes: refusing it; re-pin it (abiguard pin {dom}) or release it "
+                      f"(abiguard release {dom})")
+    state.log(f"{op} {dom}: REFUSE, contract {digest} removed ({path})")
+    raise Refusal(f"abiguard: VM '{dom}' was pinned to contract {digest} and has lost it ({path}); "
+                  f"re-pin it (abiguard pin {dom}) or release it (abiguard release {dom})")
+
+
+def record_pinned(dom: str, op: str, uuid: str | None, digest: str, fleet_dir: str | None = None) -> None:
+    """Remember a VM judged and allowed under its contract, here and in the fleet directory
+    when one is configured; a failure is logged, never an answer (the VM was allowed)."""
+    for base in (None, fleet_dir) if fleet_dir else (None,):
+        try:
+            if not uuid:
+                raise Refusal("abiguard: domain XML has no <uuid>")
+            state.record_pinned(uuid, digest, base)
+        except Exception as e:  # noqa: BLE001 -- recording must never turn an allow into a failure
+            state.log(f"{op} {dom}: pinned record not written{' to the fleet directory' if base else ''}: {e}")
+
+
+def unpinned(config: Config, dom: str, op: str, uuid: str | None = None, quiet: bool = False) -> int:
+    left_contract(dom, op, uuid, config.fleet_dir)
+    if quiet and config.unpinned != "refuse":
+        return 0
     if config.unpinned == "refuse":
         state.log(f"{op} {dom}: REFUSE, no contract (policy refuse)")
         raise Refusal(f"abiguard: VM '{dom}' has no guest ABI contract and this host refuses unpinned "

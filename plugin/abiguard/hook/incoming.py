@@ -41,7 +41,7 @@ def incoming(dom: str, op: str, data: bytes, deadline: float | None = None) -> i
     config = Config.load()
     sealed = vm.contract_of(facts, dom)
     if sealed is None:
-        return checks.unpinned(config, dom, op)
+        return checks.unpinned(config, dom, op, facts.uuid)
     vm.check_domain_matches(facts, sealed, dom)
     stamp = vm.stamp_of(facts, sealed, dom)
     arch = get(sealed.arch)
@@ -78,6 +78,7 @@ def incoming(dom: str, op: str, data: bytes, deadline: float | None = None) -> i
     nonce = os.urandom(8).hex()
     state.mark_incoming(facts.uuid, nonce)
     out = domain.with_stamp(data, facts, new_stamp(profile, sealed, nonce), pins)
+    checks.record_pinned(dom, op, facts.uuid, sealed.digest, config.fleet_dir)
     state.log(f"{op} {dom}: ALLOW, contract {sealed.digest[:19]}, notes: {'; '.join(v.notes) or '-'}")
     sys.stdout.buffer.write(out)
     sys.stdout.flush()

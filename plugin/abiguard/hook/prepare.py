@@ -19,10 +19,11 @@ def prepare(dom: str, op: str, data: bytes, deadline: float | None = None) -> in
     config = Config.load()
     sealed = vm.contract_of(facts, dom)
     if sealed is None:
-        return checks.unpinned(config, dom, op) if config.unpinned == "refuse" else 0
+        return checks.unpinned(config, dom, op, facts.uuid, quiet=True)
     nonce = facts.stamp.get("nonce") if facts.stamp is not None else None
     if state.was_incoming(facts.uuid, nonce):
         state.log(f"{op} {dom}: ALLOW, an incoming VM (judged at migrate/restore begin)")
+        checks.record_pinned(dom, op, facts.uuid, sealed.digest, config.fleet_dir)
         return 0
     vm.check_domain_matches(facts, sealed, dom)
     arch = get(sealed.arch)
@@ -49,4 +50,5 @@ def prepare(dom: str, op: str, data: bytes, deadline: float | None = None) -> in
             raise Refusal(f"abiguard: '{dom}' needs register pins and {LIBRARY_PATH} is missing "
                           "(reinstall the abiguard package, or run abiguard install)")
     state.log(f"{op} {dom}: ALLOW, this host realises contract {sealed.digest[:19]}")
+    checks.record_pinned(dom, op, facts.uuid, sealed.digest, config.fleet_dir)
     return 0

@@ -397,8 +397,6 @@ def load_view(path: str) -> Profile | None:
     ``path`` (their sha256, compared before marshal reads the payload) and hold the model
     of that JSON's digest; every member is typed (:meth:`Profile.from_view`). Any doubt,
     any error (MemoryError included): None, and the hook reads the JSON."""
-    import marshal
-
     try:
         with open(path + HOOKVIEW_SUFFIX, "rb") as f:
             data = f.read(MAX_VIEW_BYTES + 1)
@@ -412,7 +410,7 @@ def load_view(path: str) -> Profile | None:
             text = f.read(MAX_BYTES + 1)
         if len(text) > MAX_BYTES or _sha256(text) != data[head + 8:head + 8 + _BOUND]:
             return None
-        key, view = marshal.loads(payload)
+        key, view = _bounded_loads(payload)
         if type(key) is not tuple or tuple(key) != _stat_key(path):
             return None
         model = Profile.from_view(view)
@@ -421,6 +419,30 @@ def load_view(path: str) -> Profile | None:
         return model
     except Exception:   # noqa: BLE001 -- any doubt: the JSON (MemoryError, RecursionError, ...)
         return None
+
+
+#: the most memory marshal may take while it reads a view: a view of MAX_VIEW_BYTES needs a
+#: small part of this, and a crafted container count (marshal allocates the count it reads
+#: before its items) then fails at once instead of allocating, and freeing, gigabytes
+VIEW_MEMORY = 1 << 30
+
+
+def _bounded_loads(payload: bytes) -> Any:
+    """marshal.loads with the data segment capped (RLIMIT_DATA) while it runs: a view with a
+    valid frame claiming a list of 2**31 items is a MemoryError (read the JSON), not a
+    run of tens of seconds (issue 22's fuzz shapes)."""
+    import marshal
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = VIEW_MEMORY if hard == resource.RLIM_INFINITY else min(VIEW_MEMORY, hard)
+    if soft != resource.RLIM_INFINITY and soft <= cap:
+        return marshal.loads(payload)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    try:
+        return marshal.loads(payload)
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
 def _sha256(data: bytes) -> bytes:
