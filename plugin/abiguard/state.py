@@ -50,18 +50,21 @@ def is_uuid(uuid: str) -> bool:
     return 32 <= len(uuid) <= 36 and all(c in "0123456789abcdefABCDEF-" for c in uuid)
 
 
-def _marker(uuid: str) -> str:
+def _file_name(uuid: str) -> str:
+    """``uuid`` as a file name under abiguard's state: validated, never a path of its own."""
     if not is_uuid(uuid):
         raise Refusal(f"abiguard: domain UUID {uuid!r} is not a UUID")
-    return os.path.join(INCOMING, uuid.lower())
+    return uuid.lower()
+
+
+def _marker(uuid: str) -> str:
+    return os.path.join(INCOMING, _file_name(uuid))
 
 
 def pinned_path(uuid: str, base: str | None = None) -> str:
     """Where the record of a pinned VM lives: below this host's state directory, or below
-    ``base`` (the fleet directory). ``uuid`` is validated: never a path of its own."""
-    if not is_uuid(uuid):
-        raise Refusal(f"abiguard: domain UUID {uuid!r} is not a UUID")
-    return os.path.join(base or STATE, "pinned", uuid.lower())
+    ``base`` (the fleet directory)."""
+    return os.path.join(base or STATE, "pinned", _file_name(uuid))
 
 
 def _record_digest(data: bytes) -> str | None:

@@ -73,10 +73,11 @@ def left_contract(dom: str, op: str, uuid: str | None, fleet_dir: str | None = N
 def record_pinned(dom: str, op: str, uuid: str | None, digest: str, fleet_dir: str | None = None) -> None:
     """Remember a VM judged and allowed under its contract, here and in the fleet directory
     when one is configured; a failure is logged, never an answer (the VM was allowed)."""
+    if not uuid:
+        state.log(f"{op} {dom}: pinned record not written: the domain XML has no <uuid>")
+        return
     for base in (None, fleet_dir) if fleet_dir else (None,):
         try:
-            if not uuid:
-                raise Refusal("abiguard: domain XML has no <uuid>")
             state.record_pinned(uuid, digest, base)
         except Exception as e:  # noqa: BLE001 -- recording must never turn an allow into a failure
             state.log(f"{op} {dom}: pinned record not written{' to the fleet directory' if base else ''}: {e}")

@@ -22,8 +22,8 @@ def prepare(dom: str, op: str, data: bytes, deadline: float | None = None) -> in
         return checks.unpinned(config, dom, op, facts.uuid, quiet=True)
     nonce = facts.stamp.get("nonce") if facts.stamp is not None else None
     if state.was_incoming(facts.uuid, nonce):
+        # judged, and its pinned record written, at migrate/restore begin on this host
         state.log(f"{op} {dom}: ALLOW, an incoming VM (judged at migrate/restore begin)")
-        checks.record_pinned(dom, op, facts.uuid, sealed.digest, config.fleet_dir)
         return 0
     vm.check_domain_matches(facts, sealed, dom)
     arch = get(sealed.arch)
