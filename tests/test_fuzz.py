@@ -143,6 +143,38 @@ def record_case(seed: int) -> None:
         assert c.digest in err, err[:300]
 
 
+def swap_case(seed: int) -> None:
+    """With a fleet directory, a pinned VM arriving (migrate, restore) with a contract other
+    than the one the fleet recorded for it — another VM's, with its honest stamp — is refused
+    naming both digests; with the recorded one it is judged as usual."""
+    from abiguard.xml.edit import boot_stamp
+
+    rng = random.Random(seed)
+    recorded, arriving = rng.choice(STAMP_CONTRACTS), rng.choice(STAMP_CONTRACTS)
+    root = fuzz._fake_root(HOSTS[rng.randrange(len(HOSTS))])
+    fleet = os.path.join(root, "fleet")
+    os.makedirs(os.path.join(fleet, "pinned"), exist_ok=True)
+    os.makedirs(os.path.join(root, "etc/abiguard"), exist_ok=True)
+    with open(os.path.join(fleet, "pinned", fuzz.UUID), "wb") as f:
+        f.write((recorded.digest + " 2026-01-01T00:00:00Z\n").encode())
+    data = fuzz._domain(contract_xml.to_xml_text(arriving) + boot_stamp(arriving).decode())
+    argv = OPS[rng.randrange(2)]
+    t0 = time.monotonic()
+    try:
+        with open(os.path.join(root, "etc/abiguard/abiguard.toml"), "w") as f:
+            f.write(rng.choice(["", "[policy]\nallow_widening = true\n", "[policy]\nunpinned = \"allow\"\n"])
+                    + f"[fleet]\ndir = \"{fleet}\"\n")
+        rc, out, err = fuzz.run_hook(root, argv, data)
+    finally:
+        os.unlink(os.path.join(root, "etc/abiguard/abiguard.toml"))
+        fuzz.pinned_record(root, fuzz.UUID, None)      # an allow leaves this host's record
+    fuzz.check_hook_answer(root, argv, data, rc, out, err, time.monotonic() - t0)
+    swapped = recorded.digest != arriving.digest
+    fuzz.check_fail_open(argv, rc, err, swapped, "another contract than the fleet recorded")
+    if swapped:
+        assert recorded.digest in err and arriving.digest in err, err[:300]
+
+
 def contract_case(seed: int) -> None:
     rng = random.Random(seed)
     doc = fuzz.mutate_json(rng, rng.choice(CONTRACT_DOCS))
@@ -247,6 +279,12 @@ def test_fuzz_pinned_records(seed):
     record_case(seed)
 
 
+@SHAPES
+@given(st.integers(0, 2 ** 32))
+def test_fuzz_contract_swaps(seed):
+    swap_case(seed)
+
+
 @FAST
 @given(st.integers(0, 2 ** 32))
 def test_fuzz_contracts(seed):
@@ -274,8 +312,8 @@ def test_fuzz_cli_inputs(tmp_path_factory, seed):
 # -- the long run: >= 100,000 inputs in the full suite -----------------------------------------
 
 #: inputs per class in the long run (the sum is the campaign's size)
-LONG = {"hook": 66_000, "stamp": 2_000, "viewbody": 2_000, "record": 2_000, "contract": 20_000, "view": 6_000,
-        "profile": 1_500, "cli": 500}
+LONG = {"hook": 65_000, "stamp": 2_000, "viewbody": 2_000, "record": 2_000, "swap": 1_000, "contract": 20_000,
+        "view": 6_000, "profile": 1_500, "cli": 500}
 
 
 @pytest.mark.slow
@@ -297,6 +335,8 @@ def test_fuzz_long_run():
                         view_body_case(seed)
                     elif name == "record":
                         record_case(seed)
+                    elif name == "swap":
+                        swap_case(seed)
                     elif name == "contract":
                         contract_case(seed)
                     elif name == "profile":

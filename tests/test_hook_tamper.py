@@ -143,6 +143,13 @@ def _huge_list(key, view):
     return b")\x02" + marshal.dumps(key) + b"[\xff\xff\xff\x7f"
 
 
+def _huge_tuple(key, view):
+    """a marshal tuple claiming 2**31-1 items: 16 GiB asked at once; on a host with less
+    address space than that (reproduced on 338e973 under an 8 GiB RLIMIT_AS) the view reader
+    let MemoryError out and the hook said "internal error" (issue 22, finding 2)"""
+    return b")\x02" + marshal.dumps(key) + b"(\xff\xff\xff\x7f"
+
+
 def _huge_list_overcommitted(key, view):
     """a marshal list claiming 0x30000000 items (6 GiB of pointers: allocated lazily by the
     kernel, then freed item by item: ~45 s before issue 22's cap on marshal's memory)"""
@@ -171,7 +178,7 @@ def _bad_names(key, view):
     return key, tuple(view)
 
 
-@pytest.mark.parametrize("edit", [_huge_list, _huge_list_overcommitted, _bad_workaround, _bad_names])
+@pytest.mark.parametrize("edit", [_huge_list, _huge_tuple, _huge_list_overcommitted, _bad_workaround, _bad_names])
 def test_a_view_with_a_valid_frame_and_crafted_body_falls_back_to_the_json(host, edit):
     c = sealed(V72)
     for xml in (domain(pinned(c)), domain(pinned(sealed(V612)))):
@@ -284,3 +291,65 @@ def test_a_record_that_cannot_be_written_never_refuses_an_allowed_vm(host):
     cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(c)), config="[policy]\n")
     assert cp.returncode == 0, cp.stderr
     assert "pinned record not written" in (host.root / "var/log/abiguard/hook.log").read_text()
+
+
+# -- issue 22, finding 3: with a fleet directory a contract is bound to its VM ---------------
+
+def _fleet_config(tmp_path_factory) -> tuple[str, object]:
+    fleet = tmp_path_factory.mktemp("fleet")
+    return f"[policy]\n[fleet]\ndir = \"{fleet}\"\n", fleet
+
+
+def test_another_vms_contract_and_stamp_are_refused_with_a_fleet_directory(host, tmp_path_factory):
+    """VM A pinned to 6.12's contract is recorded by the fleet; A arriving with the contract
+    and stamp of another VM (7.2's PSCI-1.1 config contract, which this 6.12 host accepts on
+    its own) is refused naming both digests; its own contract still arrives."""
+    config, fleet = _fleet_config(tmp_path_factory)
+    own = _pinned_once_with(host, config, sealed(V612))
+    other = sealed(V612, "psci")
+    assert other.digest != own.digest
+    honest_other = host("vm", "migrate", "begin", "-", xml=domain(pinned(other), OTHER_UUID), config=config)
+    assert honest_other.returncode == 0, honest_other.stderr    # the contract is fine for its own VM
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(other)), config=config)
+    assert cp.returncode == 1 and cp.stdout == b"", cp.stderr
+    line = cp.stderr.decode()
+    assert line.count("\n") == 1 and line.startswith("abiguard: "), line
+    assert own.digest in line and other.digest in line and str(fleet) in line and "abiguard release vm" in line
+    for op in ("migrate", "restore"):
+        assert host("vm", op, "begin", "-", xml=domain(pinned(own)), config=config).returncode == 0
+
+
+def test_a_repinned_vm_moves_after_a_start_under_its_new_contract(host, tmp_path_factory):
+    """a re-pin takes effect at a start, which records the new contract for the fleet; the
+    VM then moves with it (and no longer with the old one)"""
+    config, fleet = _fleet_config(tmp_path_factory)
+    old = _pinned_once_with(host, config, sealed(V612))
+    new = sealed(V612, "psci")
+    assert host("vm", "migrate", "begin", "-", xml=domain(pinned(new)), config=config).returncode == 1
+    started = host("vm", "prepare", "begin", "-", xml=domain(pinned(new)), config=config)
+    assert started.returncode == 0, started.stderr
+    assert (fleet / "pinned" / UUID).read_text().startswith(new.digest + " ")
+    assert host("vm", "migrate", "begin", "-", xml=domain(pinned(new)), config=config).returncode == 0
+    assert host("vm", "migrate", "begin", "-", xml=domain(pinned(old)), config=config).returncode == 1
+
+
+def test_without_a_fleet_directory_a_hosts_own_record_does_not_bind(host):
+    """per-host records can be stale (re-pinned and started on another host): they remember
+    that a VM was pinned, not which contract it must carry (README, Security)"""
+    _pinned_once(host)
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(sealed(V612, "psci"))), config="[policy]\n")
+    assert cp.returncode == 0, cp.stderr
+
+
+def test_a_malformed_fleet_record_refuses_an_arrival(host, tmp_path_factory):
+    config, fleet = _fleet_config(tmp_path_factory)
+    (fleet / "pinned").mkdir()
+    (fleet / "pinned" / UUID).write_bytes(b"sha256:nothex 2026-01-01T00:00:00Z\n")
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(sealed(V612))), config=config)
+    assert cp.returncode == 1 and str(fleet / "pinned" / UUID).encode() in cp.stderr, cp.stderr
+
+
+def _pinned_once_with(host, config: str, c: contract.Contract) -> contract.Contract:
+    cp = host("vm", "migrate", "begin", "-", xml=domain(pinned(c)), config=config)
+    assert cp.returncode == 0, cp.stderr
+    return c

@@ -70,6 +70,28 @@ def left_contract(dom: str, op: str, uuid: str | None, fleet_dir: str | None = N
                   f"re-pin it (abiguard pin {dom}) or release it (abiguard release {dom})")
 
 
+def same_contract_as_fleet(dom: str, op: str, uuid: str | None, digest: str, fleet_dir: str | None) -> None:
+    """With ``[fleet] dir``, an arriving VM must carry the contract the fleet last recorded
+    for it (issue 22): a contract is changed by ``abiguard pin`` and takes effect at a start,
+    which records it there, so a migration or restore that brings another contract (another
+    VM's, or one rewritten with its digest recomputed) is refused. Without a fleet directory
+    a host's own record may be stale (the VM re-pinned and started elsewhere), so it is not
+    used for this; README, Security. One bounded read of one small file."""
+    if not fleet_dir:
+        return
+    present, recorded, path = state.read_pinned(uuid, fleet_dir)
+    if not present or recorded == digest:
+        return
+    if recorded is None:
+        state.log(f"{op} {dom}: REFUSE, malformed fleet record {path}")
+        raise Refusal(f"abiguard: VM '{dom}' has a fleet record {path} abiguard did not write: refusing it; "
+                      f"release it (abiguard release {dom}) and start it once under its contract")
+    state.log(f"{op} {dom}: REFUSE, contract {digest[:19]} is not the fleet's {recorded[:19]} ({path})")
+    raise Refusal(f"abiguard: VM '{dom}' arrives with contract {digest} but the fleet recorded it under "
+                  f"{recorded} ({path}): a contract changes only by a start under it; if it was re-pinned "
+                  f"on purpose, start it once, or release it (abiguard release {dom})")
+
+
 def record_pinned(dom: str, op: str, uuid: str | None, digest: str, fleet_dir: str | None = None) -> None:
     """Remember a VM judged and allowed under its contract, here and in the fleet directory
     when one is configured; a failure is logged, never an answer (the VM was allowed)."""

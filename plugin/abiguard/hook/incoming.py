@@ -43,6 +43,7 @@ def incoming(dom: str, op: str, data: bytes, deadline: float | None = None) -> i
     if sealed is None:
         return checks.unpinned(config, dom, op, facts.uuid)
     vm.check_domain_matches(facts, sealed, dom)
+    checks.same_contract_as_fleet(dom, op, facts.uuid, sealed.digest, config.fleet_dir)
     stamp = vm.stamp_of(facts, sealed, dom)
     arch = get(sealed.arch)
     stream = stamp.stream if stamp is not None and arch.carries_register_stream else None
