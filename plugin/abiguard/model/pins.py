@@ -22,8 +22,10 @@ class Pin:
     """One register value to realise on a host.
 
     :param how: ``preload`` (ABIGUARD_PINS), ``cpu-property`` (``props``: -cpu
-        property -> value), or ``impl-cpu``: not a register but one CPU the library answers
-        to the guest's errata discovery (``props``: midr, revidr, aidr; ``id``: -1 - its index)
+        property -> value), ``impl-cpu``: not a register but one CPU the library answers
+        to the guest's errata discovery (``props``: midr, revidr, aidr; ``id``: -1 - its index),
+        or ``hide``: a register the library leaves out of QEMU's KVM_GET_REG_LIST so the VM's
+        stream stays its contract's (``value`` unused)
     :param why: one phrase for ``abiguard status`` and ``pin``
     """
 
@@ -50,6 +52,7 @@ def env_value(pins: Iterable[Pin]) -> str:
     if items:
         items += [f"cpu={p.props['midr']:#x}/{p.props['revidr']:#x}/{p.props['aidr']:#x}"
                   for p in sorted(pins, key=lambda p: -p.id) if p.how == "impl-cpu" and p.props]
+    items += [f"hide={p.id:#018x}" for p in sorted(pins, key=lambda p: p.id) if p.how == "hide"]
     text = ",".join(items)
     if len(text) > MAX_ENV_CHARS:
         raise EnforceError("this host", [(f"{ENV_PINS} would be {len(text)} characters (the library reads "
@@ -62,7 +65,7 @@ def parse_env(text: str) -> dict[int, int]:
     :func:`parse_env_cpus`'); ValueError when malformed."""
     out: dict[int, int] = {}
     for item in text.split(",") if text else []:
-        if item.startswith("cpu="):
+        if item.startswith(("cpu=", "hide=")):
             continue
         rid, _, value = item.partition("=")
         if not (rid.startswith("0x") and value.startswith("0x")):
@@ -112,6 +115,8 @@ def describe(pins: Iterable[Pin]) -> list[str]:
     """One line per pin, for ``abiguard status`` and ``pin``."""
     return [f"{p.name} = {p.props['midr']:#x}/{p.props['revidr']:#x}/{p.props['aidr']:#x} "
             f"(MIDR/REVIDR/AIDR) via LD_PRELOAD {LIBRARY_NAME}: {p.why}" if p.how == "impl-cpu" and p.props else
+            f"{p.name} ({p.id:#x}) hidden from QEMU's register list via LD_PRELOAD {LIBRARY_NAME}: {p.why}"
+            if p.how == "hide" else
             f"{p.name} ({p.id:#x}) = {p.value:#x} via "
             f"{'LD_PRELOAD ' + LIBRARY_NAME if p.how == 'preload' else '-cpu ' + ','.join(p.props or {})}: {p.why}"
             for p in pins]

@@ -87,9 +87,11 @@ class Verdict:
         host accepts the value): what abiguard_pin.so realises
     :param keep_off: register id -> neutral value for registers the destination adds and
         the VM never had, which a pin keeps off there whatever the widening policy
+    :param hidden: registers the destination lists that abiguard_pin.so hides from QEMU's
+        KVM_GET_REG_LIST, so that the VM's register stream stays its contract's (arm64)
     """
 
-    __slots__ = ("problems", "notes", "boot_pins", "keep_off", "by_qemu")
+    __slots__ = ("problems", "notes", "boot_pins", "keep_off", "by_qemu", "hidden")
 
     def __init__(self, problems: list[Problem], notes: list[str], boot_pins: dict[int, int] | None = None,
                  keep_off: dict[int, int] | None = None) -> None:
@@ -100,6 +102,7 @@ class Verdict:
         #: where the destination's QEMU version is unknown and the answer depends on it:
         #: (QEMU versions, the verdict there) for each released QEMU behaviour
         self.by_qemu: list[tuple[str, Verdict]] = []
+        self.hidden: tuple[int, ...] = ()
 
     @property
     def allow(self) -> bool:

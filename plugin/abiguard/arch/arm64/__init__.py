@@ -118,13 +118,9 @@ class Arm64(Arch):
         return [(r.name, r.since) for r in cpreg.RELEASED]
 
     def stamp_stream(self, contract: Contract, profile: Profile) -> tuple[int, ...] | None:
-        from .judge import section_of
+        from .judge import stamp_stream
 
-        section = section_of(profile)
-        probed = section.usable(getattr(contract.body, "config", "")) if section is not None else None
-        if probed is None or probed.registers is None:
-            return None
-        return tuple(sorted(probed.registers))
+        return stamp_stream(contract, profile)
 
     def boot_stream(self, contract: Contract, profile: Profile) -> tuple[int, ...] | None:
         from .judge import boot_stream

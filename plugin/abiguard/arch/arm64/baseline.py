@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import UsageError
 from . import regs
-from .judge import section_of
+from .judge import dest_for, section_of
 from .rules import RULES
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
     """PSCI -> the highest version every host accepts; SMCCC workarounds -> the highest
     level every host accepts; hypercall bitmaps -> the AND of the defaults; ID registers
     -> per field the kernel's safe value over all hosts, bits outside known fields must
-    agree; CCSIDR -> must agree. Registers listed by some hosts only are left out of the
+    agree; CLIDR/CCSIDR -> a value every host's KVM takes (:func:`_fold_cache`). Registers listed by some hosts only are left out of the
     stream (released QEMU carries every register its kernel lists: :func:`host_report`
     tells those hosts). Hosts of several CPU models: :func:`_cpu_models`."""
     from .body import Arm64Body
@@ -46,6 +46,7 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
     values: dict[int, int] = {}
     conflicts: list[str] = []
     cpus = _host_cpus(regsets)
+    dests = None
     for rid in stream:
         kind = regs.kind_of(rid)
         if kind == "state" or (len(cpus) > 1 and rid in regs.IMPLEMENTATION_IDS):
@@ -54,8 +55,13 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
         if any(v is None for v in raw):
             continue
         name = regs.reg_name(rid)
-        value, conflict = RULES[kind].fold(name, [v for v in raw if v is not None],
-                                           [s.acceptance.get(name) for s in sections])
+        if kind in CACHE_KINDS:
+            if dests is None:
+                dests = [dest_for(p, config)[0] for p in profiles]
+            value, conflict = _fold_cache(rid, name, [v for v in raw if v is not None], dests)
+        else:
+            value, conflict = RULES[kind].fold(name, [v for v in raw if v is not None],
+                                               [s.acceptance.get(name) for s in sections])
         if conflict:
             conflicts.append(conflict)
         if value is not None:
@@ -66,6 +72,31 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
     vls = [c.sve_vls for c in probed]
     sve = min(v for v in vls if v is not None) if None not in vls else None
     return Arm64Body(config, sve, stream, values, impl_cpus), conflicts
+
+
+#: the cache description: a host's KVM takes another value within its rule (Linux >= 6.3)
+#: or only its own, so the fleet's value is one every host takes, the fixed hosts' first
+CACHE_KINDS = ("ccsidr", "clidr")
+
+
+def _fold_cache(rid: int, name: str, values: list[int], dests: list[Any]) -> tuple[int | None, str | None]:
+    """The value of a CLIDR/CCSIDR every host takes (:meth:`.rules.Rule.check` against
+    each): a host whose KVM takes only its own value (before Linux 6.3) decides; among
+    hosts that take others, the first host's value that all of them take."""
+    if len(set(values)) == 1:
+        return values[0], None
+    fixed = [v for v, d in zip(values, dests) if d is not None and not d.cache_writable()]
+    candidates = list(dict.fromkeys(fixed + values))
+    rule = RULES[regs.kind_of(rid)]
+    for value in candidates:
+        if all(d is not None and not rule.check(rid, name, value, d) for d in dests):
+            return value, None
+    if len(set(fixed)) > 1:
+        why = "hosts before Linux 6.3 take only their own value, and theirs differ"
+    else:
+        first = next(d for d in dests if d is not None and rule.check(rid, name, candidates[0], d))
+        why = rule.check(rid, name, candidates[0], first)[0].line()
+    return values[0], f"{name}: no value every host takes: {why}"
 
 
 def _host_cpus(regsets: list[dict[int, int | None]]) -> list[tuple[int, int, int]]:
@@ -116,5 +147,7 @@ def host_report(contract: Contract, profile: Profile) -> dict[str, Any]:
         "boots_with_contract": not v.problems,
         "cannot_pin": [p.line() for p in v.problems],
         "pins": [f"{regs.reg_name(rid)} = {value:#x} (abiguard_pin.so at start)"
-                 for rid, value in sorted({**v.boot_pins, **v.keep_off}.items())],
+                 for rid, value in sorted({**v.boot_pins, **v.keep_off}.items())]
+        + [f"{regs.reg_name(rid)} hidden from QEMU's register list (abiguard_pin.so): not in the contract's "
+           "stream" for rid in v.hidden],
     }

@@ -201,7 +201,59 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
             notes.append("widening allowed by policy: " + w.line())
         else:
             problems.append(w)
-    return Verdict(problems, notes, boot_pins, keep_off)
+    hidden = shaped(body, dest)
+    for rid in sorted(hidden & stream_set):
+        problems.append(Problem(name_of(rid), rid, None, "it in its register stream",
+                                "hides it to keep the contract's stream",
+                                "the VM carries a register its contract's stream does not have (a stamp from a "
+                                "host that did not keep the contract's stream)", "start the VM again under its "
+                                "contract (abiguard pin) before moving it here"))
+    v = Verdict(problems, notes, boot_pins, keep_off)
+    v.hidden = tuple(sorted(hidden))
+    if hidden:
+        notes.append(_hidden_note(hidden, dest))
+    return v
+
+
+def shaped(body: Arm64Body, dest: Dest) -> set[int]:
+    """The registers abiguard_pin.so hides from QEMU's KVM_GET_REG_LIST on this host so the
+    VM carries its contract's stream: every register the host lists beyond it, whenever
+    one of them cannot ride along in the stream (:func:`extras_carried`) -- e.g. the
+    CCSIDR indices a kernel >= 6.3 always lists (CSSELR_MAX of them) where the contract's
+    hosts list only the caches they have. Empty when the host's own list can be carried.
+    What KVM then keeps at its default must be nothing the guest sees
+    (:func:`hide_obstacle`)."""
+    stream_set = set(body.stream)
+    extras = set(dest.registers) - stream_set
+    return extras if extras - extras_carried(stream_set, dest) else set()
+
+
+def hide_obstacle(rid: int, default: int | None, body: Arm64Body, dest: Dest) -> str | None:
+    """Why the guest would see a hidden register's default (None: it cannot, or has nothing
+    there): a cache level the VM's CLIDR reports, an ID register or firmware value that is
+    not neutral. Guest-run state is not ABI: the contract's own hosts do not migrate it
+    either (their stream lacks it)."""
+    kind = regs.kind_of(rid)
+    if kind == "state":
+        return None
+    if kind == "ccsidr":
+        clidr = body.values.get(regs.CLIDR_EL1_ID, dest.registers.get(regs.CLIDR_EL1_ID) or 0)
+        return None if not regs.ccsidr_visible(rid, clidr) else "the VM's CLIDR_EL1 reports this cache level"
+    if kind == "bitmap" and (default == regs.NEUTRAL_VALUE or can_pin(rid)):
+        return None      # 0 already, or kept off by a pin (kept_off)
+    if default == regs.NEUTRAL_VALUE:
+        return None
+    return f"its default {default if default is None else hex(default)} is visible to the guest"
+
+
+def _hidden_note(hidden: set[int], dest: Dest) -> str:
+    state = sorted(r for r in hidden if regs.kind_of(r) == "state")
+    text = (f"{len(hidden)} register(s) this host lists beyond the contract's stream are hidden from QEMU "
+            "(abiguard_pin.so filters KVM_GET_REG_LIST), so the VM carries its contract's stream")
+    if state:
+        text += ("; guest-run state among them (" + ", ".join(regs.reg_name(r) for r in state)
+                 + ") is not migrated, as on the contract's hosts")
+    return text
 
 
 def _widening(stream_set: set[int], values: dict[int, int], dest: Dest, section: Arm64Kvm,
@@ -299,10 +351,16 @@ def realise(contract: Contract, profile: Profile) -> Verdict:
         return v
     own = dest.registers
     stream = set(body.stream)
-    for rid in sorted(set(own) - stream - extras_carried(stream, dest, v.keep_off)):
-        v.problems.append(Problem(regs.reg_name(rid), rid, None, "no such register", "lists it",
-                                  "QEMU would put it in the VM's stream: the contract does not have it",
-                                  "boot the VM on a host of its contract's generation"))
+    hidden = shaped(body, dest)
+    v.hidden = tuple(sorted(hidden))
+    for rid in sorted(hidden):
+        why = hide_obstacle(rid, own.get(rid), body, dest)
+        if why is not None:
+            v.problems.append(Problem(regs.reg_name(rid), rid, None, "no such register", "lists it",
+                                      f"hidden from QEMU so the VM keeps its contract's stream, KVM keeps it at its "
+                                      f"default, and {why}", "boot the VM on a host of its contract's generation"))
+    if hidden:
+        v.notes.append(_hidden_note(hidden, dest))
     for rid in sorted(stream - set(own)):
         v.problems.append(Problem(regs.reg_name(rid), rid, None, "it in its contract", "does not list it",
                                   "this kernel lacks the register",
@@ -318,7 +376,19 @@ def boot_stream(contract: Contract, profile: Profile) -> tuple[int, ...]:
     dest, _ = dest_for(profile, body.config)
     if dest is None:
         return tuple(body.stream)
+    if shaped(body, dest):
+        return tuple(body.stream)
     return tuple(sorted(set(body.stream) | extras_carried(set(body.stream), dest)))
+
+
+def stamp_stream(contract: Contract, profile: Profile) -> tuple[int, ...] | None:
+    """The stream a VM carries from this host on after an allowed arrival: the host's list,
+    less what abiguard_pin.so hides there (:func:`shaped`)."""
+    body: Arm64Body = contract.body  # type: ignore[assignment]
+    dest, _ = dest_for(profile, body.config)
+    if dest is None:
+        return None
+    return tuple(sorted(set(dest.registers) - shaped(body, dest)))
 
 
 def extras_carried(stream_set: set[int], dest: Dest, off: dict[int, int] | None = None) -> set[int]:

@@ -78,6 +78,9 @@ def plan(contract: Contract, profile: Profile, verdict: Verdict, explicit: bool 
                 pins.append(Pin(rid, reg.name, value, "cpu-property", why, props))
                 continue
         pins.append(Pin(rid, section.name_of(rid), value, "preload", why))
+    for rid in verdict.hidden:
+        pins.append(Pin(rid, section.name_of(rid), 0, "hide",
+                        f"listed here, not in the contract's stream (host default {default(rid)})"))
     if pins:
         # errata discovery: every host answers the same list (the contract's), whichever CPU it is
         for i, (midr, revidr, aidr) in enumerate(body.impl_cpus):
