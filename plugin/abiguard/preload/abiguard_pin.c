@@ -291,7 +291,7 @@ static void parse(const char *s)
             hides[nhides++] = id;
         } else {
             if (ncpus || nhides)
-                die(ENV_NAME " at character %d: registers come before the cpu= and hide= items", at);
+                die(ENV_NAME " at character %d: registers come before the cpu= items (and the hide= items)", at);
             if (parse_hex(p, &e, &id) || *e != '=')
                 die(ENV_NAME " at character %d: expected REGISTER_ID=VALUE in hex (0x...): '%.40s'", at, p);
             if (!allowed(id))

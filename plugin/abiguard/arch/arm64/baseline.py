@@ -20,7 +20,8 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
     """PSCI -> the highest version every host accepts; SMCCC workarounds -> the highest
     level every host accepts; hypercall bitmaps -> the AND of the defaults; ID registers
     -> per field the kernel's safe value over all hosts, bits outside known fields must
-    agree; CLIDR/CCSIDR -> a value every host's KVM takes (:func:`_fold_cache`). Registers listed by some hosts only are left out of the
+    agree; CLIDR/CCSIDR -> a value every host's KVM takes (:func:`_fold_cache`). Registers
+    listed by some hosts only are left out of the
     stream (released QEMU carries every register its kernel lists: :func:`host_report`
     tells those hosts). Hosts of several CPU models: :func:`_cpu_models`."""
     from .body import Arm64Body
