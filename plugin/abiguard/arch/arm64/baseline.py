@@ -67,6 +67,7 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
             conflicts.append(conflict)
         if value is not None:
             values[rid] = value
+    conflicts += _untrapped_ctr(profiles, config, values)
     impl_cpus: tuple[tuple[int, int, int], ...] = ()
     if len(cpus) > 1:
         impl_cpus = _cpu_models(profiles, config, cpus, set(stream), values, conflicts)
@@ -98,6 +99,24 @@ def _fold_cache(rid: int, name: str, values: list[int], dests: list[Any]) -> tup
         first = next(d for d in dests if d is not None and rule.check(rid, name, candidates[0], d))
         why = rule.check(rid, name, candidates[0], first)[0].line()
     return values[0], f"{name}: no value every host takes: {why}"
+
+
+def _untrapped_ctr(profiles: list[Profile], config: str, values: dict[int, int]) -> list[str]:
+    """Before Linux 6.3 KVM does not trap the guest's CTR_EL0 (no HCR_EL2.TID2): the guest
+    reads the CPU's own register while KVM_GET_ONE_REG (and so the contract and QEMU's
+    stream) carries the sanitised one, which 6.1's KVM insists on at restore; from 6.3 on
+    the guest reads KVM's value. In a fleet of both, the guest's CTR_EL0 can change on a
+    move (the arm64 lab measured 8444c004 on 6.1 and 9444c004 on 7.2: IDC 0 -> 1), and the
+    profiles do not record what the older hosts' guests read (issue 23's guest view will):
+    said here, never traded silently."""
+    dests = [(p, dest_for(p, config)[0]) for p in profiles]
+    old = [p for p, d in dests if d is not None and not d.cache_writable()]
+    if not old or len(old) == len(dests) or regs.CTR_EL0_ID not in values:
+        return []
+    return [f"CTR_EL0: on {', '.join(p.kernel_release for p in old)} (before Linux 6.3) the guest reads the CPU's own "
+            f"CTR_EL0, not the {values[regs.CTR_EL0_ID]:#x} its KVM reports and the contract carries, and the profile "
+            "does not record which: a move to or from the other hosts may change the guest's CTR_EL0 (the arm64 lab "
+            "measured IDC 0 on 6.1, 1 on 7.2)"]
 
 
 def _host_cpus(regsets: list[dict[int, int | None]]) -> list[tuple[int, int, int]]:
