@@ -240,6 +240,7 @@ def test_incoming_adds_the_pins_the_destination_needs(host):
     assert env["ABIGUARD_PINS"] == (
         "0x6020000000110000=0x701fe00a,0x6020000000110001=0x201fe012,0x6020000000110002=0x70ffe07a,"
         "0x603000000013c028=0x10305006,0x603000000013c039=0x1010211122,0x603000000013c801=0x2000023,"
+        "0x603000000013d801=0x8444c004/0x9444c004,"
         "0x6030000000140000=0x10001," + ",".join(f"hide={r:#018x}" for r in hides))
     # the next hop from this XML replaces the values instead of adding a second set
     cp2 = host("vm", "migrate", "begin", "-", xml=cp.stdout)

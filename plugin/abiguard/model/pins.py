@@ -29,16 +29,19 @@ class Pin:
     :param why: one phrase for ``abiguard status`` and ``pin``
     """
 
-    __slots__ = ("id", "name", "value", "how", "why", "props")
+    __slots__ = ("id", "name", "value", "how", "why", "props", "stream")
 
     def __init__(self, id: int, name: str, value: int, how: str = "preload", why: str = "",
-                 props: dict[str, int] | None = None) -> None:
+                 props: dict[str, int] | None = None, stream: int | None = None) -> None:
         self.id, self.name, self.value, self.how, self.why = id, name, value, how, why
         self.props = props
+        #: preload: the value QEMU reads and writes instead of ``value`` (None: the same);
+        #: KVM holds ``value``, what the guest reads
+        self.stream = stream
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Pin) and (self.id, self.value, self.how, self.props) == (
-            other.id, other.value, other.how, other.props)
+        return isinstance(other, Pin) and (self.id, self.value, self.how, self.props, self.stream) == (
+            other.id, other.value, other.how, other.props, other.stream)
 
     def __repr__(self) -> str:
         return f"Pin({self.name}={self.value:#x} via {self.how})"
@@ -48,7 +51,8 @@ def env_value(pins: Iterable[Pin]) -> str:
     """ABIGUARD_PINS for the library: the preload pins in id order, then the
     implementation CPUs (``cpu=MIDR/REVIDR/AIDR``) in the order the guest is told them."""
     pins = list(pins)
-    items = [f"{p.id:#018x}={p.value:#x}" for p in sorted(pins, key=lambda p: p.id) if p.how == "preload"]
+    items = [f"{p.id:#018x}={p.value:#x}" + ("" if p.stream is None else f"/{p.stream:#x}")
+             for p in sorted(pins, key=lambda p: p.id) if p.how == "preload"]
     if items:
         items += [f"cpu={p.props['midr']:#x}/{p.props['revidr']:#x}/{p.props['aidr']:#x}"
                   for p in sorted(pins, key=lambda p: -p.id) if p.how == "impl-cpu" and p.props]
@@ -68,6 +72,7 @@ def parse_env(text: str) -> dict[int, int]:
         if item.startswith(("cpu=", "hide=")):
             continue
         rid, _, value = item.partition("=")
+        value = value.partition("/")[0]        # /0xS: what QEMU sees instead (the guest's is the pin)
         if not (rid.startswith("0x") and value.startswith("0x")):
             raise ValueError(f"not REGISTER_ID=VALUE: {item[:40]!r}")
         out[int(rid, 16)] = int(value, 16)
@@ -117,6 +122,7 @@ def describe(pins: Iterable[Pin]) -> list[str]:
             f"(MIDR/REVIDR/AIDR) via LD_PRELOAD {LIBRARY_NAME}: {p.why}" if p.how == "impl-cpu" and p.props else
             f"{p.name} ({p.id:#x}) hidden from QEMU's register list via LD_PRELOAD {LIBRARY_NAME}: {p.why}"
             if p.how == "hide" else
-            f"{p.name} ({p.id:#x}) = {p.value:#x} via "
+            f"{p.name} ({p.id:#x}) = {p.value:#x}"
+            + ("" if p.stream is None else f" (QEMU's stream carries {p.stream:#x})") + " via "
             f"{'LD_PRELOAD ' + LIBRARY_NAME if p.how == 'preload' else '-cpu ' + ','.join(p.props or {})}: {p.why}"
             for p in pins]

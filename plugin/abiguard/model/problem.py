@@ -89,9 +89,13 @@ class Verdict:
         the VM never had, which a pin keeps off there whatever the widening policy
     :param hidden: registers the destination lists that abiguard_pin.so hides from QEMU's
         KVM_GET_REG_LIST, so that the VM's register stream stays its contract's (arm64)
+    :param stream_values: register id -> the value QEMU reads and writes for a pin of
+        ``boot_pins`` whose guest value is not the stream's (arm64 CTR_EL0: the guest is
+        shown what an older kernel's guest read, the stream keeps what that kernel's KVM
+        insists on); abiguard_pin.so translates between the two
     """
 
-    __slots__ = ("problems", "notes", "boot_pins", "keep_off", "by_qemu", "hidden")
+    __slots__ = ("problems", "notes", "boot_pins", "keep_off", "by_qemu", "hidden", "stream_values")
 
     def __init__(self, problems: list[Problem], notes: list[str], boot_pins: dict[int, int] | None = None,
                  keep_off: dict[int, int] | None = None) -> None:
@@ -103,6 +107,7 @@ class Verdict:
         #: (QEMU versions, the verdict there) for each released QEMU behaviour
         self.by_qemu: list[tuple[str, Verdict]] = []
         self.hidden: tuple[int, ...] = ()
+        self.stream_values: dict[int, int] = {}
 
     @property
     def allow(self) -> bool:

@@ -18,6 +18,11 @@
  *     vCPU and CTR_EL0 per VM before the first run. The pins are written in id order, so the
  *     CCSIDRs (demux ids, 0x6020...) and CLIDR_EL1 come before CTR_EL0; set_clidr checks the
  *     IDC a CLIDR implies against the host's sanitised CTR_EL0, not the VM's.
+ *   - A value the guest reads apart from its stream: "0xID=0xG/0xS" (CTR_EL0 only). KVM holds G,
+ *     what the guest reads (the CPU's own CTR_EL0 on the contract's hosts before Linux 6.3,
+ *     whose KVM does not trap the read), while QEMU reads S with KVM_GET_ONE_REG and the
+ *     library turns its KVM_SET_ONE_REG of S into G: QEMU's stream carries S, the value an
+ *     older kernel's KVM insists on at restore, and every host shows the guest G.
  *   - The register stream: QEMU builds the list of registers it migrates from
  *     KVM_GET_REG_LIST, right after KVM_ARM_VCPU_INIT (so after the pins, which already make
  *     KVM drop registers whose feature a pinned ID field hides). On a guest vCPU the library
@@ -123,7 +128,8 @@ struct kvm_run_head_abi { uint8_t request_interrupt_window, immediate_exit, padd
                           uint32_t exit_reason; uint8_t ready, if_flag; uint16_t flags;
                           uint64_t cr8, apic_base; uint64_t hypercall_nr; };
 
-static struct { uint64_t id, value; } pins[MAX_PINS];
+/* stream: what QEMU reads and writes for this register instead of value (has_stream) */
+static struct { uint64_t id, value, stream; int has_stream; } pins[MAX_PINS];
 static int npins;
 static struct { uint64_t midr, revidr, aidr; } cpus[MAX_CPUS];
 static int ncpus;
@@ -299,9 +305,19 @@ static void parse(const char *s)
                     "0x603000000014000X/0x603000000016000X, ID registers op0=3,op1=0,CRn=0, MIDR/REVIDR/AIDR)",
                     (unsigned long long)id);
             p = e + 1;
-            if (parse_hex(p, &e, &value) || (*e != ',' && *e != '\0'))
+            if (parse_hex(p, &e, &value) || (*e != ',' && *e != '\0' && *e != '/'))
                 die(ENV_NAME ": register 0x%016llx: malformed value '%.40s' (expected 0x + 1..16 hex digits)",
                     (unsigned long long)id, p);
+            pins[npins].has_stream = 0;
+            if (*e == '/') {
+                if (id != CTR_EL0_ID)
+                    die(ENV_NAME ": register 0x%016llx: only CTR_EL0 takes a stream value (/0x...)",
+                        (unsigned long long)id);
+                p = e + 1;
+                if (parse_hex(p, &e, &pins[npins].stream) || (*e != ',' && *e != '\0'))
+                    die(ENV_NAME ": register 0x%016llx: malformed stream value '%.40s'", (unsigned long long)id, p);
+                pins[npins].has_stream = 1;
+            }
             for (i = 0; i < npins; i++)
                 if (pins[i].id == id)
                     die(ENV_NAME ": register 0x%016llx is given twice", (unsigned long long)id);
@@ -546,6 +562,38 @@ static int reg_list(int fd, void *arg)
     return 0;
 }
 
+/* QEMU's KVM_GET/SET_ONE_REG of a register with a stream value: it sees S where KVM holds
+ * G (the guest's), and its write of S is KVM's G; every other value passes unchanged */
+static int one_reg(int fd, unsigned long request, void *arg)
+{
+    struct kvm_one_reg_abi *reg = arg, mine;
+    uint64_t v;
+    int i, ret;
+    for (i = 0; i < npins; i++)
+        if (pins[i].has_stream && pins[i].id == reg->id)
+            break;
+    if (i == npins)
+        return real_ioctl(fd, request, arg);
+    if (request == KVM_SET_ONE_REG) {
+        memcpy(&v, (const void *)(uintptr_t)reg->addr, sizeof v);
+        if (v != pins[i].stream)
+            return real_ioctl(fd, request, arg);
+        v = pins[i].value;
+        mine.id = reg->id;
+        mine.addr = (uint64_t)(uintptr_t)&v;
+        return real_ioctl(fd, request, &mine);
+    }
+    ret = real_ioctl(fd, request, arg);
+    if (ret == 0) {
+        memcpy(&v, (const void *)(uintptr_t)reg->addr, sizeof v);
+        if (v == pins[i].value) {
+            v = pins[i].stream;
+            memcpy((void *)(uintptr_t)reg->addr, &v, sizeof v);
+        }
+    }
+    return ret;
+}
+
 /* glibc's prototype: int ioctl(int fd, unsigned long request, ...) */
 int ioctl(int fd, unsigned long request, ...)
 {
@@ -560,6 +608,8 @@ int ioctl(int fd, unsigned long request, ...)
         return real_ioctl(fd, request, arg);
     if (request == KVM_GET_REG_LIST && nhides && is_guest_fd(fd))
         return reg_list(fd, arg);
+    if ((request == KVM_GET_ONE_REG || request == KVM_SET_ONE_REG) && arg && is_guest_fd(fd))
+        return one_reg(fd, request, arg);
     if (request == KVM_RUN && ncpus && (slot = find_vcpu(fd)) >= 0)
         return run_vcpu(fd, slot, arg);
     if (request == KVM_CREATE_VCPU && (uintptr_t)arg == 0 && (want_imp_writable || ncpus)) {

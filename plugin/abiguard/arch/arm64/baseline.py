@@ -67,13 +67,13 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
             conflicts.append(conflict)
         if value is not None:
             values[rid] = value
-    conflicts += _untrapped_ctr(profiles, config, values)
+    guest = _guest_reads(profiles, config, values, conflicts)
     impl_cpus: tuple[tuple[int, int, int], ...] = ()
     if len(cpus) > 1:
         impl_cpus = _cpu_models(profiles, config, cpus, set(stream), values, conflicts)
     vls = [c.sve_vls for c in probed]
     sve = min(v for v in vls if v is not None) if None not in vls else None
-    return Arm64Body(config, sve, stream, values, impl_cpus), conflicts
+    return Arm64Body(config, sve, stream, values, impl_cpus, guest), conflicts
 
 
 #: the cache description: a host's KVM takes another value within its rule (Linux >= 6.3)
@@ -101,22 +101,41 @@ def _fold_cache(rid: int, name: str, values: list[int], dests: list[Any]) -> tup
     return values[0], f"{name}: no value every host takes: {why}"
 
 
-def _untrapped_ctr(profiles: list[Profile], config: str, values: dict[int, int]) -> list[str]:
-    """Before Linux 6.3 KVM does not trap the guest's CTR_EL0 (no HCR_EL2.TID2): the guest
-    reads the CPU's own register while KVM_GET_ONE_REG (and so the contract and QEMU's
-    stream) carries the sanitised one, which 6.1's KVM insists on at restore; from 6.3 on
-    the guest reads KVM's value. In a fleet of both, the guest's CTR_EL0 can change on a
-    move (the arm64 lab measured 8444c004 on 6.1 and 9444c004 on 7.2: IDC 0 -> 1), and the
-    profiles do not record what the older hosts' guests read (issue 23's guest view will):
-    said here, never traded silently."""
+def _guest_reads(profiles: list[Profile], config: str, values: dict[int, int],
+                 conflicts: list[str]) -> dict[int, int]:
+    """What the guest reads of CTR_EL0 (:mod:`.guestreads`) in this fleet: before Linux 6.3
+    KVM does not trap the read, so a guest there reads the CPU's own register while
+    KVM_GET_ONE_REG (and so the contract and QEMU's stream) carries the sanitised one,
+    which that KVM insists on at restore; from 6.3 on the guest reads the VM's value, which
+    abiguard_pin.so pins. The fleet's guest value is the older hosts' (they cannot change
+    it); where it is not the stream's it goes into the contract's ``guest`` member. Where
+    the older hosts' guests read different values, or a profile does not record it, that
+    is a conflict: said, never traded silently."""
     dests = [(p, dest_for(p, config)[0]) for p in profiles]
-    old = [p for p, d in dests if d is not None and not d.cache_writable()]
-    if not old or len(old) == len(dests) or regs.CTR_EL0_ID not in values:
-        return []
-    return [f"CTR_EL0: on {', '.join(p.kernel_release for p in old)} (before Linux 6.3) the guest reads the CPU's own "
-            f"CTR_EL0, not the {values[regs.CTR_EL0_ID]:#x} its KVM reports and the contract carries, and the profile "
-            "does not record which: a move to or from the other hosts may change the guest's CTR_EL0 (the arm64 lab "
-            "measured IDC 0 on 6.1, 1 on 7.2)"]
+    out: dict[int, int] = {}
+    for rid, stream_value in values.items():
+        reads = [(p, d.guest[rid]) for p, d in dests if d is not None and rid in d.guest]
+        if not reads:
+            continue
+        name = regs.reg_name(rid)
+        unknown = [p.kernel_release for p, v in reads if v is None]
+        if unknown:
+            if len(reads) < len(dests) or len({v for _, v in reads}) > 1:
+                conflicts.append(f"{name}: on {', '.join(unknown)} (before Linux 6.3) the guest reads the CPU's own "
+                                 f"{name}, not the {stream_value:#x} its KVM reports and the contract carries, and the "
+                                 "profile does not record which: a move to or from the other hosts may change the "
+                                 "guest's value (the arm64 lab measured IDC 0 on 6.1, 1 on 7.2); probe the hosts with "
+                                 "an abiguard that records the guest's view")
+            continue
+        seen = {v for _, v in reads if v is not None}
+        if len(seen) > 1:
+            conflicts.append(f"{name}: the guests of hosts before Linux 6.3 read different values ("
+                             + ", ".join(f"{p.kernel_release}: {v:#x}" for p, v in reads) + ")")
+            continue
+        guest_value = seen.pop()
+        if guest_value != stream_value:
+            out[rid] = guest_value
+    return out
 
 
 def _host_cpus(regsets: list[dict[int, int | None]]) -> list[tuple[int, int, int]]:
@@ -166,7 +185,8 @@ def host_report(contract: Contract, profile: Profile) -> dict[str, Any]:
     return {
         "boots_with_contract": not v.problems,
         "cannot_pin": [p.line() for p in v.problems],
-        "pins": [f"{regs.reg_name(rid)} = {value:#x} (abiguard_pin.so at start)"
+        "pins": [f"{regs.reg_name(rid)} = {value:#x} (abiguard_pin.so at start"
+                 + (f"; QEMU's stream carries {v.stream_values[rid]:#x})" if rid in v.stream_values else ")")
                  for rid, value in sorted({**v.boot_pins, **v.keep_off}.items())]
         + [f"{regs.reg_name(rid)} hidden from QEMU's register list (abiguard_pin.so): not in the contract's "
            "stream" for rid in v.hidden],

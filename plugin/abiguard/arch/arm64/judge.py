@@ -14,6 +14,8 @@ from .rules import RULES, Dest, can_pin
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ...model.contract import Contract
     from ...model.problem import Policy
     from ...model.profile import Profile
@@ -46,8 +48,12 @@ def dest_for(profile: Profile, config: str) -> tuple[Dest | None, list[Problem]]
         return None, [Problem("vCPU configuration", None, None, config, "cannot create it", why,
                               "keep the VM on hosts that offer these vCPU features, or pin fewer",
                               pinnable=True)]
-    return Dest(profile.kernel_release, probed.registers, section.acceptance, section.masks,
-                profile.qemu_version(), section.vm_caps.get(regs.IMP_CAP, 0) > 0), []
+    from .guestreads import guest_reads
+
+    dest = Dest(profile.kernel_release, probed.registers, section.acceptance, section.masks,
+                profile.qemu_version(), section.vm_caps.get(regs.IMP_CAP, 0) > 0)
+    dest.guest = guest_reads(profile, probed.registers)
+    return dest, []
 
 
 def _cpu_text(cpu: tuple[int | None, ...]) -> str:
@@ -164,6 +170,8 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
         if trouble:
             judged_bad.add(rid)
     problems += cpu_problems(body, dest)
+    guest_trouble, guest_pins, shown = guest_reads_here(body, dest, name_of)
+    problems += guest_trouble
     # the stream carries the values in; a pin keeps each there across every reset. A
     # contract value the stream no longer carries (an earlier hop's host lacked the
     # register) is given back by its pin where this host has the register.
@@ -208,11 +216,58 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
                                 "the VM carries a register its contract's stream does not have (a stamp from a "
                                 "host that did not keep the contract's stream)", "start the VM again under its "
                                 "contract (abiguard pin) before moving it here"))
+    boot_pins.update(guest_pins)
     v = Verdict(problems, notes, boot_pins, keep_off)
     v.hidden = tuple(sorted(hidden))
+    v.stream_values = shown
     if hidden:
         notes.append(_hidden_note(hidden, dest))
     return v
+
+
+def guest_reads_here(body: Arm64Body, dest: Dest, name_of: Any) -> tuple[list[Problem], dict[int, int],
+                                                                           dict[int, int]]:
+    """The registers a guest reads apart from its stream (CTR_EL0, :mod:`.guestreads`):
+    (problems, pins, stream values). The contract's guest value is ``body.guest``'s, else
+    its stream value. A host that does not trap the read shows the CPU's own value, which
+    must be that one; a host that traps it is pinned to it, while QEMU keeps reading and
+    writing the stream's value (the library translates), which an older kernel's KVM
+    insists on at restore. Never one traded for the other: a host that can do neither
+    refuses."""
+    problems: list[Problem] = []
+    pins: dict[int, int] = {}
+    shown: dict[int, int] = {}
+    for rid in set(body.guest) | set(dest.guest):
+        stream_value = body.values.get(rid)
+        if stream_value is None:
+            continue
+        want = body.guest.get(rid, stream_value)
+        name = name_of(rid)
+        if rid in dest.guest:
+            have = dest.guest[rid]
+            if have is None:
+                if rid in body.guest:
+                    problems.append(Problem(name, rid, None, f"{want:#x} (what its guest reads)",
+                                            "shows the guest the CPU's own register, which its profile does not "
+                                            "record", f"its KVM ({dest.name}) does not trap the guest's read "
+                                            "(before Linux 6.3)", "probe the host with an abiguard that records "
+                                            "the guest's view"))
+            elif have != want:
+                problems.append(Problem(name, rid, None, f"{want:#x} (what its guest reads)",
+                                        f"shows the guest {have:#x}", f"its KVM ({dest.name}) does not trap the "
+                                        "guest's read (before Linux 6.3): the guest reads the CPU's own register",
+                                        "keep the VM on hosts whose guests read the same value"))
+            continue
+        if want == stream_value:
+            continue
+        trouble = RULES[regs.kind_of(rid)].check(rid, name, want, dest)
+        if trouble:
+            problems += [Problem(p.register, p.reg_id, p.field, f"{p.source} (what its guest reads)",
+                                 p.destination, p.why, p.fix) for p in trouble]
+            continue
+        pins[rid] = want
+        shown[rid] = stream_value
+    return problems, pins, shown
 
 
 def shaped(body: Arm64Body, dest: Dest) -> set[int]:
@@ -337,7 +392,12 @@ def boot_values(contract: Contract, profile: Profile) -> Verdict:
                                     f"no pin realises a {kind} register (released QEMU has no property "
                                     "for it either)", "boot the VM on a host whose defaults are the contract's"))
     problems += cpu_problems(body, dest)
-    return Verdict(problems, [], pins, kept_off(set(body.stream), dest))
+    guest_trouble, guest_pins, shown = guest_reads_here(body, dest, section.name_of)
+    problems += guest_trouble
+    pins.update(guest_pins)
+    v = Verdict(problems, [], pins, kept_off(set(body.stream), dest))
+    v.stream_values = shown
+    return v
 
 
 def realise(contract: Contract, profile: Profile) -> Verdict:

@@ -51,7 +51,9 @@ def plan(contract: Contract, profile: Profile, verdict: Verdict, explicit: bool 
 
     want: dict[int, tuple[int, str]] = {}
     for rid, value in verdict.boot_pins.items():
-        want[rid] = (value, f"contract value (host default {default(rid)})")
+        what = "contract value" if rid not in verdict.stream_values else \
+            "what the guest reads on the contract's hosts before Linux 6.3"
+        want[rid] = (value, f"{what} (host default {default(rid)})")
     if explicit:
         for rid, value in body.values.items():
             if regs.kind_of(rid) in ("psci", "bitmap") and rid in host and host[rid] == value:
@@ -77,7 +79,7 @@ def plan(contract: Contract, profile: Profile, verdict: Verdict, explicit: bool 
             if props and all(p in native for p in props):
                 pins.append(Pin(rid, reg.name, value, "cpu-property", why, props))
                 continue
-        pins.append(Pin(rid, section.name_of(rid), value, "preload", why))
+        pins.append(Pin(rid, section.name_of(rid), value, "preload", why, stream=verdict.stream_values.get(rid)))
     for rid in verdict.hidden:
         pins.append(Pin(rid, section.name_of(rid), 0, "hide",
                         f"listed here, not in the contract's stream (host default {default(rid)})"))

@@ -35,7 +35,7 @@ class Dest:
         abiguard_pin.so can give a VM another CPU's MIDR/REVIDR/AIDR there
     """
 
-    __slots__ = ("name", "registers", "acceptance", "masks", "qemu_version", "imp_writable", "kernel")
+    __slots__ = ("name", "registers", "acceptance", "masks", "qemu_version", "imp_writable", "kernel", "guest")
 
     def __init__(self, name: str, registers: dict[int, int | None], acceptance: dict[str, Any],
                  masks: dict[str, int] | None, qemu_version: tuple[int, ...] | None,
@@ -44,6 +44,9 @@ class Dest:
         self.masks, self.qemu_version = masks, qemu_version
         self.imp_writable = imp_writable
         self.kernel = regs.kernel_version(name)
+        #: registers a guest here reads apart from ONE_REG (:mod:`.guestreads`): id -> the
+        #: value it reads, None where not known
+        self.guest: dict[int, int | None] = {}
 
     def cache_writable(self) -> bool:
         """Its KVM takes CLIDR/CCSIDR from userspace (:data:`.regs.CACHE_WRITABLE_SINCE`)."""
