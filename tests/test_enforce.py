@@ -115,6 +115,9 @@ def test_good_config_loads_and_passes_ioctls_through(lib):
     ("0x6030000000150000=0x0", "not on the allow-list"),                 # SVE group
     ("0x602000000011000e=0x0", "not on the allow-list"),                 # CCSIDR demux, CSSELR 14
     ("0x6030000000140000=0x10001,hide=0x1", "not an arm64 32/64-bit register id"),
+    ("0x6030000000140000=0x10001/0x10000", "only CTR_EL0 takes a stream value"),
+    ("0x603000000013d801=0x8444c004/9444c004", "malformed stream value"),
+    ("0x603000000013d801=0x8444c004/0x9444c004/0x1", "malformed stream value"),
     ("0x6030000000140000=0x10001,hide=12", "expected hide=0xREGISTER_ID"),
     ("hide=0x6030000000160003,0x6030000000140000=0x10001", "registers come before the cpu= items"),
     ("hide=0x6030000000160003,hide=0x6030000000160003", "given twice"),
@@ -309,6 +312,11 @@ def test_commandline_xml():
 def test_rendered_config_is_accepted_by_the_library(lib):
     c = contract.from_profile(load("6.12.117+deb13-arm64"), "psci")
     r = run_with(lib, enforce.env_value(plan(c, load("7.2.13+deb14-arm64"), explicit=True)))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    # 6.1's on 7.2: the cache description, CTR_EL0 with its stream value, hide= items
+    env = enforce.env_value(plan(contract.from_profile(load("6.1.0-50-arm64"), "psci"), load("7.2.13+deb14-arm64")))
+    assert "0x603000000013d801=0x8444c004/0x9444c004" in env and "hide=" in env
+    r = run_with(lib, env)
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 

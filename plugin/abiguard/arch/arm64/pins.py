@@ -142,9 +142,13 @@ def _unpinnable(rid: int, value: int, host: dict[int, int | None]) -> tuple[str,
 def for_start(contract: Contract, profile: Profile, explicit: bool = False) -> list[Pin]:
     """The pins a plain start of this contract on this host needs (``abiguard pin``);
     EnforceError listing every value the host's KVM refuses or no pin realises."""
-    from .judge import boot_values
+    from .judge import boot_values, dest_for, shaped
 
+    body: Arm64Body = contract.body  # type: ignore[assignment]
     v = boot_values(contract, profile)
+    dest, _ = dest_for(profile, body.config)
+    if dest is not None:                # the registers hidden so the VM keeps its contract's stream
+        v.hidden = tuple(sorted(shaped(body, dest)))
     if v.problems:
         raise EnforceError(profile.name, [p.line() for p in v.problems])
     return plan(contract, profile, v, explicit)
