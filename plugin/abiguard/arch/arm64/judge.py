@@ -237,7 +237,7 @@ def guest_reads_here(body: Arm64Body, dest: Dest, name_of: Any) -> tuple[list[Pr
     problems: list[Problem] = []
     pins: dict[int, int] = {}
     shown: dict[int, int] = {}
-    for rid in set(body.guest) | set(dest.guest):
+    for rid in sorted(set(body.guest) | set(dest.guest)):
         stream_value = body.values.get(rid)
         if stream_value is None:
             continue
