@@ -301,7 +301,29 @@ def field_problems(name: str, reg_id: int, src: int, dst: int, mask: int, masked
     return problems
 
 
-class Ccsidr(Rule):
+class CacheRule(Rule):
+    """The cache description KVM takes from userspace since Linux 6.3 (:meth:`.Dest.cache_writable`):
+    before it, only the host's own value (``fixed``: why, what to do); after it, what
+    :meth:`writable_check` says."""
+
+    pinnable = True
+    default_is_fine = True
+    fixed: tuple[str, str] = ("", "")
+
+    def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
+        own = dest.registers.get(reg_id)
+        if own is None or value == own:
+            return []
+        if not dest.cache_writable():
+            return [Problem(name, reg_id, None, _h(value), f"has {own:#x}", f"its KVM ({dest.name}) " + self.fixed[0],
+                            self.fixed[1])]
+        return self.writable_check(reg_id, name, value, own, dest)
+
+    def writable_check(self, reg_id: int, name: str, value: int, own: int, dest: Dest) -> list[Problem]:
+        raise NotImplementedError
+
+
+class Ccsidr(CacheRule):
     """CCSIDR (cache geometry, the demux group). Since Linux 6.3 ``set_ccsidr`` takes any
     value with no RES0 bit (63:32) whose line size is not below the host's minimum (from
     its sanitised CTR_EL0, the profile's CTR_EL0 default), for every CSSELR index whether
@@ -310,17 +332,10 @@ class Ccsidr(Rule):
     6.12 and 7.2, and 6.12's refused by 6.1."""
 
     kind = "ccsidr"
-    pinnable = True
-    default_is_fine = True
+    fixed = ("accepts only its own cache geometry (before Linux 6.3)", "keep the VM on hosts with the same cache "
+             "geometry")
 
-    def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
-        own = dest.registers.get(reg_id)
-        if own is None or value == own:
-            return []
-        if not dest.cache_writable():
-            return [Problem(name, reg_id, None, _h(value), f"has {own:#x}",
-                            f"its KVM ({dest.name}) accepts only its own cache geometry (before Linux 6.3)",
-                            "keep the VM on hosts with the same cache geometry")]
+    def writable_check(self, reg_id: int, name: str, value: int, own: int, dest: Dest) -> list[Problem]:
         if value >> 32:
             return [Problem(name, reg_id, "RES0", _h(value), f"has {own:#x}", "set_ccsidr refuses RES0 bits (EINVAL)",
                             "pin a CCSIDR without bits 63:32")]
@@ -340,7 +355,7 @@ class Ccsidr(Rule):
         return values[0], None
 
 
-class Clidr(Rule):
+class Clidr(CacheRule):
     """CLIDR_EL1. Since Linux 6.3 ``set_clidr`` takes any value inside its writable mask
     (the profile's, probed: RES0 is the rest) unless the value implies CTR_EL0.IDC
     (:func:`.regs.clidr_implies_idc`) while the host's sanitised CTR_EL0 (the profile's
@@ -348,17 +363,10 @@ class Clidr(Rule):
     change it. Before 6.3 an invariant register: only the host's value."""
 
     kind = "clidr"
-    pinnable = True
-    default_is_fine = True
+    fixed = ("accepts only its own CLIDR_EL1 (an invariant register before Linux 6.3)",
+             "keep the VM on hosts with the same cache levels")
 
-    def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
-        own = dest.registers.get(reg_id)
-        if own is None or value == own:
-            return []
-        if not dest.cache_writable():
-            return [Problem(name, reg_id, None, _h(value), f"has {own:#x}",
-                            f"its KVM ({dest.name}) accepts only its own CLIDR_EL1 (an invariant register before "
-                            "Linux 6.3)", "keep the VM on hosts with the same cache levels")]
+    def writable_check(self, reg_id: int, name: str, value: int, own: int, dest: Dest) -> list[Problem]:
         mask = (dest.masks or {}).get(name)
         if mask is None:
             return [Problem(name, reg_id, None, _h(value), f"has {own:#x}",
