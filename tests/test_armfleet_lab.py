@@ -14,8 +14,8 @@ and managedsave, and pins that did not take effect. The records are written to
 $ARMFLEET_RESULTS (default: the run's directory).
 
 Cost (2 cores): base images ~4.5 min from an empty cache, then cached; up ~1 min; ground
-truth ~10 min; abiguard's part ~23 min (install ~3, unpinned ~9, pinned ~4, seed case ~5,
-failure modes ~2)."""
+truth ~10 min; abiguard's part ~29 min (install ~3, unpinned ~9, pinned ~4, seed case ~5,
+issue 25's seed case both ways ~6 (measured 371 s standalone), failure modes ~2)."""
 from __future__ import annotations
 
 import itertools
