@@ -106,4 +106,61 @@ def test_an_added_register_that_is_guest_abi_refuses_the_start() -> None:
         return 1
     v = verdict.realise(c, _hacked_72(add))
     assert [p.reg_id for p in v.problems] == [extra], [p.line() for p in v.problems]
-    assert "QEMU would put it in the VM's stream" in v.problems[0].line()
+    line = v.problems[0].line()
+    assert "hidden from QEMU" in line and "default 0x1 is visible to the guest" in line, line
+
+
+# ---- issue 25: born anywhere, back to the oldest
+
+CLIDR, CTR = 0x603000000013C801, 0x603000000013D801
+CCSIDR = [0x6020000000110000 + i for i in range(14)]
+
+
+def test_the_oldest_and_newest_hosts_baseline_starts_and_arrives_on_both() -> None:
+    """{6.1, 7.2}: the cache description is 6.1's (before Linux 6.3 KVM takes only its
+    own); 7.2 takes it from abiguard_pin.so (set_clidr, set_ccsidr) and hides the 15
+    registers it lists beyond 6.1's stream, so a VM started on 7.2 carries 6.1's stream
+    and every host boots and accepts the contract. The guest on 6.1 reads the CPU's own
+    CTR_EL0 (the lab's guest printed 8444c004; ONE_REG says 9444c004): the contract says
+    so (``guest``) and 7.2 pins it, while QEMU's stream keeps 9444c004 for 6.1's KVM."""
+    p61, p72 = _load("6.1.0-50-arm64"), _load("7.2.13+deb14-arm64")
+    doc = baseline.compute([p61, p72])
+    c = contract.loads(json.dumps(doc["contract"]), "baseline")
+    assert c.body.values[CLIDR] == 0x2000023 and c.body.values[CCSIDR[0]] == 0x701FE00A
+    assert CCSIDR[3] not in c.body.stream
+    for name, host in doc["hosts"].items():
+        assert host["boots_with_contract"] and host["accepts_incoming"] and not host["cannot_pin"], (name, host)
+    v = verdict.realise(c, p72)
+    assert v.boot_pins[CLIDR] == 0x2000023 and {CCSIDR[0], CCSIDR[1], CCSIDR[2]} <= set(v.boot_pins)
+    assert set(v.hidden) == set(CCSIDR[3:]) | {0x603000000013DF01, 0x603000000013DF11, 0x603000000013DF12, BMAP_2}
+    assert get("aarch64").boot_stream(c, p72) == c.body.stream            # QEMU's list: the contract's
+    assert verdict.realise(c, p61).allow and not verdict.realise(c, p61).boot_pins
+    assert doc["conflicts"] == [] and c.body.guest == {CTR: 0x8444C004} and c.body.values[CTR] == 0x9444C004
+    assert v.boot_pins[CTR] == 0x8444C004 and v.stream_values == {CTR: 0x9444C004}
+
+
+def test_a_visible_cache_level_is_never_hidden() -> None:
+    """a contract whose CLIDR reports a third cache level: 7.2 would keep CCSIDR[4] at its
+    own default, which the guest can read, so the start is refused naming it"""
+    p61, p72 = _load("6.1.0-50-arm64"), _load("7.2.13+deb14-arm64")
+    c = contract.loads(json.dumps(baseline.compute([p61, p72])["contract"]), "baseline")
+    c.body.values[CLIDR] = 0x2000023 | 4 << 6                               # Ctype3: unified
+    v = verdict.realise(c, p72)
+    assert [p.register for p in v.problems] == ["DEMUX_CCSIDR[4]"], [p.line() for p in v.problems]
+    assert "the VM's CLIDR_EL1 reports this cache level" in v.problems[0].line()
+
+
+def test_set_clidr_refuses_idc_the_hosts_ctr_lacks() -> None:
+    """set_clidr checks the IDC a CLIDR implies against the host's sanitised CTR_EL0 (the
+    profile's CTR_EL0 default), not the VM's: a host without IDC cannot take 6.1's CLIDR
+    (LoUU = LoUIS = 0)"""
+    from abiguard.arch.arm64.judge import dest_for
+    from abiguard.arch.arm64.rules import RULES
+
+    p72 = _load("7.2.13+deb14-arm64")
+    d, _ = dest_for(p72, "psci")
+    assert d is not None and not RULES["clidr"].check(CLIDR, "CLIDR_EL1", 0x2000023, d)
+    d.registers = {**d.registers, CTR: d.registers[CTR] & ~(1 << 28)}
+    problems = RULES["clidr"].check(CLIDR, "CLIDR_EL1", 0x2000023, d)
+    assert len(problems) == 1 and "implies CTR_EL0.IDC" in problems[0].line()
+    assert not RULES["clidr"].check(CLIDR, "CLIDR_EL1", 0x9200003, d)    # LoUU = LoUIS = 1: no IDC

@@ -132,3 +132,22 @@ _json_docs = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10**6
 def test_canonical_is_json_dumps_sorted_compact(doc):
     """The digest's form, written without the json module: byte for byte json.dumps'."""
     assert contract.canonical(doc) == json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda g: (g.clear(), g.update({"0x6030000000140000": "0x10000"})), "member 'guest' may only give CTR_EL0"),
+    (lambda g: g.update({"0x6030000000140000": "0x10000"}), "member 'guest' must map register ids"),
+    (lambda g: g.update({"0x603000000013d801": "0x9444c004"}), "a value its stream value is not"),
+    (lambda g: g.update({"0x603000000013d801": "8444c004"}), "member 'guest' must map register ids to hex"),
+    (lambda g: (g.clear(), g.update({"0x603000000013D801": "0x8444c004"})), "must map register ids to hex"),
+])
+def test_a_hostile_guest_member_is_refused(mutate, message):
+    """issue 25: 'guest' (what the guest reads where the stream carries another value) names
+    CTR_EL0 of the contract's values only, canonical hex, never the stream's own value"""
+    sealed = contract.from_profile(profile.load(PROFILES["6.1.0-50-arm64"]))
+    assert sealed.body.guest == {0x603000000013D801: 0x8444C004}          # the lab's 6.1 guest read it
+    doc = json.loads(json.dumps(sealed.to_json()))
+    mutate(doc["aarch64"]["guest"])
+    with pytest.raises(ContractError) as err:
+        contract.Contract.from_json(doc, "metadata")
+    assert message in str(err.value), str(err.value)

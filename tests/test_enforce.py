@@ -110,10 +110,17 @@ def test_good_config_loads_and_passes_ioctls_through(lib):
     ("0x6030000000140000=0x1 ", "malformed value"),
     (f"{PSCI:#x}=0x10001,{PSCI:#x}=0x10000", "given twice"),
     ("0x603000000013c005=0x0", "not on the allow-list"),                 # CRm=0: MPIDR
-    (f"{CLIDR:#x}=0x0", "not on the allow-list"),                        # op1=1
+    ("0x603000000013d000=0x0", "not on the allow-list"),                 # CSSELR_EL1 (op1=2)
     ("0x6030000000100000=0x0", "not on the allow-list"),                 # core register X0
     ("0x6030000000150000=0x0", "not on the allow-list"),                 # SVE group
-    ("0x6020000000110000=0x0", "not on the allow-list"),                 # CCSIDR demux
+    ("0x602000000011000e=0x0", "not on the allow-list"),                 # CCSIDR demux, CSSELR 14
+    ("0x6030000000140000=0x10001,hide=0x1", "not an arm64 32/64-bit register id"),
+    ("0x6030000000140000=0x10001/0x10000", "only CTR_EL0 takes a stream value"),
+    ("0x603000000013d801=0x8444c004/9444c004", "malformed stream value"),
+    ("0x603000000013d801=0x8444c004/0x9444c004/0x1", "malformed stream value"),
+    ("0x6030000000140000=0x10001,hide=12", "expected hide=0xREGISTER_ID"),
+    ("hide=0x6030000000160003,0x6030000000140000=0x10001", "registers come before the cpu= items"),
+    ("hide=0x6030000000160003,hide=0x6030000000160003", "given twice"),
     ("0x6030000000170000=0x0", "not on the allow-list"),
     (",".join(f"{r:#x}=0x0" for r in ([0x603000000013C008 + i for i in range(56)]
                                        + [0x6030000000140000 + i for i in range(9)])), "more than 64"),
@@ -134,8 +141,12 @@ def test_allow_list_matches_python():
                 0x603000000013C006, 0x603000000013C807):   # + REVIDR, AIDR (the library's is_imp_id)
         assert preload_allows(rid), hex(rid)
     assert "0x603000000013c000ULL" in src and "0x603000000013c807ULL" in src
-    for rid in (CLIDR, 0x6030000000100000, 0x6020000000110000, 0x6030000000150000,
-                0x603000000013C005, 0x603000000013C040):  # MPIDR (CRm=0), CRm=8
+    # the cache description: CLIDR_EL1, CTR_EL0, the 14 CCSIDR demux ids
+    assert "0x603000000013c801ULL" in src and "0x603000000013d801ULL" in src and "0x6020000000110000ULL" in src
+    for rid in (CLIDR, 0x603000000013D801, 0x6020000000110000, 0x602000000011000D):
+        assert preload_allows(rid), hex(rid)
+    for rid in (0x6030000000100000, 0x602000000011000E, 0x6030000000150000, 0x603000000013D000,
+                0x603000000013C005, 0x603000000013C040):  # CSSELR, MPIDR (CRm=0), CRm=8
         assert not preload_allows(rid), hex(rid)
 
 
@@ -188,21 +199,34 @@ def test_plan_refuses_what_the_host_refuses():
     assert "VM has PSCI 1.3, destination accepts 0.2, 1.0, 1.1: its KVM refuses PSCI 1.3" in msg
 
 
-def test_plan_refuses_registers_no_pin_realises():
+def test_plan_refuses_what_kvm_would_refuse_of_the_cache_description():
+    """6.1's cache description starts on 7.2 (pinned); a line smaller than 7.2's minimum
+    (its sanitised CTR_EL0: DminLine 4, 64 bytes) is what set_ccsidr refuses"""
     c = contract.from_profile(load("6.1.0-50-arm64"), "psci")
+    pins = {p.id: p for p in plan(c, load("7.2.13+deb14-arm64"))}
+    assert pins[0x6020000000110000].value == 0x701FE00A and pins[CLIDR].value == 0x2000023
+    c.body.values[0x6020000000110000] = 0x701FE008         # LineSize 0: 16 bytes
     with pytest.raises(EnforceError) as e:
         plan(c, load("7.2.13+deb14-arm64"))
-    assert any("DEMUX_CCSIDR" in p and "no pin realises" in p for p in e.value.problems)
+    assert any("DEMUX_CCSIDR[0]" in p and "smaller than the host's" in p for p in e.value.problems)
+    with pytest.raises(EnforceError) as e:                  # before 6.3: the hardware's geometry only
+        plan(contract.from_profile(load("7.2.13+deb14-arm64"), "psci"), load("6.1.0-50-arm64"))
+    assert any("DEMUX_CCSIDR[0]" in p and "before Linux 6.3" in p for p in e.value.problems)
 
 
-def test_incoming_leaves_carried_registers_to_the_stream():
-    """6.1 -> 7.2 incoming: CCSIDR/CLIDR come with the stream (the verdict judged them);
-    the destination pins only what it can, and keeps bitmaps the stream lacks off"""
+def test_incoming_pins_the_cache_description_and_hides_the_rest():
+    """6.1 -> 7.2 incoming: CCSIDR/CLIDR come with the stream and are pinned so every vCPU
+    reset keeps them (7.2 resets CLIDR to its own); the 15 registers 7.2 lists beyond
+    6.1's stream are hidden from QEMU, so the VM carries 6.1's stream on from 7.2"""
     c = contract.from_profile(load("6.1.0-50-arm64"), "psci")
     pins = plan(c, load("7.2.13+deb14-arm64"), carried=True)
     by = {p.id: p for p in pins}
-    assert CLIDR not in by and not any(p.name.startswith("DEMUX") for p in pins)
+    assert by[CLIDR].value == 0x2000023 and by[0x6020000000110002].value == 0x70FFE07A
     assert by[PSCI].value == c.body.values[PSCI] == 0x10001
+    hidden = sorted(p.id for p in pins if p.how == "hide")
+    assert hidden == [0x6020000000110000 + i for i in range(3, 14)] + [
+        0x603000000013DF01, 0x603000000013DF11, 0x603000000013DF12, BMAP2]
+    assert enforce.env_value(pins).endswith(",hide=0x6030000000160003")
 
 
 def _host_value(prof: profile.Profile, rid: int) -> int:
@@ -216,7 +240,8 @@ def _host_value(prof: profile.Profile, rid: int) -> int:
     ({WA1: 0x1}, "a mitigation level is a host property"),
     ({BMAP2: 0x0}, "this host's KVM does not list it"),
     ({MIDR: 0x0}, "lacks KVM_CAP_ARM_WRITABLE_IMP_ID_REGS"),
-    ({CLIDR: 0x0}, "not enforceable"),
+    ({CLIDR: 1 << 50}, "set_clidr refuses RES0 bits"),
+    ({0x603000000013D000: 0x0}, "not enforceable"),                     # CSSELR_EL1
     ({0x6030000000100000: 0}, "not enforceable"),
     ({PSCI: 1 << 64}, "not a 64-bit register value"),
 ])
@@ -287,6 +312,11 @@ def test_commandline_xml():
 def test_rendered_config_is_accepted_by_the_library(lib):
     c = contract.from_profile(load("6.12.117+deb13-arm64"), "psci")
     r = run_with(lib, enforce.env_value(plan(c, load("7.2.13+deb14-arm64"), explicit=True)))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    # 6.1's on 7.2: the cache description, CTR_EL0 with its stream value, hide= items
+    env = enforce.env_value(plan(contract.from_profile(load("6.1.0-50-arm64"), "psci"), load("7.2.13+deb14-arm64")))
+    assert "0x603000000013d801=0x8444c004/0x9444c004" in env and "hide=" in env
+    r = run_with(lib, env)
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 

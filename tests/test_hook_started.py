@@ -112,3 +112,18 @@ def test_a_pinned_vm_without_a_domain_id_is_refused(host):
 def test_two_directories_for_one_id_is_refused(host):
     os.makedirs(host.root / "var/lib/libvirt/qemu/domain-7-other")
     refused(host(live_xml(), record()), "left no record")
+
+
+def test_a_shaped_register_list_must_show_in_the_record() -> None:
+    """issue 25: with hide= items the library says, per vCPU, which register list QEMU got;
+    a record without that line on every vCPU is refused"""
+    from abiguard.hook.started import record_problem
+
+    pins = "0x603000000013c801=0x2000023,hide=0x6020000000110003"
+    head = f"abiguard-pin 1 pid 7 loaded 1: {pins}\n"
+    pinned = "vcpu fd 20 pinned 1 kept 0 of 1\n"
+    shaped = "vcpu fd 20 reg_list 252 of 253 hidden 1\n"
+    assert record_problem(head + pinned + shaped, pins, 1) is None
+    assert record_problem(head + pinned, pins, 1) == "the register list was shaped on 0 of 1 vCPU(s)"
+    assert record_problem(head + pinned + "vcpu fd 20 reg_list x of 253 hidden 1\n", pins, 1) == \
+        "the pinning library's record is not one it writes"

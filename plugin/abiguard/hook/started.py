@@ -94,8 +94,14 @@ def record_problem(record: str | None, expected: str, vcpus: int) -> str | None:
     if loaded != expected:
         return "the pinning library loaded other pins than the definition names"
     fds: set[str] = set()
+    shaped: set[str] = set()
     for line in lines[1:]:
         words = line.split()
+        # vcpu fd F reg_list K of N hidden H: the register list QEMU was given (hide= items)
+        if len(words) == 9 and words[:2] == ["vcpu", "fd"] and words[3] == "reg_list" and words[5] == "of" \
+                and words[7] == "hidden" and all(w.isdigit() for w in (words[2], words[4], words[6], words[8])):
+            shaped.add(words[2])
+            continue
         # vcpu fd F pinned K kept E of N
         if len(words) != 9 or words[0] != "vcpu" or words[3] != "pinned" or words[5] != "kept" or words[7] != "of":
             return "the pinning library's record is not one it writes"
@@ -105,4 +111,6 @@ def record_problem(record: str | None, expected: str, vcpus: int) -> str | None:
         fds.add(words[2])          # QEMU inits each vCPU again at every reset: count vCPUs, not lines
     if len(fds) < vcpus:
         return f"pins written on {len(fds)} of {vcpus} vCPU(s)"
+    if "hide=" in expected and len(shaped & fds) < vcpus:
+        return f"the register list was shaped on {len(shaped & fds)} of {vcpus} vCPU(s)"
     return None

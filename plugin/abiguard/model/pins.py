@@ -22,21 +22,26 @@ class Pin:
     """One register value to realise on a host.
 
     :param how: ``preload`` (ABIGUARD_PINS), ``cpu-property`` (``props``: -cpu
-        property -> value), or ``impl-cpu``: not a register but one CPU the library answers
-        to the guest's errata discovery (``props``: midr, revidr, aidr; ``id``: -1 - its index)
+        property -> value), ``impl-cpu``: not a register but one CPU the library answers
+        to the guest's errata discovery (``props``: midr, revidr, aidr; ``id``: -1 - its index),
+        or ``hide``: a register the library leaves out of QEMU's KVM_GET_REG_LIST so the VM's
+        stream stays its contract's (``value`` unused)
     :param why: one phrase for ``abiguard status`` and ``pin``
     """
 
-    __slots__ = ("id", "name", "value", "how", "why", "props")
+    __slots__ = ("id", "name", "value", "how", "why", "props", "stream")
 
     def __init__(self, id: int, name: str, value: int, how: str = "preload", why: str = "",
-                 props: dict[str, int] | None = None) -> None:
+                 props: dict[str, int] | None = None, stream: int | None = None) -> None:
         self.id, self.name, self.value, self.how, self.why = id, name, value, how, why
         self.props = props
+        #: preload: the value QEMU reads and writes instead of ``value`` (None: the same);
+        #: KVM holds ``value``, what the guest reads
+        self.stream = stream
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Pin) and (self.id, self.value, self.how, self.props) == (
-            other.id, other.value, other.how, other.props)
+        return isinstance(other, Pin) and (self.id, self.value, self.how, self.props, self.stream) == (
+            other.id, other.value, other.how, other.props, other.stream)
 
     def __repr__(self) -> str:
         return f"Pin({self.name}={self.value:#x} via {self.how})"
@@ -46,10 +51,12 @@ def env_value(pins: Iterable[Pin]) -> str:
     """ABIGUARD_PINS for the library: the preload pins in id order, then the
     implementation CPUs (``cpu=MIDR/REVIDR/AIDR``) in the order the guest is told them."""
     pins = list(pins)
-    items = [f"{p.id:#018x}={p.value:#x}" for p in sorted(pins, key=lambda p: p.id) if p.how == "preload"]
+    items = [f"{p.id:#018x}={p.value:#x}" + ("" if p.stream is None else f"/{p.stream:#x}")
+             for p in sorted(pins, key=lambda p: p.id) if p.how == "preload"]
     if items:
         items += [f"cpu={p.props['midr']:#x}/{p.props['revidr']:#x}/{p.props['aidr']:#x}"
                   for p in sorted(pins, key=lambda p: -p.id) if p.how == "impl-cpu" and p.props]
+    items += [f"hide={p.id:#018x}" for p in sorted(pins, key=lambda p: p.id) if p.how == "hide"]
     text = ",".join(items)
     if len(text) > MAX_ENV_CHARS:
         raise EnforceError("this host", [(f"{ENV_PINS} would be {len(text)} characters (the library reads "
@@ -62,9 +69,10 @@ def parse_env(text: str) -> dict[int, int]:
     :func:`parse_env_cpus`'); ValueError when malformed."""
     out: dict[int, int] = {}
     for item in text.split(",") if text else []:
-        if item.startswith("cpu="):
+        if item.startswith(("cpu=", "hide=")):
             continue
         rid, _, value = item.partition("=")
+        value = value.partition("/")[0]        # /0xS: what QEMU sees instead (the guest's is the pin)
         if not (rid.startswith("0x") and value.startswith("0x")):
             raise ValueError(f"not REGISTER_ID=VALUE: {item[:40]!r}")
         out[int(rid, 16)] = int(value, 16)
@@ -112,6 +120,9 @@ def describe(pins: Iterable[Pin]) -> list[str]:
     """One line per pin, for ``abiguard status`` and ``pin``."""
     return [f"{p.name} = {p.props['midr']:#x}/{p.props['revidr']:#x}/{p.props['aidr']:#x} "
             f"(MIDR/REVIDR/AIDR) via LD_PRELOAD {LIBRARY_NAME}: {p.why}" if p.how == "impl-cpu" and p.props else
-            f"{p.name} ({p.id:#x}) = {p.value:#x} via "
+            f"{p.name} ({p.id:#x}) hidden from QEMU's register list via LD_PRELOAD {LIBRARY_NAME}: {p.why}"
+            if p.how == "hide" else
+            f"{p.name} ({p.id:#x}) = {p.value:#x}"
+            + ("" if p.stream is None else f" (QEMU's stream carries {p.stream:#x})") + " via "
             f"{'LD_PRELOAD ' + LIBRARY_NAME if p.how == 'preload' else '-cpu ' + ','.join(p.props or {})}: {p.why}"
             for p in pins]

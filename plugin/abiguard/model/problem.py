@@ -87,9 +87,15 @@ class Verdict:
         host accepts the value): what abiguard_pin.so realises
     :param keep_off: register id -> neutral value for registers the destination adds and
         the VM never had, which a pin keeps off there whatever the widening policy
+    :param hidden: registers the destination lists that abiguard_pin.so hides from QEMU's
+        KVM_GET_REG_LIST, so that the VM's register stream stays its contract's (arm64)
+    :param stream_values: register id -> the value QEMU reads and writes for a pin of
+        ``boot_pins`` whose guest value is not the stream's (arm64 CTR_EL0: the guest is
+        shown what an older kernel's guest read, the stream keeps what that kernel's KVM
+        insists on); abiguard_pin.so translates between the two
     """
 
-    __slots__ = ("problems", "notes", "boot_pins", "keep_off", "by_qemu")
+    __slots__ = ("problems", "notes", "boot_pins", "keep_off", "by_qemu", "hidden", "stream_values")
 
     def __init__(self, problems: list[Problem], notes: list[str], boot_pins: dict[int, int] | None = None,
                  keep_off: dict[int, int] | None = None) -> None:
@@ -100,6 +106,8 @@ class Verdict:
         #: where the destination's QEMU version is unknown and the answer depends on it:
         #: (QEMU versions, the verdict there) for each released QEMU behaviour
         self.by_qemu: list[tuple[str, Verdict]] = []
+        self.hidden: tuple[int, ...] = ()
+        self.stream_values: dict[int, int] = {}
 
     @property
     def allow(self) -> bool:

@@ -10,8 +10,25 @@
  *       hypercall bitmaps          0x603000000016000X  (KVM_REG_ARM_FW_FEAT_BMAP)
  *       feature ID registers       op0=3, op1=0, CRn=0, CRm=1..7 (KVM_REG_ARM64_SYSREG)
  *       implementation registers   MIDR_EL1, REVIDR_EL1, AIDR_EL1
+ *       the cache description      CLIDR_EL1, CTR_EL0, CCSIDR (0x60200000001100XX, XX < 14)
  *     and, after the registers, up to 16 items "cpu=0xMIDR/0xREVIDR/0xAIDR": the CPUs the
- *     guest may run on, answered to its errata discovery (see below).
+ *     guest may run on, answered to its errata discovery (see below), and up to 64 items
+ *     "hide=0xID": registers left out of the guest vCPUs' KVM_GET_REG_LIST (see below).
+ *   - The cache description (Linux >= 6.3; CTR_EL0 >= 6.11): KVM takes CLIDR and CCSIDR per
+ *     vCPU and CTR_EL0 per VM before the first run. The pins are written in id order, so the
+ *     CCSIDRs (demux ids, 0x6020...) and CLIDR_EL1 come before CTR_EL0; set_clidr checks the
+ *     IDC a CLIDR implies against the host's sanitised CTR_EL0, not the VM's.
+ *   - A value the guest reads apart from its stream: "0xID=0xG/0xS" (CTR_EL0 only). KVM holds G,
+ *     what the guest reads (the CPU's own CTR_EL0 on the contract's hosts before Linux 6.3,
+ *     whose KVM does not trap the read), while QEMU reads S with KVM_GET_ONE_REG and the
+ *     library turns its KVM_SET_ONE_REG of S into G: QEMU's stream carries S, the value an
+ *     older kernel's KVM insists on at restore, and every host shows the guest G.
+ *   - The register stream: QEMU builds the list of registers it migrates from
+ *     KVM_GET_REG_LIST, right after KVM_ARM_VCPU_INIT (so after the pins, which already make
+ *     KVM drop registers whose feature a pinned ID field hides). On a guest vCPU the library
+ *     removes the hide= ids from the answer, so a VM started on a newer kernel carries the
+ *     register list of its contract's (older) hosts; KVM keeps those registers at their
+ *     defaults, which abiguard only allows where the guest cannot see them.
  *     Anything malformed, duplicated or not allowed: one line "abiguard-pin: ..." on stderr
  *     and _exit(1), so QEMU never starts half-pinned.
  *   - Implementation registers: KVM takes another MIDR/REVIDR/AIDR only on a VM with
@@ -74,6 +91,7 @@
 #define KVM_CHECK_EXTENSION   0x0000AE03UL   /* _IO(KVMIO, 0x03) */
 #define KVM_ENABLE_CAP        0x4068AEA3UL   /* _IOW(KVMIO, 0xa3, struct kvm_enable_cap) */
 #define KVM_SET_DEVICE_ATTR   0x4018AEE1UL   /* _IOW(KVMIO, 0xe1, struct kvm_device_attr) */
+#define KVM_GET_REG_LIST      0xC008AEB0UL   /* _IOWR(KVMIO, 0xb0, struct kvm_reg_list) */
 #define KVM_ARM_VCPU_PSCI_0_2 2
 #define KVM_CAP_ARM_WRITABLE_IMP_ID_REGS 239
 #define KVM_EXIT_HYPERCALL    3
@@ -86,6 +104,12 @@
 #define MIDR_EL1_ID           0x603000000013c000ULL   /* op0=3 op1=0 CRn=0 CRm=0 op2=0 */
 #define REVIDR_EL1_ID         0x603000000013c006ULL   /* op2=6 */
 #define AIDR_EL1_ID           0x603000000013c807ULL   /* op1=1 op2=7 */
+#define CLIDR_EL1_ID          0x603000000013c801ULL   /* op0=3 op1=1 CRn=0 CRm=0 op2=1 */
+#define CTR_EL0_ID            0x603000000013d801ULL   /* op0=3 op1=3 CRn=0 CRm=0 op2=1 */
+#define CCSIDR_DEMUX_ID       0x6020000000110000ULL   /* KVM_REG_ARM_DEMUX_ID_CCSIDR | U32, + CSSELR */
+#define CSSELR_MAX            14
+#define MAX_HIDES             64
+#define MAX_REG_LIST          2048   /* KVM lists ~360 registers on Linux 7.x */
 #define SMCCC_SUCCESS         0ULL
 #define SMCCC_INVALID_PARAMETER ((uint64_t)-3)
 #define MAX_PINS              64
@@ -104,11 +128,16 @@ struct kvm_run_head_abi { uint8_t request_interrupt_window, immediate_exit, padd
                           uint32_t exit_reason; uint8_t ready, if_flag; uint16_t flags;
                           uint64_t cr8, apic_base; uint64_t hypercall_nr; };
 
-static struct { uint64_t id, value; } pins[MAX_PINS];
+/* stream: what QEMU reads and writes for this register instead of value (has_stream) */
+static struct { uint64_t id, value, stream; int has_stream; } pins[MAX_PINS];
 static int npins;
 static struct { uint64_t midr, revidr, aidr; } cpus[MAX_CPUS];
 static int ncpus;
 static int want_imp_writable;   /* an implementation register is pinned */
+static uint64_t hides[MAX_HIDES];
+static int nhides;
+/* guest vCPU fds (a bit per fd below 65536): the ones whose register list is shaped */
+static unsigned char guest_fd[65536 / 8];
 /* guest vCPUs whose hypercall exits the library answers (only with cpu= items) */
 static struct { int fd; int answered; struct kvm_run_head_abi *run; } vcpus[MAX_VCPUS];
 static int nvcpus;
@@ -179,10 +208,12 @@ static int allowed(uint64_t id)
     if ((id & ~0xFFFFULL) == 0x6030000000130000ULL) {
         unsigned op0 = (id >> 14) & 3, op1 = (id >> 11) & 7, crn = (id >> 7) & 15,
                  crm = (id >> 3) & 15;
-        if (id == MIDR_EL1_ID || id == REVIDR_EL1_ID || id == AIDR_EL1_ID)
+        if (id == MIDR_EL1_ID || id == REVIDR_EL1_ID || id == AIDR_EL1_ID || id == CLIDR_EL1_ID || id == CTR_EL0_ID)
             return 1;
         return op0 == 3 && op1 == 0 && crn == 0 && crm >= 1 && crm <= 7;
     }
+    if (id >= CCSIDR_DEMUX_ID && id < CCSIDR_DEMUX_ID + CSSELR_MAX)
+        return 1;
     return 0;
 }
 
@@ -253,9 +284,20 @@ static void parse(const char *s)
         int at = (int)(p - s);
         if (strncmp(p, "cpu=", 4) == 0) {
             parse_cpu(s, p, &e);
+        } else if (strncmp(p, "hide=", 5) == 0) {
+            if (parse_hex(p + 5, &e, &id) || (*e != ',' && *e != '\0'))
+                die(ENV_NAME " at character %d: expected hide=0xREGISTER_ID: '%.40s'", at, p);
+            for (i = 0; i < nhides; i++)
+                if (hides[i] == id)
+                    die(ENV_NAME ": hide=0x%016llx is given twice", (unsigned long long)id);
+            if ((id >> 52) != 0x602 && (id >> 52) != 0x603)
+                die(ENV_NAME ": hide=0x%016llx is not an arm64 32/64-bit register id", (unsigned long long)id);
+            if (nhides == MAX_HIDES)
+                die(ENV_NAME ": more than %d hide= items", MAX_HIDES);
+            hides[nhides++] = id;
         } else {
-            if (ncpus)
-                die(ENV_NAME " at character %d: registers come before the cpu= items", at);
+            if (ncpus || nhides)
+                die(ENV_NAME " at character %d: registers come before the cpu= items (and the hide= items)", at);
             if (parse_hex(p, &e, &id) || *e != '=')
                 die(ENV_NAME " at character %d: expected REGISTER_ID=VALUE in hex (0x...): '%.40s'", at, p);
             if (!allowed(id))
@@ -263,9 +305,19 @@ static void parse(const char *s)
                     "0x603000000014000X/0x603000000016000X, ID registers op0=3,op1=0,CRn=0, MIDR/REVIDR/AIDR)",
                     (unsigned long long)id);
             p = e + 1;
-            if (parse_hex(p, &e, &value) || (*e != ',' && *e != '\0'))
+            if (parse_hex(p, &e, &value) || (*e != ',' && *e != '\0' && *e != '/'))
                 die(ENV_NAME ": register 0x%016llx: malformed value '%.40s' (expected 0x + 1..16 hex digits)",
                     (unsigned long long)id, p);
+            pins[npins].has_stream = 0;
+            if (*e == '/') {
+                if (id != CTR_EL0_ID)
+                    die(ENV_NAME ": register 0x%016llx: only CTR_EL0 takes a stream value (/0x...)",
+                        (unsigned long long)id);
+                p = e + 1;
+                if (parse_hex(p, &e, &pins[npins].stream) || (*e != ',' && *e != '\0'))
+                    die(ENV_NAME ": register 0x%016llx: malformed stream value '%.40s'", (unsigned long long)id, p);
+                pins[npins].has_stream = 1;
+            }
             for (i = 0; i < npins; i++)
                 if (pins[i].id == id)
                     die(ENV_NAME ": register 0x%016llx is given twice", (unsigned long long)id);
@@ -464,6 +516,84 @@ static int run_vcpu(int fd, int slot, void *arg)
     }
 }
 
+static int is_guest_fd(int fd)
+{
+    return fd >= 0 && fd < 65536 && (__atomic_load_n(&guest_fd[fd / 8], __ATOMIC_ACQUIRE) >> (fd % 8) & 1);
+}
+
+static int hidden(uint64_t id)
+{
+    int i;
+    for (i = 0; i < nhides; i++)
+        if (hides[i] == id)
+            return 1;
+    return 0;
+}
+
+/* KVM_GET_REG_LIST on a guest vCPU: KVM's answer less the hide= ids, with KVM's own
+ * protocol (n too small: n set to what is needed, E2BIG). The list is asked into a
+ * buffer on this thread's stack (QEMU initialises vCPUs on their own threads). */
+static int reg_list(int fd, void *arg)
+{
+    struct { uint64_t n; uint64_t reg[MAX_REG_LIST]; } all;
+    uint64_t *user = arg, want, i, k = 0;
+    int ret;
+    all.n = MAX_REG_LIST;
+    ret = real_ioctl(fd, KVM_GET_REG_LIST, &all);
+    if (ret != 0) {
+        if (errno == E2BIG)
+            die("KVM_GET_REG_LIST on vCPU fd %d lists %llu registers, more than the %d this library filters: "
+                "not starting", fd, (unsigned long long)all.n, MAX_REG_LIST);
+        return ret;
+    }
+    for (i = 0; i < all.n; i++)
+        if (!hidden(all.reg[i]))
+            all.reg[k++] = all.reg[i];
+    want = user[0];
+    user[0] = k;
+    if (want < k) {
+        errno = E2BIG;
+        return -1;
+    }
+    memcpy(user + 1, all.reg, k * sizeof(uint64_t));
+    if (__atomic_load_n(&record_fd, __ATOMIC_RELAXED) >= 0)
+        record("vcpu fd %d reg_list %llu of %llu hidden %llu", fd, (unsigned long long)k,
+               (unsigned long long)all.n, (unsigned long long)(all.n - k));
+    return 0;
+}
+
+/* QEMU's KVM_GET/SET_ONE_REG of a register with a stream value: it sees S where KVM holds
+ * G (the guest's), and its write of S is KVM's G; every other value passes unchanged */
+static int one_reg(int fd, unsigned long request, void *arg)
+{
+    struct kvm_one_reg_abi *reg = arg, mine;
+    uint64_t v;
+    int i, ret;
+    for (i = 0; i < npins; i++)
+        if (pins[i].has_stream && pins[i].id == reg->id)
+            break;
+    if (i == npins)
+        return real_ioctl(fd, request, arg);
+    if (request == KVM_SET_ONE_REG) {
+        memcpy(&v, (const void *)(uintptr_t)reg->addr, sizeof v);
+        if (v != pins[i].stream)
+            return real_ioctl(fd, request, arg);
+        v = pins[i].value;
+        mine.id = reg->id;
+        mine.addr = (uint64_t)(uintptr_t)&v;
+        return real_ioctl(fd, request, &mine);
+    }
+    ret = real_ioctl(fd, request, arg);
+    if (ret == 0) {
+        memcpy(&v, (const void *)(uintptr_t)reg->addr, sizeof v);
+        if (v == pins[i].value) {
+            v = pins[i].stream;
+            memcpy((void *)(uintptr_t)reg->addr, &v, sizeof v);
+        }
+    }
+    return ret;
+}
+
 /* glibc's prototype: int ioctl(int fd, unsigned long request, ...) */
 int ioctl(int fd, unsigned long request, ...)
 {
@@ -474,8 +604,12 @@ int ioctl(int fd, unsigned long request, ...)
     arg = va_arg(ap, void *);
     va_end(ap);
     resolve();
-    if (npins == 0)
+    if (npins == 0 && nhides == 0)
         return real_ioctl(fd, request, arg);
+    if (request == KVM_GET_REG_LIST && nhides && is_guest_fd(fd))
+        return reg_list(fd, arg);
+    if ((request == KVM_GET_ONE_REG || request == KVM_SET_ONE_REG) && arg && is_guest_fd(fd))
+        return one_reg(fd, request, arg);
     if (request == KVM_RUN && ncpus && (slot = find_vcpu(fd)) >= 0)
         return run_vcpu(fd, slot, arg);
     if (request == KVM_CREATE_VCPU && (uintptr_t)arg == 0 && (want_imp_writable || ncpus)) {
@@ -490,6 +624,8 @@ int ioctl(int fd, unsigned long request, ...)
         return ret;   /* a scratch vCPU (QEMU's host-CPU probe): not a guest vCPU */
     saved = errno;
     apply(fd);
+    if (fd >= 0 && fd < 65536)
+        __atomic_or_fetch(&guest_fd[fd / 8], (unsigned char)(1u << (fd % 8)), __ATOMIC_RELEASE);
     if (ncpus)
         watch_vcpu(fd);
     errno = saved;

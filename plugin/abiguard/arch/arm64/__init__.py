@@ -27,7 +27,8 @@ class Arm64(Arch):
     qemu_binary = "qemu-system-aarch64"
     carries_register_stream = True
     xml = XmlShape("arm64", (("config", "config"), ("sve-vls", "sve_vls")),
-                   lists=(("stream", "stream"),), maps=(("reg", "values", "id", "value"),),
+                   lists=(("stream", "stream"),), maps=(("reg", "values", "id", "value"),
+                                                     ("guest-reg", "guest", "id", "value")),
                    records=(("cpu", "impl_cpus", (("midr", "midr"), ("revidr", "revidr"), ("aidr", "aidr"))),))
 
     def section_from_json(self, r: Reader, doc: dict[str, Any], where: str) -> Arm64Kvm:
@@ -65,9 +66,13 @@ class Arm64(Arch):
         if probed is None or probed.registers is None:
             raise ContractError("profile", f"vCPU configuration {config!r} was not probed there "
                                 f"(it has: {', '.join(section.configs)})")
-        return Arm64Body(config, probed.sve_vls, tuple(sorted(probed.registers)),
-                         {r: v for r, v in sorted(probed.registers.items())
-                          if v is not None and regs.carries_abi_value(r)})
+        from .guestreads import guest_reads
+
+        values = {r: v for r, v in sorted(probed.registers.items()) if v is not None and regs.carries_abi_value(r)}
+        # what this host's guests read apart from ONE_REG (CTR_EL0 before Linux 6.3), where known
+        guest = {r: v for r, v in guest_reads(profile, probed.registers).items()
+                 if v is not None and r in values and v != values[r]}
+        return Arm64Body(config, probed.sve_vls, tuple(sorted(probed.registers)), values, guest=guest)
 
     def check(self, contract: Contract, dest: Profile, policy: Policy, stream: tuple[int, ...] | None,
               incoming: bool) -> Verdict:
@@ -118,13 +123,9 @@ class Arm64(Arch):
         return [(r.name, r.since) for r in cpreg.RELEASED]
 
     def stamp_stream(self, contract: Contract, profile: Profile) -> tuple[int, ...] | None:
-        from .judge import section_of
+        from .judge import stamp_stream
 
-        section = section_of(profile)
-        probed = section.usable(getattr(contract.body, "config", "")) if section is not None else None
-        if probed is None or probed.registers is None:
-            return None
-        return tuple(sorted(probed.registers))
+        return stamp_stream(contract, profile)
 
     def boot_stream(self, contract: Contract, profile: Profile) -> tuple[int, ...] | None:
         from .judge import boot_stream

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import UsageError
 from . import regs
-from .judge import section_of
+from .judge import dest_for, section_of
 from .rules import RULES
 
 if TYPE_CHECKING:
@@ -20,7 +20,8 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
     """PSCI -> the highest version every host accepts; SMCCC workarounds -> the highest
     level every host accepts; hypercall bitmaps -> the AND of the defaults; ID registers
     -> per field the kernel's safe value over all hosts, bits outside known fields must
-    agree; CCSIDR -> must agree. Registers listed by some hosts only are left out of the
+    agree; CLIDR/CCSIDR -> a value every host's KVM takes (:func:`_fold_cache`). Registers
+    listed by some hosts only are left out of the
     stream (released QEMU carries every register its kernel lists: :func:`host_report`
     tells those hosts). Hosts of several CPU models: :func:`_cpu_models`."""
     from .body import Arm64Body
@@ -46,6 +47,7 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
     values: dict[int, int] = {}
     conflicts: list[str] = []
     cpus = _host_cpus(regsets)
+    dests = None
     for rid in stream:
         kind = regs.kind_of(rid)
         if kind == "state" or (len(cpus) > 1 and rid in regs.IMPLEMENTATION_IDS):
@@ -54,18 +56,86 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
         if any(v is None for v in raw):
             continue
         name = regs.reg_name(rid)
-        value, conflict = RULES[kind].fold(name, [v for v in raw if v is not None],
-                                           [s.acceptance.get(name) for s in sections])
+        if kind in CACHE_KINDS:
+            if dests is None:
+                dests = [dest_for(p, config)[0] for p in profiles]
+            value, conflict = _fold_cache(rid, name, [v for v in raw if v is not None], dests)
+        else:
+            value, conflict = RULES[kind].fold(name, [v for v in raw if v is not None],
+                                               [s.acceptance.get(name) for s in sections])
         if conflict:
             conflicts.append(conflict)
         if value is not None:
             values[rid] = value
+    guest = _guest_reads(profiles, config, values, conflicts)
     impl_cpus: tuple[tuple[int, int, int], ...] = ()
     if len(cpus) > 1:
         impl_cpus = _cpu_models(profiles, config, cpus, set(stream), values, conflicts)
     vls = [c.sve_vls for c in probed]
     sve = min(v for v in vls if v is not None) if None not in vls else None
-    return Arm64Body(config, sve, stream, values, impl_cpus), conflicts
+    return Arm64Body(config, sve, stream, values, impl_cpus, guest), conflicts
+
+
+#: the cache description: a host's KVM takes another value within its rule (Linux >= 6.3)
+#: or only its own, so the fleet's value is one every host takes, the fixed hosts' first
+CACHE_KINDS = ("ccsidr", "clidr")
+
+
+def _fold_cache(rid: int, name: str, values: list[int], dests: list[Any]) -> tuple[int | None, str | None]:
+    """The value of a CLIDR/CCSIDR every host takes (:meth:`.rules.Rule.check` against
+    each): a host whose KVM takes only its own value (before Linux 6.3) decides; among
+    hosts that take others, the first host's value that all of them take."""
+    if len(set(values)) == 1:
+        return values[0], None
+    fixed = [v for v, d in zip(values, dests) if d is not None and not d.cache_writable()]
+    candidates = list(dict.fromkeys(fixed + values))
+    rule = RULES[regs.kind_of(rid)]
+    for value in candidates:
+        if all(d is not None and not rule.check(rid, name, value, d) for d in dests):
+            return value, None
+    if len(set(fixed)) > 1:
+        why = "hosts before Linux 6.3 take only their own value, and theirs differ"
+    else:
+        first = next(d for d in dests if d is not None and rule.check(rid, name, candidates[0], d))
+        why = rule.check(rid, name, candidates[0], first)[0].line()
+    return values[0], f"{name}: no value every host takes: {why}"
+
+
+def _guest_reads(profiles: list[Profile], config: str, values: dict[int, int],
+                 conflicts: list[str]) -> dict[int, int]:
+    """What the guest reads of CTR_EL0 (:mod:`.guestreads`) in this fleet: before Linux 6.3
+    KVM does not trap the read, so a guest there reads the CPU's own register while
+    KVM_GET_ONE_REG (and so the contract and QEMU's stream) carries the sanitised one,
+    which that KVM insists on at restore; from 6.3 on the guest reads the VM's value, which
+    abiguard_pin.so pins. The fleet's guest value is the older hosts' (they cannot change
+    it); where it is not the stream's it goes into the contract's ``guest`` member. Where
+    the older hosts' guests read different values, or a profile does not record it, that
+    is a conflict: said, never traded silently."""
+    dests = [(p, dest_for(p, config)[0]) for p in profiles]
+    out: dict[int, int] = {}
+    for rid, stream_value in values.items():
+        reads = [(p, d.guest[rid]) for p, d in dests if d is not None and rid in d.guest]
+        if not reads:
+            continue
+        name = regs.reg_name(rid)
+        unknown = [p.kernel_release for p, v in reads if v is None]
+        if unknown:
+            if len(reads) < len(dests) or len({v for _, v in reads}) > 1:
+                conflicts.append(f"{name}: on {', '.join(unknown)} (before Linux 6.3) the guest reads the CPU's own "
+                                 f"{name}, not the {stream_value:#x} its KVM reports and the contract carries, and the "
+                                 "profile does not record which: a move to or from the other hosts may change the "
+                                 "guest's value (the arm64 lab measured IDC 0 on 6.1, 1 on 7.2); probe the hosts with "
+                                 "an abiguard that records the guest's view")
+            continue
+        seen = {v for _, v in reads if v is not None}
+        if len(seen) > 1:
+            conflicts.append(f"{name}: the guests of hosts before Linux 6.3 read different values ("
+                             + ", ".join(f"{p.kernel_release}: {v:#x}" for p, v in reads) + ")")
+            continue
+        guest_value = seen.pop()
+        if guest_value != stream_value:
+            out[rid] = guest_value
+    return out
 
 
 def _host_cpus(regsets: list[dict[int, int | None]]) -> list[tuple[int, int, int]]:
@@ -115,6 +185,9 @@ def host_report(contract: Contract, profile: Profile) -> dict[str, Any]:
     return {
         "boots_with_contract": not v.problems,
         "cannot_pin": [p.line() for p in v.problems],
-        "pins": [f"{regs.reg_name(rid)} = {value:#x} (abiguard_pin.so at start)"
-                 for rid, value in sorted({**v.boot_pins, **v.keep_off}.items())],
+        "pins": [f"{regs.reg_name(rid)} = {value:#x} (abiguard_pin.so at start"
+                 + (f"; QEMU's stream carries {v.stream_values[rid]:#x})" if rid in v.stream_values else ")")
+                 for rid, value in sorted({**v.boot_pins, **v.keep_off}.items())]
+        + [f"{regs.reg_name(rid)} hidden from QEMU's register list (abiguard_pin.so): not in the contract's "
+           "stream" for rid in v.hidden],
     }

@@ -3,7 +3,11 @@ lengths), the register stream QEMU carries for it (every KVM_GET_REG_LIST id exc
 and SVE registers) and the values of the registers that define the guest ABI (firmware
 pseudo-registers, the feature ID range, CCSIDR) -- and, for a fleet of several CPU models,
 every CPU implementation (MIDR, REVIDR, AIDR) the guest may run on, which abiguard_pin.so
-answers to the guest's errata discovery (``impl_cpus``; absent for one CPU model)."""
+answers to the guest's errata discovery (``impl_cpus``; absent for one CPU model) -- and
+where the guest reads another value than the one its stream carries (CTR_EL0 on a kernel
+before 6.3, which does not trap the guest's read), the value the guest reads (``guest``;
+absent when there is none): hosts that trap the read are pinned to show it, while QEMU's
+stream keeps the value the older kernel's KVM insists on."""
 from __future__ import annotations
 
 from ...model.fields import hex_values, is_hex
@@ -23,15 +27,17 @@ class Arm64Body:
     :param impl_cpus: (MIDR, REVIDR, AIDR) of every CPU the guest may run on, in the order
         the guest is told them; empty for a fleet of one CPU model"""
 
-    __slots__ = ("config", "sve_vls", "stream", "values", "impl_cpus")
+    __slots__ = ("config", "sve_vls", "stream", "values", "impl_cpus", "guest")
 
     def __init__(self, config: str, sve_vls: int | None, stream: tuple[int, ...], values: dict[int, int],
-                 impl_cpus: tuple[tuple[int, int, int], ...] = ()) -> None:
+                 impl_cpus: tuple[tuple[int, int, int], ...] = (), guest: dict[int, int] | None = None) -> None:
         self.config = config
         self.sve_vls = sve_vls
         self.stream = stream
         self.values = values
         self.impl_cpus = impl_cpus
+        #: register id -> the value the guest reads, where it is not ``values``' (the stream's)
+        self.guest = guest or {}
 
     def features(self) -> list[str]:
         return regs.config_features(self.config)
@@ -43,6 +49,8 @@ class Arm64Body:
                                "values": dict(zip(map(hex, keys), map(hex, map(self.values.__getitem__, keys))))}
         if self.impl_cpus:   # absent for one CPU model: those contracts keep their digests
             out["impl_cpus"] = [{"midr": hex(m), "revidr": hex(r), "aidr": hex(a)} for m, r, a in self.impl_cpus]
+        if self.guest:       # likewise absent where the guest reads what the stream carries
+            out["guest"] = {hex(k): hex(self.guest[k]) for k in sorted(self.guest)}
         return out
 
     def own_cpu(self) -> tuple[int | None, ...]:
@@ -51,7 +59,8 @@ class Arm64Body:
 
     def replace(self, **changes: Any) -> Arm64Body:
         d = {k: getattr(self, k) for k in self.__slots__} | changes
-        return Arm64Body(d["config"], d["sve_vls"], tuple(d["stream"]), dict(d["values"]), tuple(d["impl_cpus"]))
+        return Arm64Body(d["config"], d["sve_vls"], tuple(d["stream"]), dict(d["values"]), tuple(d["impl_cpus"]),
+                         dict(d["guest"]))
 
 
 def from_json(r: Reader, doc: dict[str, Any], where: str) -> Arm64Body:
@@ -85,7 +94,32 @@ def from_json(r: Reader, doc: dict[str, Any], where: str) -> Arm64Body:
     r.need(not state, "member 'values' holds guest-state registers, which are not guest ABI: "
            + _shown([f"{k:#x}" for k in state]))
     cpus = _impl_cpus(r, doc.get("impl_cpus"), values)
-    return Arm64Body(config, None if vls is None else int(vls, 16), stream, values, cpus)
+    guest = _guest(r, doc.get("guest"), values)
+    return Arm64Body(config, None if vls is None else int(vls, 16), stream, values, cpus, guest)
+
+
+#: the registers whose guest-read value a contract may give apart from its stream's
+GUEST_READ_REGISTERS = frozenset({regs.CTR_EL0_ID})
+
+
+def _guest(r: Reader, doc: Any, values: dict[int, int]) -> dict[int, int]:
+    """``guest``: register id -> the value the guest reads, for registers of ``values`` in
+    :data:`GUEST_READ_REGISTERS` only, each differing from its stream value (absent or
+    empty: none)."""
+    if doc is None:
+        return {}
+    r.need(type(doc) is dict and len(doc) <= len(GUEST_READ_REGISTERS),
+           "member 'guest' must map register ids to the hex value the guest reads")
+    assert isinstance(doc, dict)
+    ints = hex_values(list(doc.values()), 16)
+    keys = [k for k in doc if isinstance(k, str) and is_hex(k, 16)]
+    r.need(ints is not None and len(keys) == len(doc), "member 'guest' must map register ids to hex values")
+    assert ints is not None
+    out = dict(zip((int(k, 16) for k in keys), ints))
+    r.need(all(k in GUEST_READ_REGISTERS and k in values and values[k] != v for k, v in out.items()),
+           "member 'guest' may only give CTR_EL0 (0x603000000013d801), a register of 'values', a value its "
+           "stream value is not")
+    return out
 
 
 def _impl_cpus(r: Reader, doc: Any, values: dict[int, int]) -> tuple[tuple[int, int, int], ...]:

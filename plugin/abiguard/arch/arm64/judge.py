@@ -14,6 +14,8 @@ from .rules import RULES, Dest, can_pin
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ...model.contract import Contract
     from ...model.problem import Policy
     from ...model.profile import Profile
@@ -46,8 +48,12 @@ def dest_for(profile: Profile, config: str) -> tuple[Dest | None, list[Problem]]
         return None, [Problem("vCPU configuration", None, None, config, "cannot create it", why,
                               "keep the VM on hosts that offer these vCPU features, or pin fewer",
                               pinnable=True)]
-    return Dest(profile.kernel_release, probed.registers, section.acceptance, section.masks,
-                profile.qemu_version(), section.vm_caps.get(regs.IMP_CAP, 0) > 0), []
+    from .guestreads import guest_reads
+
+    dest = Dest(profile.kernel_release, probed.registers, section.acceptance, section.masks,
+                profile.qemu_version(), section.vm_caps.get(regs.IMP_CAP, 0) > 0)
+    dest.guest = guest_reads(profile, probed.registers)
+    return dest, []
 
 
 def _cpu_text(cpu: tuple[int | None, ...]) -> str:
@@ -164,6 +170,8 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
         if trouble:
             judged_bad.add(rid)
     problems += cpu_problems(body, dest)
+    guest_trouble, guest_pins, shown = guest_reads_here(body, dest, name_of)
+    problems += guest_trouble
     # the stream carries the values in; a pin keeps each there across every reset. A
     # contract value the stream no longer carries (an earlier hop's host lacked the
     # register) is given back by its pin where this host has the register.
@@ -201,7 +209,106 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
             notes.append("widening allowed by policy: " + w.line())
         else:
             problems.append(w)
-    return Verdict(problems, notes, boot_pins, keep_off)
+    hidden = shaped(body, dest)
+    for rid in sorted(hidden & stream_set):
+        problems.append(Problem(name_of(rid), rid, None, "it in its register stream",
+                                "hides it to keep the contract's stream",
+                                "the VM carries a register its contract's stream does not have (a stamp from a "
+                                "host that did not keep the contract's stream)", "start the VM again under its "
+                                "contract (abiguard pin) before moving it here"))
+    boot_pins.update(guest_pins)
+    v = Verdict(problems, notes, boot_pins, keep_off)
+    v.hidden = tuple(sorted(hidden))
+    v.stream_values = shown
+    if hidden:
+        notes.append(_hidden_note(hidden, dest))
+    return v
+
+
+def guest_reads_here(body: Arm64Body, dest: Dest, name_of: Any) -> tuple[list[Problem], dict[int, int],
+                                                                           dict[int, int]]:
+    """The registers a guest reads apart from its stream (CTR_EL0, :mod:`.guestreads`):
+    (problems, pins, stream values). The contract's guest value is ``body.guest``'s, else
+    its stream value. A host that does not trap the read shows the CPU's own value, which
+    must be that one; a host that traps it is pinned to it, while QEMU keeps reading and
+    writing the stream's value (the library translates), which an older kernel's KVM
+    insists on at restore. Never one traded for the other: a host that can do neither
+    refuses."""
+    problems: list[Problem] = []
+    pins: dict[int, int] = {}
+    shown: dict[int, int] = {}
+    for rid in sorted(set(body.guest) | set(dest.guest)):
+        stream_value = body.values.get(rid)
+        if stream_value is None:
+            continue
+        want = body.guest.get(rid, stream_value)
+        name = name_of(rid)
+        if rid in dest.guest:
+            have = dest.guest[rid]
+            if have is None:
+                if rid in body.guest:
+                    problems.append(Problem(name, rid, None, f"{want:#x} (what its guest reads)",
+                                            "shows the guest the CPU's own register, which its profile does not "
+                                            "record", f"its KVM ({dest.name}) does not trap the guest's read "
+                                            "(before Linux 6.3)", "probe the host with an abiguard that records "
+                                            "the guest's view"))
+            elif have != want:
+                problems.append(Problem(name, rid, None, f"{want:#x} (what its guest reads)",
+                                        f"shows the guest {have:#x}", f"its KVM ({dest.name}) does not trap the "
+                                        "guest's read (before Linux 6.3): the guest reads the CPU's own register",
+                                        "keep the VM on hosts whose guests read the same value"))
+            continue
+        if want == stream_value:
+            continue
+        trouble = RULES[regs.kind_of(rid)].check(rid, name, want, dest)
+        if trouble:
+            problems += [Problem(p.register, p.reg_id, p.field, f"{p.source} (what its guest reads)",
+                                 p.destination, p.why, p.fix) for p in trouble]
+            continue
+        pins[rid] = want
+        shown[rid] = stream_value
+    return problems, pins, shown
+
+
+def shaped(body: Arm64Body, dest: Dest) -> set[int]:
+    """The registers abiguard_pin.so hides from QEMU's KVM_GET_REG_LIST on this host so the
+    VM carries its contract's stream: every register the host lists beyond it, whenever
+    one of them cannot ride along in the stream (:func:`extras_carried`) -- e.g. the
+    CCSIDR indices a kernel >= 6.3 always lists (CSSELR_MAX of them) where the contract's
+    hosts list only the caches they have. Empty when the host's own list can be carried.
+    What KVM then keeps at its default must be nothing the guest sees
+    (:func:`hide_obstacle`)."""
+    stream_set = set(body.stream)
+    extras = set(dest.registers) - stream_set
+    return extras if extras - extras_carried(stream_set, dest) else set()
+
+
+def hide_obstacle(rid: int, default: int | None, body: Arm64Body, dest: Dest) -> str | None:
+    """Why the guest would see a hidden register's default (None: it cannot, or has nothing
+    there): a cache level the VM's CLIDR reports, an ID register or firmware value that is
+    not neutral. Guest-run state is not ABI: the contract's own hosts do not migrate it
+    either (their stream lacks it)."""
+    kind = regs.kind_of(rid)
+    if kind == "state":
+        return None
+    if kind == "ccsidr":
+        clidr = body.values.get(regs.CLIDR_EL1_ID, dest.registers.get(regs.CLIDR_EL1_ID) or 0)
+        return None if not regs.ccsidr_visible(rid, clidr) else "the VM's CLIDR_EL1 reports this cache level"
+    if kind == "bitmap" and (default == regs.NEUTRAL_VALUE or can_pin(rid)):
+        return None      # 0 already, or kept off by a pin (kept_off)
+    if default == regs.NEUTRAL_VALUE:
+        return None
+    return f"its default {default if default is None else hex(default)} is visible to the guest"
+
+
+def _hidden_note(hidden: set[int], dest: Dest) -> str:
+    state = sorted(r for r in hidden if regs.kind_of(r) == "state")
+    text = (f"{len(hidden)} register(s) this host lists beyond the contract's stream are hidden from QEMU "
+            "(abiguard_pin.so filters KVM_GET_REG_LIST), so the VM carries its contract's stream")
+    if state:
+        text += ("; guest-run state among them (" + ", ".join(regs.reg_name(r) for r in state)
+                 + ") is not migrated, as on the contract's hosts")
+    return text
 
 
 def _widening(stream_set: set[int], values: dict[int, int], dest: Dest, section: Arm64Kvm,
@@ -285,7 +392,12 @@ def boot_values(contract: Contract, profile: Profile) -> Verdict:
                                     f"no pin realises a {kind} register (released QEMU has no property "
                                     "for it either)", "boot the VM on a host whose defaults are the contract's"))
     problems += cpu_problems(body, dest)
-    return Verdict(problems, [], pins, kept_off(set(body.stream), dest))
+    guest_trouble, guest_pins, shown = guest_reads_here(body, dest, section.name_of)
+    problems += guest_trouble
+    pins.update(guest_pins)
+    v = Verdict(problems, [], pins, kept_off(set(body.stream), dest))
+    v.stream_values = shown
+    return v
 
 
 def realise(contract: Contract, profile: Profile) -> Verdict:
@@ -299,10 +411,16 @@ def realise(contract: Contract, profile: Profile) -> Verdict:
         return v
     own = dest.registers
     stream = set(body.stream)
-    for rid in sorted(set(own) - stream - extras_carried(stream, dest, v.keep_off)):
-        v.problems.append(Problem(regs.reg_name(rid), rid, None, "no such register", "lists it",
-                                  "QEMU would put it in the VM's stream: the contract does not have it",
-                                  "boot the VM on a host of its contract's generation"))
+    hidden = shaped(body, dest)
+    v.hidden = tuple(sorted(hidden))
+    for rid in sorted(hidden):
+        why = hide_obstacle(rid, own.get(rid), body, dest)
+        if why is not None:
+            v.problems.append(Problem(regs.reg_name(rid), rid, None, "no such register", "lists it",
+                                      f"hidden from QEMU so the VM keeps its contract's stream, KVM keeps it at its "
+                                      f"default, and {why}", "boot the VM on a host of its contract's generation"))
+    if hidden:
+        v.notes.append(_hidden_note(hidden, dest))
     for rid in sorted(stream - set(own)):
         v.problems.append(Problem(regs.reg_name(rid), rid, None, "it in its contract", "does not list it",
                                   "this kernel lacks the register",
@@ -318,7 +436,19 @@ def boot_stream(contract: Contract, profile: Profile) -> tuple[int, ...]:
     dest, _ = dest_for(profile, body.config)
     if dest is None:
         return tuple(body.stream)
+    if shaped(body, dest):
+        return tuple(body.stream)
     return tuple(sorted(set(body.stream) | extras_carried(set(body.stream), dest)))
+
+
+def stamp_stream(contract: Contract, profile: Profile) -> tuple[int, ...] | None:
+    """The stream a VM carries from this host on after an allowed arrival: the host's list,
+    less what abiguard_pin.so hides there (:func:`shaped`)."""
+    body: Arm64Body = contract.body  # type: ignore[assignment]
+    dest, _ = dest_for(profile, body.config)
+    if dest is None:
+        return None
+    return tuple(sorted(set(dest.registers) - shaped(body, dest)))
 
 
 def extras_carried(stream_set: set[int], dest: Dest, off: dict[int, int] | None = None) -> set[int]:

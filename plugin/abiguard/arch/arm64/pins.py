@@ -51,7 +51,9 @@ def plan(contract: Contract, profile: Profile, verdict: Verdict, explicit: bool 
 
     want: dict[int, tuple[int, str]] = {}
     for rid, value in verdict.boot_pins.items():
-        want[rid] = (value, f"contract value (host default {default(rid)})")
+        what = "contract value" if rid not in verdict.stream_values else \
+            "what the guest reads on the contract's hosts before Linux 6.3"
+        want[rid] = (value, f"{what} (host default {default(rid)})")
     if explicit:
         for rid, value in body.values.items():
             if regs.kind_of(rid) in ("psci", "bitmap") and rid in host and host[rid] == value:
@@ -77,7 +79,10 @@ def plan(contract: Contract, profile: Profile, verdict: Verdict, explicit: bool 
             if props and all(p in native for p in props):
                 pins.append(Pin(rid, reg.name, value, "cpu-property", why, props))
                 continue
-        pins.append(Pin(rid, section.name_of(rid), value, "preload", why))
+        pins.append(Pin(rid, section.name_of(rid), value, "preload", why, stream=verdict.stream_values.get(rid)))
+    for rid in verdict.hidden:
+        pins.append(Pin(rid, section.name_of(rid), 0, "hide",
+                        f"listed here, not in the contract's stream (host default {default(rid)})"))
     if pins:
         # errata discovery: every host answers the same list (the contract's), whichever CPU it is
         for i, (midr, revidr, aidr) in enumerate(body.impl_cpus):
@@ -137,9 +142,13 @@ def _unpinnable(rid: int, value: int, host: dict[int, int | None]) -> tuple[str,
 def for_start(contract: Contract, profile: Profile, explicit: bool = False) -> list[Pin]:
     """The pins a plain start of this contract on this host needs (``abiguard pin``);
     EnforceError listing every value the host's KVM refuses or no pin realises."""
-    from .judge import boot_values
+    from .judge import boot_values, dest_for, shaped
 
+    body: Arm64Body = contract.body  # type: ignore[assignment]
     v = boot_values(contract, profile)
+    dest, _ = dest_for(profile, body.config)
+    if dest is not None:                # the registers hidden so the VM keeps its contract's stream
+        v.hidden = tuple(sorted(shaped(body, dest)))
     if v.problems:
         raise EnforceError(profile.name, [p.line() for p in v.problems])
     return plan(contract, profile, v, explicit)

@@ -247,7 +247,9 @@ def kind_of(reg_id: int) -> str:
         kind = "state"
     else:
         group = (reg_id >> 16) & 0xFFF
-        if group == _SYSREG_GROUP:
+        if reg_id == CLIDR_EL1_ID:
+            kind = "clidr"
+        elif group == _SYSREG_GROUP:
             kind = "idreg" if _is_id_encoding(reg_id) else "state"
         else:
             kind = _KIND_BY_GROUP.get(group, "state")
@@ -263,6 +265,36 @@ def carries_abi_value(reg_id: int) -> bool:
 #: CCSIDR_EL1.LineSize: log2(words per line) - 2; KVM refuses a line smaller than the host's
 CCSIDR_LINESIZE_MASK = 0x7
 CLIDR_EL1_ID = kvm.arm64_sysreg_id(3, 1, 0, 0, 1)
+CTR_EL0_ID = kvm.arm64_sysreg_id(3, 3, 0, 0, 1)
+#: CTR_EL0.IDC: no data cache clean to the PoU is needed for instruction coherence
+CTR_EL0_IDC = 1 << 28
+#: KVM_REG_ARM_DEMUX_ID_CCSIDR ids: one per CSSELR value, CSSELR_MAX (14) of them
+CCSIDR_DEMUX_BASE = 0x6020000000110000
+CSSELR_MAX = 14
+#: the kernel that takes the cache description from userspace: "KVM: arm64: Normalize
+#: cache configuration" (v6.3) fabricates CLIDR/CCSIDR per vCPU, lets KVM_SET_ONE_REG
+#: change them (set_clidr, set_ccsidr in arch/arm64/kvm/sys_regs.c) and traps the guest's
+#: reads (HCR_EL2.TID2); before it CLIDR was an invariant register (only the host's value)
+#: and CCSIDR the hardware's, read by the guest directly
+CACHE_WRITABLE_SINCE = (6, 3)
+
+
+def clidr_implies_idc(clidr: int) -> bool:
+    """set_clidr: a CLIDR whose LoC is 0, or whose LoUIS and LoUU are both 0, says no data
+    cache clean to the PoU is needed, i.e. CTR_EL0.IDC; KVM refuses it (EINVAL) unless the
+    host's sanitised CTR_EL0 has IDC."""
+    loc, louis, louu = (clidr >> 24) & 7, (clidr >> 21) & 7, (clidr >> 27) & 7
+    return not loc or (not louis and not louu)
+
+
+def kernel_version(release: str) -> tuple[int, ...]:
+    """'6.1.0-50-arm64' -> (6, 1, 0): the numbers before the first non-numeric part."""
+    out = []
+    for part in release.split("-", 1)[0].split("+", 1)[0].split("."):
+        if not part.isdigit():
+            break
+        out.append(int(part))
+    return tuple(out)
 
 
 def ccsidr_visible(reg_id: int, clidr: int) -> bool:
@@ -329,8 +361,11 @@ _SYSREG_PREFIX = 0x6030000000130000
 def preload_allows(reg_id: int) -> bool:
     """The preload library's compiled-in allow-list (``allowed()`` in abiguard_pin.c):
     firmware pseudo-registers, hypercall bitmaps, the ID registers op0=3, op1=0,
-    CRn=0, CRm=1..7, and MIDR/REVIDR/AIDR (not MPIDR, CLIDR, CTR, CCSIDR)."""
+    CRn=0, CRm=1..7, MIDR/REVIDR/AIDR, and the cache description: CLIDR_EL1, CTR_EL0 and
+    the CCSIDR demux ids (not MPIDR)."""
     if reg_id & ~0xF in (_FW_PREFIX, _BMAP_PREFIX) or reg_id in IMPLEMENTATION_IDS:
+        return True
+    if reg_id in (CLIDR_EL1_ID, CTR_EL0_ID) or CCSIDR_DEMUX_BASE <= reg_id < CCSIDR_DEMUX_BASE + CSSELR_MAX:
         return True
     if reg_id & ~0xFFFF == _SYSREG_PREFIX:
         op0, op1, crn, crm, _op2 = kvm.arm64_sysreg_encoding(reg_id)

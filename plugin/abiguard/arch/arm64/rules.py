@@ -35,7 +35,7 @@ class Dest:
         abiguard_pin.so can give a VM another CPU's MIDR/REVIDR/AIDR there
     """
 
-    __slots__ = ("name", "registers", "acceptance", "masks", "qemu_version", "imp_writable")
+    __slots__ = ("name", "registers", "acceptance", "masks", "qemu_version", "imp_writable", "kernel", "guest")
 
     def __init__(self, name: str, registers: dict[int, int | None], acceptance: dict[str, Any],
                  masks: dict[str, int] | None, qemu_version: tuple[int, ...] | None,
@@ -43,6 +43,14 @@ class Dest:
         self.name, self.registers, self.acceptance = name, registers, acceptance
         self.masks, self.qemu_version = masks, qemu_version
         self.imp_writable = imp_writable
+        self.kernel = regs.kernel_version(name)
+        #: registers a guest here reads apart from ONE_REG (:mod:`.guestreads`): id -> the
+        #: value it reads, None where not known
+        self.guest: dict[int, int | None] = {}
+
+    def cache_writable(self) -> bool:
+        """Its KVM takes CLIDR/CCSIDR from userspace (:data:`.regs.CACHE_WRITABLE_SINCE`)."""
+        return self.kernel >= regs.CACHE_WRITABLE_SINCE
 
 
 class Rule:
@@ -293,28 +301,86 @@ def field_problems(name: str, reg_id: int, src: int, dst: int, mask: int, masked
     return problems
 
 
-class Ccsidr(Rule):
-    """CCSIDR (cache geometry, the demux group). Since the cache-topology rework (Linux
-    6.3, before writable ID registers in 6.7) KVM takes any CCSIDR whose line size is not
-    below the host's; before it, only its own value. Measured: 6.1's values are accepted
-    by 6.12 and 7.2, and 6.12's refused by 6.1."""
+class CacheRule(Rule):
+    """The cache description KVM takes from userspace since Linux 6.3 (:meth:`.Dest.cache_writable`):
+    before it, only the host's own value (``fixed``: why, what to do); after it, what
+    :meth:`writable_check` says."""
 
-    kind = "ccsidr"
+    pinnable = True
     default_is_fine = True
+    fixed: tuple[str, str] = ("", "")
 
     def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
         own = dest.registers.get(reg_id)
         if own is None or value == own:
             return []
-        if dest.masks is not None:
-            if value & regs.CCSIDR_LINESIZE_MASK >= own & regs.CCSIDR_LINESIZE_MASK:
-                return []
-            return [Problem(name, reg_id, "LineSize", _h(value & 7), f"has {_h(own & 7)}",
-                            "its KVM refuses a cache line smaller than the host's", "keep the VM on hosts "
-                            "with the same cache line size")]
-        return [Problem(name, reg_id, None, _h(value), f"has {own:#x}",
-                        "its KVM accepts only its own cache geometry (before Linux 6.3)",
-                        "keep the VM on hosts with the same cache geometry")]
+        if not dest.cache_writable():
+            return [Problem(name, reg_id, None, _h(value), f"has {own:#x}", f"its KVM ({dest.name}) " + self.fixed[0],
+                            self.fixed[1])]
+        return self.writable_check(reg_id, name, value, own, dest)
+
+    def writable_check(self, reg_id: int, name: str, value: int, own: int, dest: Dest) -> list[Problem]:
+        raise NotImplementedError
+
+
+class Ccsidr(CacheRule):
+    """CCSIDR (cache geometry, the demux group). Since Linux 6.3 ``set_ccsidr`` takes any
+    value with no RES0 bit (63:32) whose line size is not below the host's minimum (from
+    its sanitised CTR_EL0, the profile's CTR_EL0 default), for every CSSELR index whether
+    CLIDR reports that cache or not; abiguard_pin.so writes it. Before 6.3 the guest reads
+    the hardware and KVM takes only that value. Measured: 6.1's values are accepted by
+    6.12 and 7.2, and 6.12's refused by 6.1."""
+
+    kind = "ccsidr"
+    fixed = ("accepts only its own cache geometry (before Linux 6.3)", "keep the VM on hosts with the same cache "
+             "geometry")
+
+    def writable_check(self, reg_id: int, name: str, value: int, own: int, dest: Dest) -> list[Problem]:
+        if value >> 32:
+            return [Problem(name, reg_id, "RES0", _h(value), f"has {own:#x}", "set_ccsidr refuses RES0 bits (EINVAL)",
+                            "pin a CCSIDR without bits 63:32")]
+        ctr = dest.registers.get(regs.CTR_EL0_ID)
+        if ctr is not None:
+            # get_min_cache_line_size: IminLine (bits 3:0) or DminLine (19:16), log2(words)
+            least = (ctr & 0xF) if reg_id & 1 else (ctr >> 16) & 0xF
+            if (value & regs.CCSIDR_LINESIZE_MASK) + 2 < least:
+                return [Problem(name, reg_id, "LineSize", _h(value & 7), f"needs at least {least - 2:#x}",
+                                "its KVM refuses a cache line smaller than the host's (set_ccsidr, EINVAL)",
+                                "keep the VM on hosts with the same cache line size")]
+        return []
+
+    def fold(self, name: str, values: list[int], trials: list[Any]) -> tuple[int | None, str | None]:
+        if len(set(values)) > 1:
+            return values[0], f"{name}: differs between hosts and cannot be changed"
+        return values[0], None
+
+
+class Clidr(CacheRule):
+    """CLIDR_EL1. Since Linux 6.3 ``set_clidr`` takes any value inside its writable mask
+    (the profile's, probed: RES0 is the rest) unless the value implies CTR_EL0.IDC
+    (:func:`.regs.clidr_implies_idc`) while the host's sanitised CTR_EL0 (the profile's
+    CTR_EL0 default) lacks it -- the host's, not the VM's: a pinned CTR_EL0 does not
+    change it. Before 6.3 an invariant register: only the host's value."""
+
+    kind = "clidr"
+    fixed = ("accepts only its own CLIDR_EL1 (an invariant register before Linux 6.3)",
+             "keep the VM on hosts with the same cache levels")
+
+    def writable_check(self, reg_id: int, name: str, value: int, own: int, dest: Dest) -> list[Problem]:
+        mask = (dest.masks or {}).get(name)
+        if mask is None:
+            return [Problem(name, reg_id, None, _h(value), f"has {own:#x}",
+                            "its profile has no writable mask of CLIDR_EL1 (probed on Linux >= 6.7), so which "
+                            "values its KVM takes is not known", "probe the host with abiguard on Linux >= 6.7")]
+        if value & ~mask:
+            return [Problem(name, reg_id, f"bits {_h(value & ~mask)}", _h(value), f"takes only {_h(mask)}",
+                            "set_clidr refuses RES0 bits (EINVAL)", "pin a CLIDR_EL1 inside the mask")]
+        ctr = dest.registers.get(regs.CTR_EL0_ID)
+        if regs.clidr_implies_idc(value) and (ctr is None or not ctr & regs.CTR_EL0_IDC):
+            return [Problem(name, reg_id, "LoC/LoUIS/LoUU", _h(value), "CTR_EL0.IDC is 0 on the host",
+                            "set_clidr refuses a CLIDR that implies CTR_EL0.IDC when the host's sanitised "
+                            "CTR_EL0 lacks IDC (EINVAL)", "keep the VM on hosts whose CTR_EL0 has IDC")]
+        return []
 
 
 class UnknownFirmware(Rule):
@@ -331,12 +397,12 @@ class UnknownFirmware(Rule):
 
 #: kind -> rule; every kind :func:`.regs.kind_of` returns has a row, except "state"
 #: (guest-run state, not guest ABI: never judged by value)
-RULES: dict[str, Rule] = {r.kind: r for r in (Psci(), Workaround(), Bitmap(), IdRegister(), Ccsidr(),
+RULES: dict[str, Rule] = {r.kind: r for r in (Psci(), Workaround(), Bitmap(), IdRegister(), Ccsidr(), Clidr(),
                                                UnknownFirmware())}
 
 
 def can_pin(reg_id: int) -> bool:
     """Whether abiguard_pin.so can realise this register's value on a host: its kind is
-    pinnable and the library's allow-list admits it (CLIDR, MIDR: no)."""
+    pinnable and the library's allow-list admits it (MPIDR: no)."""
     rule = RULES.get(regs.kind_of(reg_id))
     return rule is not None and rule.pinnable and regs.preload_allows(reg_id)
