@@ -14,6 +14,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
@@ -41,6 +42,15 @@ VIEW_GOOD: dict[str, bytes] = {}
 VIEW_HONEST: dict[tuple[str, bytes, str], int] = {}
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 derandomize=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _roots_removed() -> Iterator[None]:
+    """The fake roots live for the module's campaigns and no longer."""
+    yield
+    fuzz.remove_roots()
+    VIEW_ROOTS.clear()
+    VIEW_HONEST.clear()
 
 
 # -- one input of each class ------------------------------------------------------------

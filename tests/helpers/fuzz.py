@@ -69,15 +69,37 @@ def xml_seeds() -> list[bytes]:
 
 
 _ROOTS: dict[str, str] = {}
+_BASE: list[str] = []
+
+
+def _new_root(prefix: str) -> str:
+    """A fresh directory below one temporary base the process removes when it exits: the
+    fake roots live as long as the campaigns that share them, and never outlive the run
+    (tests/test_host_untouched.py)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not _BASE:
+        _BASE.append(tempfile.mkdtemp(prefix="abiguard-fuzz-"))
+        atexit.register(shutil.rmtree, _BASE[0], True)
+    return tempfile.mkdtemp(prefix=prefix, dir=_BASE[0])
+
+
+def remove_roots() -> None:
+    """Every fake root made so far, gone (the campaigns' module fixture calls it)."""
+    import shutil
+
+    if _BASE:
+        shutil.rmtree(_BASE.pop(), ignore_errors=True)
+    _ROOTS.clear()
 
 
 def _fake_root(profile_name: str) -> str:
     """A host root (ABIGUARD_ROOT) with a bundled profile and the preload library."""
     if profile_name in _ROOTS:
         return _ROOTS[profile_name]
-    import tempfile
-
-    root = tempfile.mkdtemp(prefix=f"abiguard-fuzz-{profile_name[:8]}-")
+    root = _new_root(f"{profile_name[:8]}-")
     os.makedirs(os.path.join(root, "var/lib/abiguard"))
     os.makedirs(os.path.join(root, "usr/lib/abiguard"))
     open(os.path.join(root, "usr/lib/abiguard/abiguard_pin.so"), "wb").close()
@@ -422,9 +444,7 @@ def without_contract(xml: bytes) -> bytes:
 
 def view_root(profile_name: str, tag: str) -> str:
     """A fresh host root (not shared with the other campaigns) whose view can be rewritten."""
-    import tempfile
-
-    root = tempfile.mkdtemp(prefix=f"abiguard-fuzzview-{tag}-")
+    root = _new_root(f"view-{tag}-")
     os.makedirs(os.path.join(root, "var/lib/abiguard"))
     os.makedirs(os.path.join(root, "usr/lib/abiguard"))
     open(os.path.join(root, "usr/lib/abiguard/abiguard_pin.so"), "wb").close()
