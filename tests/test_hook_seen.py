@@ -179,3 +179,22 @@ def test_written_through_real_libvirt_and_read_back_by_the_hook():
     sealed = vm.contract_of(facts, "test")
     assert sealed is not None and sealed.origin.kind == "seen" and sealed.digest in contract_xml
     assert vm.stamp_of(facts, sealed, "test").stream is not None
+
+
+def test_a_seen_contract_is_not_one_to_pin(tmp_path):
+    """abiguard pin refuses a contract of origin seen (exit 2, before asking libvirt): pinned,
+    it would make the hook judge the VM as unpinned."""
+    import json
+    import subprocess
+    import sys
+
+    from abiguard.model import contract
+    from abiguard.model.contract import Origin
+
+    c = contract.from_profile(profile.load(P[K72]))
+    c = c.replace(origin=Origin("seen", c.origin.hosts))
+    path = tmp_path / "seen.json"
+    path.write_text(json.dumps(c.to_json()))
+    cp = subprocess.run([sys.executable, "-m", "abiguard", "pin", "vm", "--baseline", str(path), "-c", "test:///default"],
+                        capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 2 and "origin 'seen'" in cp.stderr and "not one to pin" in cp.stderr, cp.stderr

@@ -158,9 +158,11 @@ def arrival(dom: str, op: str, data: bytes, facts: DomainFacts, sealed: Contract
     from . import checks
     from .incoming import new_stamp
 
-    checks.left_contract(dom, op, facts.uuid, config.fleet_dir)
     if config.unpinned == "refuse":
         return checks.unpinned(config, dom, op, facts.uuid)
+    # a VM this host (or the fleet) allowed under a real contract is refused whatever it
+    # carries now: a seen record is no way out of a pin
+    checks.left_contract(dom, op, facts.uuid, config.fleet_dir)
     try:
         stamp = vm.stamp_of(facts, sealed, dom)
     except Refusal as e:
