@@ -59,6 +59,13 @@ def xml_seeds() -> list[bytes]:
                 f"<qemu:commandline {q}><qemu:arg value='-S'/><qemu:env name='ABIGUARD_PINS' value='0x1=0x1'/>"
                 "</qemu:commandline>\n"),
     ]
+    # unpinned VMs the started hook saw boot on 7.2 and on 6.1 (abiguard.hook.seen)
+    from abiguard.hook import seen
+
+    for name in (K72, K61):
+        got = seen.elements(_domain(""), profile.load(P[name]))
+        assert got is not None
+        seeds.append(_domain(got[1].decode() + got[0]))
     # what the hook itself wrote on a previous hop
     root = _fake_root(K72)
     for s in list(seeds):
@@ -350,6 +357,8 @@ def _planned_pins(root: str, facts: domxml.DomainFacts) -> str | None:
     arch = get(sealed.arch)
     if not arch.uses_preload:
         return None
+    if sealed.origin.kind == "seen":
+        return None        # an unpinned VM abiguard saw boot: its pins are not the hook's (hook.seen)
     stamp = HopStamp.from_element(facts.stamp) if facts.stamp is not None else None
     host = _HOSTS.get(root)
     if host is None:
