@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
+
+import pytest
 
 # tests/ on sys.path: the lab drivers (tests/lab) and helpers import as packages
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -15,18 +19,38 @@ if PLUGIN not in sys.path:
 pytest_plugins = ["helpers.timing"]
 
 
+#: the test that compares the host's abiguard state and the run's temporary directory with
+#: how the run found them; it runs after everything else
+HOST_UNTOUCHED = "test_host_untouched.py"
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "lab: needs real parts (root, /dev/kvm, libvirtd/virsh/qemu, the arm64 kernel lab); "
         "skips loudly when unavailable, fails instead when CI=true",
     )
+    from helpers import hoststate
+
+    # before any test runs: the host's own abiguard state, and a temporary directory of the
+    # run's own for this process (pytest's tmp_path roots stay where pytest keeps them)
+    config.stash[hoststate.BEFORE] = hoststate.snapshot()
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is not None:
+        factory.getbasetemp()
+    tempfile.tempdir = None
+    run_tmp = tempfile.mkdtemp(prefix="abiguard-tests-")
+    tempfile.tempdir = run_tmp
+    config.stash[hoststate.RUN_TMP] = run_tmp
 
 
 def pytest_collection_modifyitems(session, config, items):
     """The pure tests first, the labs after them (each keeping its order): on a cold machine
-    the labs' downloads and image builds (tests/lab/warmup.py) run beside the pure tier."""
-    items.sort(key=lambda item: item.get_closest_marker("lab") is not None)
+    the labs' downloads and image builds (tests/lab/warmup.py) run beside the pure tier.
+    Last of all the check that the run left the host as it found it."""
+    items.sort(key=lambda item: (os.path.basename(str(item.path)) == HOST_UNTOUCHED,
+                                 item.get_closest_marker("lab") is not None))
 
 
 def pytest_collection_finish(session):
@@ -51,3 +75,9 @@ def pytest_unconfigure(config):
     from lab import warmup
 
     warmup.stop()
+    from helpers import hoststate
+
+    run_tmp = config.stash.get(hoststate.RUN_TMP, None)
+    if run_tmp is not None:
+        tempfile.tempdir = None
+        shutil.rmtree(run_tmp, ignore_errors=True)

@@ -27,6 +27,7 @@ from abiguard.model.stamp import HopStamp
 from abiguard.xml import domain as domxml
 from abiguard.xml.contract import to_xml_text
 from abiguard.xml.edit import boot_stamp
+from helpers import fuzz
 from helpers.hookroot import hook_root
 from helpers.invalid import invalid
 
@@ -399,7 +400,10 @@ def test_the_domain_name_from_argv_is_never_echoed_raw(host):
 
 
 @pytest.mark.skipif(shutil.which("true") is None, reason="needs coreutils")
-def test_protocol_run_is_the_shim_in_process():
-    """The fuzz suite drives protocol.run; it must answer as the shim does."""
-    rc, out, err = protocol.run(["hook", "vm", "migrate", "begin", "-"], b"<domain", time.monotonic() + 10)
+def test_protocol_run_is_the_shim_in_process(tmp_path):
+    """The fuzz suite drives protocol.run; it must answer as the shim does -- on a private
+    root, as the fuzz suite runs it: the refusal's log line lands there, never in the host's
+    own /var/log/abiguard (tests/test_host_untouched.py)."""
+    rc, out, err = fuzz.run_hook(str(tmp_path), ["hook", "vm", "migrate", "begin", "-"], b"<domain")
     assert rc == 1 and out == b"" and err.startswith("abiguard: domain XML of 'vm': not well-formed")
+    assert "migrate vm: REFUSE abiguard: domain XML of 'vm'" in (tmp_path / "var/log/abiguard/hook.log").read_text()

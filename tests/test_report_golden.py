@@ -40,7 +40,14 @@ CASES = {
     "check-x86-sid-to-bookworm": ["check", "--from", f"{X86}/sid.json", "--to", f"{X86}/bookworm.json"],
     "diff-6.1-7.2": ["diff", f"{ARM}/6.1.0-50-arm64.json", f"{ARM}/7.2.13+deb14-arm64.json"],
     "matrix": ["matrix"],
+    "matrix-all-builtin": ["matrix", "--all-builtin", "--qemu", "11.1"],
 }
+#: a fleet of the bundled arm64 hosts: three of them run one kernel on three CPU models
+FLEET = {"arm510": "5.10.0-32-arm64", "arm61": "6.1.0-50-arm64", "arm612": "6.12.117+deb13-arm64",
+         "arm612-a72": "6.12.117+deb13-arm64-cortex-a72", "arm612-n1": "6.12.117+deb13-arm64-neoverse-n1",
+         "arm72": "7.2.13+deb14-arm64", "arm72-a72": "7.2.13+deb14-arm64-cortex-a72"}
+#: the terminal width every text report fits (issue 27)
+WIDTH = 100
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -48,6 +55,28 @@ def test_report_reads_as_its_golden_file(name: str) -> None:
     cp = abiguard(*CASES[name])
     assert cp.returncode in (0, 1) and cp.stderr == "", cp.stderr
     hold(name, cp.stdout)
+
+
+def test_fleet_matrix_reads_as_its_golden_file(tmp_path) -> None:
+    """Hosts told apart by what differs (the three 6.12 hosts by CPU model), every cell that
+    does not keep the ABI on a line naming its pair, pin-first cells naming the pins."""
+    for host, name in FLEET.items():
+        cp = abiguard("fleet", "publish", "--fleet", str(tmp_path), "--host", host, f"{ARM}/{name}.json")
+        assert cp.returncode == 0, cp.stderr
+    cp = abiguard("fleet", "matrix", "--fleet", str(tmp_path), "--qemu", "11.1")
+    assert cp.returncode == 0 and cp.stderr == "", cp.stderr
+    assert "CPU cortex-a72 (MIDR 0x410fd083)" in cp.stdout and "CPU qemu max (MIDR 0xf0510)" in cp.stdout
+    assert "pin first: PSCI_VERSION = 0x10001 at start on 7.2.13+deb14-arm64" in cp.stdout
+    hold("fleet-matrix", cp.stdout)
+
+
+def test_the_matrices_fit_a_terminal() -> None:
+    """Every line of ``matrix`` (the bundled hosts, and all of them on one QEMU) and ``fleet
+    matrix`` within 100 columns: tables split into column blocks, reasons wrapped."""
+    names = ["matrix.txt", "matrix-all-builtin.txt", "fleet-matrix.txt"]
+    wide = [(n, i + 1, len(ln)) for n in names for i, ln in enumerate((GOLDEN / n).read_text().splitlines())
+            if len(ln) > WIDTH]
+    assert not wide, f"lines wider than {WIDTH} columns (file, line, width): {wide[:20]}"
 
 
 def test_one_word_per_verdict_everywhere() -> None:

@@ -59,6 +59,13 @@ def xml_seeds() -> list[bytes]:
                 f"<qemu:commandline {q}><qemu:arg value='-S'/><qemu:env name='ABIGUARD_PINS' value='0x1=0x1'/>"
                 "</qemu:commandline>\n"),
     ]
+    # unpinned VMs the started hook saw boot on 7.2 and on 6.1 (abiguard.hook.seen)
+    from abiguard.hook import seen
+
+    for name in (K72, K61):
+        got = seen.elements(_domain(""), profile.load(P[name]))
+        assert got is not None
+        seeds.append(_domain(got[1].decode() + got[0]))
     # what the hook itself wrote on a previous hop
     root = _fake_root(K72)
     for s in list(seeds):
@@ -69,15 +76,37 @@ def xml_seeds() -> list[bytes]:
 
 
 _ROOTS: dict[str, str] = {}
+_BASE: list[str] = []
+
+
+def _new_root(prefix: str) -> str:
+    """A fresh directory below one temporary base the process removes when it exits: the
+    fake roots live as long as the campaigns that share them, and never outlive the run
+    (tests/test_host_untouched.py)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not _BASE:
+        _BASE.append(tempfile.mkdtemp(prefix="abiguard-fuzz-"))
+        atexit.register(shutil.rmtree, _BASE[0], True)
+    return tempfile.mkdtemp(prefix=prefix, dir=_BASE[0])
+
+
+def remove_roots() -> None:
+    """Every fake root made so far, gone (the campaigns' module fixture calls it)."""
+    import shutil
+
+    if _BASE:
+        shutil.rmtree(_BASE.pop(), ignore_errors=True)
+    _ROOTS.clear()
 
 
 def _fake_root(profile_name: str) -> str:
     """A host root (ABIGUARD_ROOT) with a bundled profile and the preload library."""
     if profile_name in _ROOTS:
         return _ROOTS[profile_name]
-    import tempfile
-
-    root = tempfile.mkdtemp(prefix=f"abiguard-fuzz-{profile_name[:8]}-")
+    root = _new_root(f"{profile_name[:8]}-")
     os.makedirs(os.path.join(root, "var/lib/abiguard"))
     os.makedirs(os.path.join(root, "usr/lib/abiguard"))
     open(os.path.join(root, "usr/lib/abiguard/abiguard_pin.so"), "wb").close()
@@ -300,6 +329,10 @@ def check_hook_answer(root: str, argv: list[str], data: bytes, rc: int, out: byt
         sm = difflib.SequenceMatcher(None, b, a, autojunk=False)
         bad = [(op, b[i1:i2][:80], a[j1:j2][:80]) for op, i1, i2, j1, j2 in sm.get_opcodes() if op != "equal"]
         raise AssertionError(f"the hook changed other bytes: {bad[:3]}")
+    if before.contract is not None and _origin_kind(before) == "seen":
+        # an unpinned VM abiguard saw boot: restamped, its qemu:env left exactly as it came
+        assert libvirt_env(out) == libvirt_env(data)
+        return
     # the pins QEMU gets are the plan's
     env = libvirt_env(out)
     assert env.get(LD_PRELOAD, "/usr/lib/abiguard/abiguard_pin.so") == "/usr/lib/abiguard/abiguard_pin.so"
@@ -310,6 +343,15 @@ def check_hook_answer(root: str, argv: list[str], data: bytes, rc: int, out: byt
 
 
 _HOSTS: dict[str, profile.Profile] = {}
+
+
+def _origin_kind(facts: domxml.DomainFacts) -> str | None:
+    from abiguard.xml.contract import from_element
+
+    try:
+        return from_element(facts.contract, "fuzz").origin.kind
+    except AbiguardError:
+        return None
 
 
 def _planned_pins(root: str, facts: domxml.DomainFacts) -> str | None:
@@ -328,6 +370,8 @@ def _planned_pins(root: str, facts: domxml.DomainFacts) -> str | None:
     arch = get(sealed.arch)
     if not arch.uses_preload:
         return None
+    if sealed.origin.kind == "seen":
+        return None        # an unpinned VM abiguard saw boot: its pins are not the hook's (hook.seen)
     stamp = HopStamp.from_element(facts.stamp) if facts.stamp is not None else None
     host = _HOSTS.get(root)
     if host is None:
@@ -422,9 +466,7 @@ def without_contract(xml: bytes) -> bytes:
 
 def view_root(profile_name: str, tag: str) -> str:
     """A fresh host root (not shared with the other campaigns) whose view can be rewritten."""
-    import tempfile
-
-    root = tempfile.mkdtemp(prefix=f"abiguard-fuzzview-{tag}-")
+    root = _new_root(f"view-{tag}-")
     os.makedirs(os.path.join(root, "var/lib/abiguard"))
     os.makedirs(os.path.join(root, "usr/lib/abiguard"))
     open(os.path.join(root, "usr/lib/abiguard/abiguard_pin.so"), "wb").close()

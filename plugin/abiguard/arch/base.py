@@ -119,6 +119,10 @@ class Arch:
         """What each given libvirt says of the contract (x86: compareHypervisorCPU), by label."""
         return {}
 
+    def cpu_text(self, profile: Profile) -> str | None:
+        """The host's CPU model as texts that tell hosts apart name it (None: not known)."""
+        return None
+
     def host_report(self, contract: Contract, profile: Profile) -> dict[str, Any]:
         return {}
 

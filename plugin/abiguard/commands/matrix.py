@@ -53,54 +53,41 @@ class Matrix(Command):
             print_json({"tables": {label: {f"{s} -> {d}": c for (s, d), c in cells.items()}
                                     for label, cells in tables.items()}}, "matrix")
             return 0
+        from ..fleet.matrix import grid, note_lines, reason_lines
+
         print("Can a VM booted on SOURCE (QEMU -cpu host defaults) move to DEST with its guest ABI unchanged?")
         print("  keeps     = yes, exactly")
-        print("  pin first = only after pinning the VM to a contract both hosts realise (abiguard baseline + pin)")
-        print("  cannot    = no pin helps: the register named is why")
-        reasons: dict[str, str] = {}
+        print("  pin first = only after pinning the VM to a contract both hosts realise (the pins are named)")
+        print("  cannot    = no pin helps (the register and both values are named)")
+        print("Below each table one line per cell that does not keep the ABI; [n]: the notes at the end.")
+        short = dict(zip(names, _short(names)))
+        notes: dict[str, int] = {}
         for label, cells in tables.items():
             print(f"\n{label}:")
-            self._print(names, cells, reasons)
+            rows = [short[n] for n in names]
+            for line in grid(rows, rows, {(short[s], short[d]): c["state"] for (s, d), c in cells.items()},
+                             "source \\ dest"):
+                print(line)
+            print()
+            for line in reason_lines([(short[s], short[d], cells[(s, d)]) for s in names for d in names
+                                      if s != d], notes):
+                print(line)
         print()
-        for line in reasons.values():
-            print(f"  {line}")
+        for line in note_lines(notes):
+            print(line)
         return 0
 
     @staticmethod
     def _cells(names: list[str], hosts: list[Profile], qemu: tuple[int, ...] | None
                ) -> dict[tuple[str, str], dict[str, Any]]:
-        from ..engine import verdict
-        from ..model.problem import Policy
+        from ..fleet.matrix import cell
 
-        cells: dict[tuple[str, str], dict[str, Any]] = {}
-        for sname, src in zip(names, hosts):
-            for dname, dst in zip(names, hosts):
-                if sname == dname:
-                    continue
-                v = verdict.check_pair(src, dst, Policy(qemu=qemu))
-                blockers = [p for p in v.problems if not p.pinnable]
-                state = "keeps" if v.allow else ("pin first" if not blockers else "cannot")
-                first = (blockers or v.problems)[0] if v.problems else None
-                cells[(sname, dname)] = {"state": state, "problems": len(v.problems),
-                                         "reason": first.line() if first else None,
-                                         "register": first.register if first else None}
-        return cells
+        return {(sname, dname): cell(src, dst, qemu) for sname, src in zip(names, hosts)
+                for dname, dst in zip(names, hosts) if sname != dname}
 
-    @staticmethod
-    def _print(names: list[str], cells: dict[tuple[str, str], dict[str, Any]], reasons: dict[str, str]) -> None:
-        short = [n.split("-arm64")[0].split("+")[0] + n.split("-arm64")[1] if "-arm64" in n else n for n in names]
-        texts = {k: c["state"] if c["state"] != "cannot" else f"cannot:{c['register']}" for k, c in cells.items()}
-        # every cell whole: the column is as wide as its widest entry
-        width = max(24, *(len(x) + 2 for x in short), *(len(t) + 2 for t in texts.values()))
-        print(("source \\ dest".ljust(width) + "".join(x.ljust(width) for x in short)).rstrip())
-        for sname, sshort in zip(names, short):
-            row = sshort.ljust(width)
-            for dname in names:
-                if sname == dname:
-                    row += "-".ljust(width)
-                    continue
-                c = cells[(sname, dname)]
-                if c["state"] == "cannot":
-                    reasons.setdefault(f"{c['register']}", c["reason"])
-                row += texts[(sname, dname)].ljust(width)
-            print(row.rstrip())
+
+def _short(names: list[str]) -> list[str]:
+    """6.12.117+deb13-arm64-cortex-a72 -> 6.12.117-cortex-a72: the kernel's version and what
+    follows the arch, when every name still differs; else the names as given."""
+    short = [n.split("-arm64")[0].split("+")[0] + n.split("-arm64")[1] if "-arm64" in n else n for n in names]
+    return short if len(set(short)) == len(short) else names

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Refusal, UsageError
+from ..errors import Refusal, UsageError, printable
 from .base import Command, print_json
 
 if TYPE_CHECKING:
@@ -37,6 +37,10 @@ class Pin(Command):
             sealed = load_contract_or_profile(args.baseline)
         elif args.profile:
             sealed = contract.from_profile(profile.load(args.profile))
+        if sealed is not None and sealed.origin.kind == contract.SEEN:
+            raise UsageError(f"{printable(args.baseline, 200)}: a contract of origin 'seen' is what the hook "
+                             "recorded an unpinned VM booted with, not one to pin: pin to a baseline (abiguard "
+                             "baseline) or a profile")
         report = pin(args.connect, args.domain, sealed, args.host_profile)
         if args.json:
             print_json(report, "pin")

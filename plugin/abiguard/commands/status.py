@@ -31,7 +31,7 @@ class Status(Command):
             return 0
         for row in rows:
             print(f"{row['domain']}: {row['state']}, contract {row['contract']}")
-            for key in ("running_on_profile", "enforced"):
+            for key in ("unpinned", "running_on_profile", "enforced"):
                 if key in row:
                     print(f"  {key.replace('_', ' ')}: {row[key]}")
             if "may_move_to" in row and hosts:
@@ -85,6 +85,15 @@ def status(uri: str | None, profiles: list[Profile]) -> list[dict[str, Any]]:
                 continue
             if sealed is None:
                 row["contract"] = "none"
+                rows.append(row)
+                continue
+            from ..model.contract import SEEN
+
+            if sealed.origin.kind == SEEN:
+                from ..xml.vm import seen_note
+
+                row["contract"] = "none"
+                row["unpinned"] = seen_note(facts, sealed)
                 rows.append(row)
                 continue
             row["contract"] = sealed.digest

@@ -4,8 +4,13 @@ are a 12 x 12 table, each cell judged once).
 
 A cell is what ``abiguard matrix`` says for a VM booted with QEMU's defaults on a host of
 the row's profile moving to one of the column's: ``keeps`` (exactly the same ABI), ``pin
-first`` (after pinning it to a contract both realise) or ``cannot`` (the first blocker
-named); the diagonal is ``same`` (hosts of one profile).
+first`` (after pinning it to a contract both realise: the pins are named) or ``cannot``
+(the first blocker named); the diagonal is ``same`` (hosts of one profile).
+
+The text (this module's :func:`grid` and :func:`reason_lines`, shared with ``abiguard
+matrix``) fits :data:`WIDTH` columns: the table is split into column blocks where it would
+be wider, and every cell that is not ``keeps`` gets a line of its own that names its pair,
+wrapped.
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ if TYPE_CHECKING:
     from .record import HostRecord
 
 STATES = ("same", "keeps", "pin first", "cannot")
+#: the terminal width every line of the text fits
+WIDTH = 100
 
 
 class Group:
@@ -34,6 +41,16 @@ class Group:
         from .names import stack
 
         return f"{self.key} {stack(self.profile)} ({self.profile.digest[7:19]}): {len(self.hosts)} host(s)"
+
+    def described(self, with_cpu: bool) -> str:
+        """What tells this group apart: the kernel, QEMU and libvirt where named, the CPU
+        model where the fleet has more than one, the profile's digest, the host count."""
+        from ..arch import get
+        from .names import stack
+
+        cpu = get(self.profile.machine).cpu_text(self.profile) if with_cpu else None
+        return (f"{self.key} {stack(self.profile)}{', CPU ' + cpu if cpu else ''} ({self.profile.digest[7:19]}): "
+                f"{len(self.hosts)} host(s)")
 
 
 def groups(records: list[HostRecord], profiles: dict[str, Profile]) -> list[Group]:
@@ -54,8 +71,83 @@ def cell(src: Profile, dst: Profile, qemu: tuple[int, ...] | None = None) -> dic
     blockers = [p for p in v.problems if not p.pinnable]
     state = "keeps" if v.allow else ("pin first" if not blockers else "cannot")
     first = (blockers or v.problems)[0] if v.problems else None
-    return {"state": state, "problems": len(v.problems), "reason": first.line() if first else None,
-            "register": first.register if first else None}
+    out = {"state": state, "problems": len(v.problems), "reason": first.line() if first else None,
+           "register": first.register if first else None}
+    if first is not None:
+        # the pair's own values, and the explanation many cells share (said once, as a note)
+        reg = first.register + (f" field {first.field}" if first.field else "")
+        out["facts"] = f"{reg}: VM has {first.source}, destination {first.destination}"
+        out["why"] = f"{first.why}; {first.fix}"
+    if state == "pin first":
+        out["pins"] = pins(src, dst)
+    return out
+
+
+def pins(src: Profile, dst: Profile) -> list[str]:
+    """What pinning means for a pin-first pair: the pair's baseline contract, and what
+    abiguard_pin.so writes for it at start on each host (a register KVM defaults otherwise)."""
+    from ..engine.baseline import compute
+
+    doc = compute([src, dst])
+    out = []
+    for p in (src, dst):
+        for rep in doc["hosts"].values():
+            if rep["profile"] == p.digest:
+                out += [f"{pin.partition(' (')[0]} at start on {p.kernel_release}" for pin in rep.get("pins", ())]
+    return out + [f"conflict: {c}" for c in doc["conflicts"]]
+
+
+def detail(c: dict[str, Any], notes: dict[str, int]) -> str:
+    """One cell's reason: the blocker that makes it ``cannot`` with the pair's own values,
+    or what to pin; the explanation as a numbered note (``notes``: text -> number)."""
+    why = c.get("why")
+    ref = f" [{notes.setdefault(why, len(notes) + 1)}]" if why else ""
+    if c["state"] == "pin first":
+        what = "; ".join(c.get("pins") or ()) or "the pair's contract alone, no register pins"
+        return (f"pin first: {what} (both hosts' baseline: abiguard baseline, abiguard pin)"
+                + (f"; unpinned: {c['facts']}{ref}" if c.get("facts") else ""))
+    return f"{c['state']}: {c.get('facts') or c['reason']}{ref}"
+
+
+def grid(rows: list[str], columns: list[str], text: dict[tuple[str, str], str], corner: str,
+         width: int = WIDTH) -> list[str]:
+    """The table, split into blocks of columns so that no line is wider than ``width``."""
+    first = max(len(corner), *(len(r) for r in rows)) + 2
+    col = max(*(len(c) for c in columns), *(len(t) for t in text.values()), 4) + 2
+    per = max(1, (width - first) // col)
+    out: list[str] = []
+    for at in range(0, len(columns), per):
+        block = columns[at:at + per]
+        if out:
+            out.append("")
+        out.append((corner.ljust(first) + "".join(c.ljust(col) for c in block)).rstrip())
+        for r in rows:
+            out.append((r.ljust(first) + "".join(text.get((r, c), "-").ljust(col) for c in block)).rstrip())
+    return out
+
+
+def reason_lines(pairs: list[tuple[str, str, dict[str, Any]]], notes: dict[str, int],
+                 width: int = WIDTH) -> list[str]:
+    """One wrapped line per cell that does not keep the ABI, naming its pair; the
+    explanations go to ``notes`` (:func:`note_lines`)."""
+    import textwrap
+
+    out = []
+    for s, d, c in pairs:
+        if c["state"] in ("keeps", "same"):
+            continue
+        out += textwrap.wrap(f"{s} -> {d}: {detail(c, notes)}", width, initial_indent="  ",
+                             subsequent_indent="      ", break_on_hyphens=False)
+    return out
+
+
+def note_lines(notes: dict[str, int], width: int = WIDTH) -> list[str]:
+    import textwrap
+
+    out = []
+    for text, n in sorted(notes.items(), key=lambda kv: kv[1]):
+        out += textwrap.wrap(f"[{n}] {text}", width, subsequent_indent="    ", break_on_hyphens=False)
+    return out
 
 
 def cells(gs: list[Group], qemu: tuple[int, ...] | None = None) -> dict[tuple[str, str], dict[str, Any]]:
@@ -69,21 +161,21 @@ def to_json(gs: list[Group], table: dict[tuple[str, str], dict[str, Any]]) -> di
 
 
 def lines(gs: list[Group], table: dict[tuple[str, str], dict[str, Any]], names_shown: int = 4) -> list[str]:
+    import textwrap
+
+    from ..arch import get
+
+    cpus = {get(g.profile.machine).cpu_text(g.profile) for g in gs}
     out = []
     for g in gs:
         more = f" and {len(g.hosts) - names_shown} more" if len(g.hosts) > names_shown else ""
-        out.append(f"{g.label}: {', '.join(g.hosts[:names_shown])}{more}")
-    texts = {k: c["state"] if c["state"] != "cannot" else f"cannot:{c['register']}" for k, c in table.items()}
-    width = max(8, *(len(t) + 2 for t in texts.values())) if texts else 8
+        out += textwrap.wrap(f"{g.described(len(cpus) > 1)}: {', '.join(g.hosts[:names_shown])}{more}", WIDTH,
+                             subsequent_indent="    ", break_on_hyphens=False)
+    keys = [g.key for g in gs]
     out.append("")
-    out.append("from \\ to".ljust(10) + "".join(g.key.ljust(width) for g in gs))
-    for s in gs:
-        out.append((s.key.ljust(10) + "".join(texts[(s.key, d.key)].ljust(width) for d in gs)).rstrip())
-    reasons: dict[str, str] = {}
-    for c in table.values():
-        if c["state"] == "cannot" and c["register"] not in reasons:
-            reasons[c["register"]] = c["reason"]
+    out += grid(keys, keys, {k: c["state"] for k, c in table.items()}, "from \\ to")
+    notes: dict[str, int] = {}
+    reasons = reason_lines([(s, d, table[(s, d)]) for s in keys for d in keys], notes)
     if reasons:
-        out.append("")
-        out += [f"  {r}" for r in reasons.values()]
+        out += ["", *reasons, "", *note_lines(notes)]
     return out

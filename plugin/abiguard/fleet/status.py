@@ -42,7 +42,7 @@ def compute(records: list[HostRecord], profiles: dict[str, Profile], vms: list[F
     for vm in vms:
         row: dict[str, Any] = {"name": vm.name, "host": vm.host, "state": vm.state,
                                "contract": vm.contract.digest if vm.contract is not None else None,
-                               "verdicts": None, "problem": vm.problem, "may_move_to": 0,
+                               "verdicts": None, "problem": vm.problem, "seen": vm.seen, "may_move_to": 0,
                                "refused_by": len(records) - (vm.host in host_profile)}
         rows.append(row)
         if vm.contract is None:
@@ -93,6 +93,8 @@ def lines(doc: dict[str, Any], names_shown: int = 3) -> list[str]:
         head = f"{vm['name']} on {vm['host']} ({vm['state']})"
         if vm["problem"] is not None:
             out.append(f"{head}: the hook would refuse it on every host: {vm['problem']}")
+        elif vm["contract"] is None and vm.get("seen"):
+            out.append(f"{head}: no contract, {vm['seen']} (each host's [policy] unpinned decides)")
         elif vm["contract"] is None:
             out.append(f"{head}: no contract, not judged (each host's [policy] unpinned decides)")
         else:

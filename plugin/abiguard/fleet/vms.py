@@ -33,12 +33,14 @@ class FleetVm:
     :param contract: its contract (None: unpinned, or ``problem`` says why it has none we trust)
     :param stream: the register stream its stamp says it carries (arm64), None for the contract's
     :param problem: why the hook would refuse it on any host (None: judged host by host)
+    :param seen: an unpinned VM abiguard saw boot: where, and whether a move changed its ABI
     """
 
-    __slots__ = ("host", "name", "state", "contract", "stream", "problem")
+    __slots__ = ("host", "name", "state", "contract", "stream", "problem", "seen")
 
     def __init__(self, host: str, name: str, state: str, contract: Contract | None,
-                 stream: tuple[int, ...] | None, problem: str | None) -> None:
+                 stream: tuple[int, ...] | None, problem: str | None, seen: str | None = None) -> None:
+        self.seen = seen
         self.host = host
         self.name = name
         self.state = state
@@ -109,6 +111,7 @@ def _contract_of(facts: DomainFacts, name: str) -> Contract | None:
 
 def from_xml(host: str, name: str, state: str, xml: bytes) -> FleetVm:
     """What the hook would read from this domain XML."""
+    from ..model.contract import SEEN
     from ..xml import domain, vm
 
     shown = printable(name, 100)
@@ -117,6 +120,8 @@ def from_xml(host: str, name: str, state: str, xml: bytes) -> FleetVm:
         sealed = _contract_of(facts, shown)
         if sealed is None:
             return FleetVm(host, shown, state, None, None, None)
+        if sealed.origin.kind == SEEN:
+            return FleetVm(host, shown, state, None, None, None, vm.seen_note(facts, sealed))
         vm.check_domain_matches(facts, sealed, shown)
         stream = _stream_of(facts, sealed, shown)
     except AbiguardError as e:

@@ -16,9 +16,11 @@ if TYPE_CHECKING:
     from ..model.profile import Profile
 
 
-def new_stamp(profile: Profile, sealed: Contract, nonce: str) -> bytes:
-    """This hop's stamp: this host, its profile, and the stream the VM carries from here."""
+def new_stamp(profile: Profile, sealed: Contract, nonce: str, abi_changed: str | None = None) -> bytes:
+    """This hop's stamp: this host, its profile, and the stream the VM carries from here
+    (and, for an unpinned VM abiguard saw boot, the move that changed its ABI)."""
     from ..arch import get
+    from ..errors import printable
     from ..model.stamp import HopStamp, safe_attr
 
     host = os.uname().nodename[:64]
@@ -26,6 +28,10 @@ def new_stamp(profile: Profile, sealed: Contract, nonce: str) -> bytes:
              "profile": profile.digest, "nonce": nonce, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if profile.qemu is not None and profile.qemu.version_text and safe_attr(profile.qemu.version_text):
         attrs["qemu"] = profile.qemu.version_text
+    if abi_changed:
+        changed = printable(abi_changed, 160)
+        if safe_attr(changed):
+            attrs["abi-changed"] = changed
     return HopStamp.made(attrs, sealed.digest, get(sealed.arch).stamp_stream(sealed, profile)).to_xml()
 
 
@@ -33,15 +39,19 @@ def incoming(dom: str, op: str, data: bytes, deadline: float | None = None) -> i
     from ..arch import get
     from ..engine import verdict
     from ..model.config import Config
+    from ..model.contract import SEEN
     from ..model.pins import env_value
     from ..model.problem import Policy
     from ..xml import domain, vm
+    from . import seen
 
     facts = domain.parse(data, f"domain XML of '{dom}'", deadline)
     config = Config.load()
     sealed = vm.contract_of(facts, dom)
     if sealed is None:
-        return checks.unpinned(config, dom, op, facts.uuid)
+        return seen.unseen(dom, op, facts, config)
+    if sealed.origin.kind == SEEN:
+        return seen.arrival(dom, op, data, facts, sealed, config)
     vm.check_domain_matches(facts, sealed, dom)
     checks.same_contract_as_fleet(dom, op, facts.uuid, sealed.digest, config.fleet_dir)
     stamp = vm.stamp_of(facts, sealed, dom)

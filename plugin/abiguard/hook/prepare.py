@@ -11,6 +11,7 @@ def prepare(dom: str, op: str, data: bytes, deadline: float | None = None) -> in
     from ..arch import get
     from ..engine import verdict
     from ..model.config import Config
+    from ..model.contract import SEEN
     from ..model.pins import env_value
     from ..preload import ENV_PINS, LIBRARY_PATH
     from ..xml import domain, vm
@@ -18,9 +19,11 @@ def prepare(dom: str, op: str, data: bytes, deadline: float | None = None) -> in
     facts = domain.parse(data, f"domain XML of '{dom}'", deadline)
     config = Config.load()
     sealed = vm.contract_of(facts, dom)
-    if sealed is None:
-        return checks.unpinned(config, dom, op, facts.uuid, quiet=True)
     nonce = facts.stamp.get("nonce") if facts.stamp is not None else None
+    if sealed is None or sealed.origin.kind == SEEN:
+        if sealed is not None:      # what abiguard saw it boot with: still an unpinned VM
+            state.was_incoming(facts.uuid, nonce)
+        return checks.unpinned(config, dom, op, facts.uuid, quiet=True)
     if state.was_incoming(facts.uuid, nonce):
         # judged, and its pinned record written, at migrate/restore begin on this host
         state.log(f"{op} {dom}: ALLOW, an incoming VM (judged at migrate/restore begin)")

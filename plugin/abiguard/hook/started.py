@@ -20,10 +20,17 @@ MAX_RECORD = 64 * 1024
 
 
 def started(dom: str, op: str, data: bytes, deadline: float | None = None) -> int:
+    from ..model.names import CONTRACT_NS
     from ..preload import ENV_PINS
     from .protocol import PINNED_MARK
 
     if PINNED_MARK not in data:
+        if CONTRACT_NS.encode() not in data:
+            # an unpinned VM: what it booted with, recorded for its moves (abiguard.hook.seen)
+            from ..xml import domain
+            from .seen import observe
+
+            observe(dom, domain.parse(data, f"domain XML of '{dom}'", deadline), data)
         return 0                 # no pins in the definition: nothing of abiguard's to check
     from ..errors import InputError
     from ..xml import domain

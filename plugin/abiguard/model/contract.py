@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 FORMAT = "abiguard-contract"
 VERSION = 1
 MAX_HOSTS = 1024
-ORIGIN_KINDS = ("profile", "baseline")
+#: profile: one host's defaults; baseline: a fleet's; seen: what the hook saw an unpinned VM
+#: boot with (not a pin: the VM stays unpinned, :mod:`abiguard.hook.seen`)
+ORIGIN_KINDS = ("profile", "baseline", "seen")
+SEEN = "seen"
 
 
 class OriginHost:

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from .contract import Contract
 
 #: attributes in the order they are written
-ATTRS = ("host", "kernel", "profile", "contract", "nonce", "at", "qemu", "boot", "stream-sum")
+ATTRS = ("host", "kernel", "profile", "contract", "nonce", "at", "qemu", "boot", "stream-sum", "abi-changed")
+#: an unpinned VM's record of the move that changed its guest ABI (abiguard.hook.seen):
+#: information for status, never a reason to allow
 MAX_STREAM = 4096
 #: what a stamp attribute value may not hold (it is written between double quotes)
 _UNSAFE = frozenset('<>&"')

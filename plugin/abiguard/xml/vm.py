@@ -62,3 +62,14 @@ def check_domain_matches(facts: DomainFacts, sealed: Contract, dom: str) -> None
     if model and facts.cpu_model != model:
         raise Refusal(f"abiguard: VM '{dom}' runs CPU model {facts.cpu_model or facts.cpu_mode} but its contract "
                       f"pins {model}; re-pin it (abiguard pin) before moving it")
+
+
+def seen_note(facts: DomainFacts, sealed: Contract) -> str:
+    """How status says an unpinned VM abiguard saw boot (:mod:`abiguard.hook.seen`): where
+    it booted, and the move that changed its guest ABI when one did."""
+    from ..errors import printable
+
+    kernel = sealed.origin.hosts[0].kernel if sealed.origin.hosts else "?"
+    changed = facts.stamp.get("abi-changed") if facts.stamp is not None else None
+    return (f"booted on {printable(kernel, 64)} (seen by abiguard, {sealed.digest[:19]})"
+            + (f"; its guest ABI changed {printable(changed, 200)}" if changed else "; guest ABI unchanged"))

@@ -107,6 +107,13 @@ class Arm64(Arch):
 
         return baseline.baseline(profiles, config)
 
+    def cpu_text(self, profile: Profile) -> str | None:
+        from ...model.contract import from_profile
+        from .cpus import name
+
+        midr = from_profile(profile).body.own_cpu()[0]   # type: ignore[union-attr]
+        return None if midr is None else name(midr)
+
     def host_report(self, contract: Contract, profile: Profile) -> dict[str, Any]:
         from . import baseline
 
