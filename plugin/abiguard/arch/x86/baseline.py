@@ -17,9 +17,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import features
-from .judge import contract_body, explicit_arch_capabilities, guest_pv
+from .judge import contract_body, explicit_arch_capabilities, guest_pv, unstartable_arch_capabilities
 
 if TYPE_CHECKING:
+    from typing import Any
+
+    from ...model.contract import Contract
     from ...model.profile import Profile
     from .body import X86Body
     from .hypervisor_cpu import HypervisorCpu
@@ -52,6 +55,20 @@ def baseline(profiles: list[Profile], hypervisors: list[HypervisorCpu] | None = 
     return X86Body(model, pv, dict(sorted(feats.items())), features.arch_capabilities_of(feats)), conflicts
 
 
+def host_report(contract: Contract, profile: Profile) -> dict[str, Any]:
+    """Whether a VM of this contract starts on this host, and what stands in the way: the
+    hook's answer at ``prepare`` (:meth:`..X86.realise`), which holds the contract to the
+    host's QEMU, libvirt and KVM (an IA32_ARCH_CAPABILITIES bit QEMU would abort on among
+    them), so a baseline never promises a start the host refuses. Whether the host's own
+    libvirt agrees (compareHypervisorCPU) is asked where a connection is given
+    (``baseline --libvirt``: the document's ``libvirt`` member)."""
+    from ...model.problem import Policy
+    from . import judge
+
+    v = judge.check(contract, profile, Policy(), incoming=False)
+    return {"starts_with_contract": not v.problems, "cannot_start": [p.line() for p in v.problems]}
+
+
 def _common(sets: object) -> frozenset[str] | None:
     out: frozenset[str] | None = None
     for s in sets:  # type: ignore[attr-defined]
@@ -71,7 +88,13 @@ def _libvirt_baseline(profiles: list[Profile], hypervisors: list[HypervisorCpu],
         if cpu is None or cpu.host_features is None:
             conflicts.append(f"{p.label}: its profile lists no host CPU features (probe it with this abiguard)")
             return None, {}
-        hosts.append(set(cpu.host_features))
+        # a host's CPU without the IA32_ARCH_CAPABILITIES bits its KVM will not put into a
+        # vCPU: QEMU aborts a start that asks for one, so no baseline may
+        cannot = unstartable_arch_capabilities(p) & set(cpu.host_features)
+        if cannot:
+            conflicts.append(f"{p.label}: its KVM takes no IA32_ARCH_CAPABILITIES {', '.join(sorted(cannot))} into a "
+                             "vCPU (the probe's KVM_SET_MSRS): left out, QEMU would abort the VM")
+        hosts.append(set(cpu.host_features) - cannot)
     oldest = min(hypervisors, key=lambda h: h.version())
     xml, unknown = oldest.baseline(hosts)
     if unknown:
