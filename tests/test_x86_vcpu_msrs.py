@@ -142,3 +142,19 @@ def test_this_machines_kvm_is_measured():
     value, settable = int(got["value"], 16), int(got["settable"], 16)
     assert value == int(out["feature_msrs"]["0x10a"], 16) and not settable & ~value, got
     print(f"\nthis machine: IA32_ARCH_CAPABILITIES offered {value:#x}, a vCPU takes {settable:#x}")
+
+
+def test_a_bit_an_old_libvirt_cannot_name_leaves_the_msr_out():
+    """Where trixie's vCPUs would take GDS_NO / RFDS_NO (a host whose KVM puts every bit in,
+    as a profile without the measurement is read) and bookworm's libvirt 9.0 cannot name them
+    to turn them off, the baseline leaves IA32_ARCH_CAPABILITIES out, naming the bits and the
+    host: every host then starts and accepts it."""
+    takes_all = {"0x10a": {"value": "0x400000000c000069", "settable": "0x400000000c000069"}}
+    hosts = [with_vcpu_msrs("bookworm", takes_all), with_vcpu_msrs("trixie", takes_all)]
+    doc = baseline.compute(hosts, hypervisors=[])
+    body = doc["contract"]["x86_64"]
+    assert body["features"]["arch-capabilities"] == "disable" and body["arch_capabilities"] == "0x0", body
+    line = next(c for c in doc["conflicts"] if c.startswith("IA32_ARCH_CAPABILITIES left out"))
+    assert "gds-no (bit 26) reaches a guest on trixie" in line and "rfds-no (bit 27)" in line, line
+    for label, rep in doc["hosts"].items():
+        assert rep["starts_with_contract"] and rep["accepts_incoming"], (label, rep)

@@ -734,6 +734,10 @@ def record(out: Path = DATA, keep_unpinned_cpu: dict[str, str] | None = None) ->
             fl.down()
         shutil.rmtree(SHARED, ignore_errors=True)
 
+    # what each VM's guest read of IA32_ARCH_CAPABILITIES on its boot host (the MSR itself:
+    # the guest tries rdmsr 0x10a whatever CPUID says)
+    reads = {f"{c['vm']} on {c['source']}": guest_reads(c["before"]["cpuid"]) for c in cases
+             if c.get("before") and c["before"].get("cpuid")}
     # CPUID dumps are shared between cases: keep each distinct dump once
     dumps: dict[str, dict[str, list[str]]] = {}
     for case in cases:
@@ -755,7 +759,7 @@ def record(out: Path = DATA, keep_unpinned_cpu: dict[str, str] | None = None) ->
            "versions": versions, "unpinned_cpu": unpinned_cpu, "fleet": "fleet.json",
            "guest": "multiboot CPUID dumper (tests/lab/x86fleet.py CPUID_ASM), 1 vCPU, 64 MiB",
            "timings": dict(timings, total=round(time.monotonic() - t_all, 1)),
-           "cases": cases, "cpuid_dumps": dumps}
+           "guest_reads": dict(sorted(reads.items())), "cases": cases, "cpuid_dumps": dumps}
     (out / "groundtruth.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     log(f"fleet recorded in {time.monotonic() - t_all:.1f} s -> {out}")
     return doc

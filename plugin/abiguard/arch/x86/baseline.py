@@ -46,6 +46,7 @@ def baseline(profiles: list[Profile], hypervisors: list[HypervisorCpu] | None = 
     known = _common(p.libvirt.cpu.features if p.libvirt is not None and p.libvirt.cpu is not None else None
                     for p in profiles)
     feats = explicit_arch_capabilities(feats, known)
+    feats = _unnamed_arch_capabilities(feats, profiles, known, conflicts)
     pvs = [guest_pv(p) for p in profiles]
     pv = None
     if pvs and all(x is not None for x in pvs):
@@ -67,6 +68,37 @@ def host_report(contract: Contract, profile: Profile) -> dict[str, Any]:
 
     v = judge.check(contract, profile, Policy(), incoming=False)
     return {"starts_with_contract": not v.problems, "cannot_start": [p.line() for p in v.problems]}
+
+
+def _unnamed_arch_capabilities(feats: dict[str, str], profiles: list[Profile], known: frozenset[str] | None,
+                               conflicts: list[str]) -> dict[str, str]:
+    """A guest with IA32_ARCH_CAPABILITIES reads every bit its host gives unless the
+    contract turns it off by name; a bit some host's libvirt cannot name (GDS_NO and RFDS_NO
+    on libvirt 9.0) cannot be turned off, so a host whose vCPUs take it (its QEMU offers
+    it and its KVM puts it into a vCPU: the probe measures both) would widen the guest. Then
+    the MSR is left out of the contract, which every host can hold: no guest reads it."""
+    if feats.get(features.ARCH_CAPABILITIES_FEATURE) not in features.ON or known is None:
+        return feats
+    from .judge import arch_capabilities_settable
+
+    widen: dict[str, list[str]] = {}
+    for p in profiles:
+        props = (p.qemu.host_cpu_props if p.qemu is not None else None) or {}
+        settable = arch_capabilities_settable(p)
+        for feat, bit in features.ARCH_CAPABILITY_BY_FEATURE.items():
+            if feat in known or props.get(features.qemu_feature_name(feat)) is not True:
+                continue
+            if settable is None or settable >> bit & 1:
+                widen.setdefault(feat, []).append(p.label)
+    if not widen:
+        return feats
+    out = {f: ("disable" if f in features.ARCH_CAPABILITY_BY_FEATURE and f in known else pol)
+           for f, pol in feats.items()}
+    out[features.ARCH_CAPABILITIES_FEATURE] = "disable"
+    conflicts.append("IA32_ARCH_CAPABILITIES left out (arch-capabilities disabled): " + "; ".join(
+        f"{feat} (bit {features.ARCH_CAPABILITY_BY_FEATURE[feat]}) reaches a guest on {', '.join(sorted(hosts))} "
+        "and some host's libvirt cannot name it to turn it off" for feat, hosts in sorted(widen.items())))
+    return dict(sorted(out.items()))
 
 
 def _common(sets: object) -> frozenset[str] | None:
