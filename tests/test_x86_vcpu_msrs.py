@@ -158,3 +158,15 @@ def test_a_bit_an_old_libvirt_cannot_name_leaves_the_msr_out():
     assert "gds-no (bit 26) reaches a guest on trixie" in line and "rfds-no (bit 27)" in line, line
     for label, rep in doc["hosts"].items():
         assert rep["starts_with_contract"] and rep["accepts_incoming"], (label, rep)
+
+
+def test_rollback_hosts_are_held_to_the_same_start(measured):
+    """A rollback host (the profile a host ran before) is one the contract must start on too."""
+    doc = baseline.compute([measured["sid"]], rollback=[measured["bookworm"], measured["trixie"]], hypervisors=[])
+    assert sorted(doc["hosts"]) == ["bookworm", "sid", "trixie"] and doc["rollback_hosts"] == ["bookworm", "trixie"]
+    for label, rep in doc["hosts"].items():
+        assert rep["starts_with_contract"] and rep["accepts_incoming"], (label, rep)
+    # the contract of the newest host alone asks bookworm's QEMU for what it cannot start
+    own = contract.from_profile(measured["sid"])
+    rep = baseline.host_report(own, measured["bookworm"])
+    assert not rep["starts_with_contract"] and any("machine type" in ln for ln in rep["cannot_start"]), rep
