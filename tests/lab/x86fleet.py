@@ -62,8 +62,10 @@ CPUID_ASM = r"""
 /* abiguard x86 fleet lab guest: a multiboot kernel that prints, on COM1, every CPUID
    leaf/subleaf the guest sees, then halts with interrupts off; an NMI (virsh inject-nmi)
    wakes it and it prints everything again (on whichever host it runs by then), once.
-   Line format: LEAF SUBLEAF: EAX EBX ECX EDX (hex); then, when CPUID.7.0:EDX[29] says the
-   MSR is there, "MSR 0000010a: EDX EAX" (IA32_ARCH_CAPABILITIES as the guest reads it). */
+   Line format: LEAF SUBLEAF: EAX EBX ECX EDX (hex); then "MSR 0000010a: EDX EAX"
+   (IA32_ARCH_CAPABILITIES as the guest reads it), or "MSR 0000010a: gp" when the rdmsr
+   faults: the guest tries it whatever CPUID.7.0:EDX[29] says, so what reaches it is
+   measured, not inferred from the CPUID bit. */
         .code32
         .section .text
         .align 4
@@ -85,6 +87,12 @@ _start: cli
         movw $0x8E00, 20(%ebx)
         shr $16, %ecx
         movw %cx, 22(%ebx)
+        mov $gp, %ecx               /* IDT vector 13 (#GP) -> gp: a faulting rdmsr */
+        movw %cx, 104(%ebx)
+        movw %ax, 106(%ebx)
+        movw $0x8E00, 108(%ebx)
+        shr $16, %ecx
+        movw %cx, 110(%ebx)
         lidt idtr
 dump:   incl round
         mov $s_begin, %esi
@@ -117,14 +125,7 @@ dump:   incl round
         inc %edi
         cmp maxleaf, %edi
         jbe 3b
-        cmpl $7, maxbasic           /* IA32_ARCH_CAPABILITIES, when CPUID.7.0:EDX[29] says it is there */
-        jb 12f
-        mov $7, %eax
-        xor %ecx, %ecx
-        cpuid
-        bt $29, %edx
-        jnc 12f
-        mov $s_msr, %esi
+        mov $s_msr, %esi            /* IA32_ARCH_CAPABILITIES, whatever CPUID says: #GP -> gp */
         call puts
         mov $0x10a, %ecx
         rdmsr
@@ -139,6 +140,11 @@ dump:   incl round
         call puts
         hlt
         jmp dump
+/* the rdmsr faulted: say so and finish the dump (a fresh stack, no iret: see nmi) */
+gp:     mov $stack_top, %esp
+        mov $s_gp, %esi
+        call puts
+        jmp 12b
 /* no iret: this machine's (nested) KVM fails to emulate the IRET that ends an NMI handler
    ("KVM internal error. Suberror: 1 ... emulation failure"), so the handler starts over on
    a fresh stack and NMIs stay blocked: one NMI per boot (later reads: virsh reset) */
@@ -233,13 +239,14 @@ gdtr:   .word 8 * 3 - 1
         .long gdt
         .align 8
 gdt:    .quad 0, 0x00cf9a000000ffff, 0x00cf92000000ffff
-idtr:   .word 8 * 3 - 1
+idtr:   .word 8 * 14 - 1
         .long idt
 s_begin: .asciz "ABIGUARD-CPUID-BEGIN "
 s_end:  .asciz "ABIGUARD-CPUID-END\n"
 s_msr:  .asciz "MSR 0000010a:"
+s_gp:   .asciz " gp\n"
         .align 8
-idt:    .fill 3, 8, 0
+idt:    .fill 14, 8, 0
 round:  .long 0
 maxleaf: .long 0
 maxbasic: .long 0
@@ -356,12 +363,21 @@ def parse_dumps(text: str) -> dict[int, dict[str, list[str]]]:
             out[rnd], cur = cur, None
         elif cur is not None and line.startswith("MSR ") and ":" in line:
             key, regs = line.split(":", 1)
-            cur[f"msr.{int(key.split()[1], 16):#x}"] = [f"0x{r}" for r in regs.split()]
+            cur[f"msr.{int(key.split()[1], 16):#x}"] = [r if r == "gp" else f"0x{r}" for r in regs.split()]
         elif cur is not None and ":" in line:
             key, regs = line.split(":", 1)
             leaf, sub = key.split()
             cur[f"{int(leaf, 16):#x}.{int(sub, 16)}"] = [f"0x{r}" for r in regs.split()]
     return out
+
+
+def guest_reads(dump: dict[str, list[str]]) -> dict[str, str]:
+    """What the guest itself read of IA32_ARCH_CAPABILITIES: CPUID.7.0:EDX[29] (whether
+    the MSR is enumerated) and its rdmsr of 0x10a (the value, or gp when it faulted)."""
+    edx = int(dump["0x7.0"][3], 16) if "0x7.0" in dump else 0
+    msr = dump.get("msr.0x10a")
+    value = "not read" if msr is None else "gp" if msr == ["gp"] else f"{int(msr[0], 16) << 32 | int(msr[1], 16):#x}"
+    return {"cpuid_7_0_edx_29": str(edx >> 29 & 1), "msr_0x10a": value}
 
 
 def cpuid_digest(dump: dict[str, list[str]]) -> str:
@@ -379,7 +395,7 @@ def cpuid_diff(a: dict[str, list[str]], b: dict[str, list[str]]) -> list[str]:
         ra, rb = a.get(key), b.get(key)
         if ra == rb:
             continue
-        if ra is None or rb is None:
+        if ra is None or rb is None or "gp" in ra + rb:
             lines.append(f"{key}: {'absent' if ra is None else ra} -> {'absent' if rb is None else rb}")
             continue
         for name, x, y in zip(("edx", "eax") if key.startswith("msr.") else ("eax", "ebx", "ecx", "edx"), ra, rb):
@@ -407,6 +423,14 @@ class FleetLab:
         self.lab = TwoHost(prefix=prefix, rootfs={h: rootfs.get(v) for h, v in self.version.items()},
                            chroot_binds=binds, timeout=120)
         self.kernel = SHARED / "cpuid-dump.elf"
+
+    @classmethod
+    def over(cls, lab: TwoHost, versions: dict[str, str], kernel: Path) -> FleetLab:
+        """These guest helpers over a two-host lab that is already up (the fleet lab's)."""
+        self = cls.__new__(cls)
+        self.version, self.host_of, self.hook = dict(versions), {v: h for h, v in versions.items()}, False
+        self.lab, self.kernel = lab, kernel
+        return self
 
     # -- lifecycle
     def up(self) -> None:
@@ -710,6 +734,10 @@ def record(out: Path = DATA, keep_unpinned_cpu: dict[str, str] | None = None) ->
             fl.down()
         shutil.rmtree(SHARED, ignore_errors=True)
 
+    # what each VM's guest read of IA32_ARCH_CAPABILITIES on its boot host (the MSR itself:
+    # the guest tries rdmsr 0x10a whatever CPUID says)
+    reads = {f"{c['vm']} on {c['source']}": guest_reads(c["before"]["cpuid"]) for c in cases
+             if c.get("before") and c["before"].get("cpuid")}
     # CPUID dumps are shared between cases: keep each distinct dump once
     dumps: dict[str, dict[str, list[str]]] = {}
     for case in cases:
@@ -731,7 +759,7 @@ def record(out: Path = DATA, keep_unpinned_cpu: dict[str, str] | None = None) ->
            "versions": versions, "unpinned_cpu": unpinned_cpu, "fleet": "fleet.json",
            "guest": "multiboot CPUID dumper (tests/lab/x86fleet.py CPUID_ASM), 1 vCPU, 64 MiB",
            "timings": dict(timings, total=round(time.monotonic() - t_all, 1)),
-           "cases": cases, "cpuid_dumps": dumps}
+           "guest_reads": dict(sorted(reads.items())), "cases": cases, "cpuid_dumps": dumps}
     (out / "groundtruth.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     log(f"fleet recorded in {time.monotonic() - t_all:.1f} s -> {out}")
     return doc

@@ -78,6 +78,8 @@ KVM_GET_SUPPORTED_CPUID = _iowr(0x05, 8)
 KVM_GET_MSR_FEATURE_INDEX_LIST = _iowr(0x0A, 4)
 KVM_CREATE_VCPU = _io(0x41)
 KVM_GET_MSRS = _iowr(0x88, 8)
+KVM_SET_MSRS = _iow(0x89, 8)
+KVM_SET_CPUID2 = _iow(0x90, 8)
 KVM_ENABLE_CAP = _iow(0xA3, 104)
 KVM_GET_ONE_REG = _iow(0xAB, 16)
 KVM_SET_ONE_REG = _iow(0xAC, 16)
@@ -280,6 +282,28 @@ class KvmVm(_Fd):
 
 
 class KvmVcpu(_Fd):
+    # x86 --------------------------------------------------------------------------
+    def set_cpuid(self, rows: list[tuple[int, int, int, int, int, int, int]]) -> None:
+        """KVM_SET_CPUID2 (struct kvm_cpuid2: u32 nent, u32 pad, 40-byte entries)."""
+        buf = bytearray(8 + 40 * len(rows))
+        struct.pack_into("<I", buf, 0, len(rows))
+        for i, row in enumerate(rows):
+            struct.pack_into("<7I", buf, 8 + 40 * i, *row)
+        fcntl.ioctl(self.fd, KVM_SET_CPUID2, buf)
+
+    def set_msr(self, index: int, value: int) -> bool:
+        """One MSR through KVM_SET_MSRS, as a VMM restores it (host-initiated): whether
+        KVM took it (the ioctl answers how many of the entries it wrote)."""
+        buf = bytearray(struct.pack("<IIIIQ", 1, 0, index, 0, value))
+        return bool(fcntl.ioctl(self.fd, KVM_SET_MSRS, buf, True) == 1)
+
+    def get_msr(self, index: int) -> int | None:
+        """One MSR of this vCPU through KVM_GET_MSRS; None if KVM reads 0 MSRs."""
+        buf = bytearray(struct.pack("<IIIIQ", 1, 0, index, 0, 0))
+        if fcntl.ioctl(self.fd, KVM_GET_MSRS, buf, True) != 1:
+            return None
+        return int(struct.unpack_from("<Q", buf, 16)[0])
+
     def arm_init(self, target: int, features: list[str]) -> None:
         word = 0
         for name in features:

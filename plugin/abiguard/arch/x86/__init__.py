@@ -71,6 +71,11 @@ class X86(Arch):
 
         return baseline(profiles, hypervisors)
 
+    def host_report(self, contract: Contract, profile: Profile) -> dict[str, Any]:
+        from .baseline import host_report
+
+        return host_report(contract, profile)
+
     def verify_pin(self, conn: Any, label: str, contract: Contract) -> str | None:
         from .hypervisor_cpu import HypervisorCpu
 

@@ -17,9 +17,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import features
-from .judge import contract_body, explicit_arch_capabilities, guest_pv
+from .judge import contract_body, explicit_arch_capabilities, guest_pv, unstartable_arch_capabilities
 
 if TYPE_CHECKING:
+    from typing import Any
+
+    from ...model.contract import Contract
     from ...model.profile import Profile
     from .body import X86Body
     from .hypervisor_cpu import HypervisorCpu
@@ -43,6 +46,7 @@ def baseline(profiles: list[Profile], hypervisors: list[HypervisorCpu] | None = 
     known = _common(p.libvirt.cpu.features if p.libvirt is not None and p.libvirt.cpu is not None else None
                     for p in profiles)
     feats = explicit_arch_capabilities(feats, known)
+    feats = _unnamed_arch_capabilities(feats, profiles, known, conflicts)
     pvs = [guest_pv(p) for p in profiles]
     pv = None
     if pvs and all(x is not None for x in pvs):
@@ -50,6 +54,51 @@ def baseline(profiles: list[Profile], hypervisors: list[HypervisorCpu] | None = 
         for x in pvs[1:]:
             pv &= x  # type: ignore[operator]
     return X86Body(model, pv, dict(sorted(feats.items())), features.arch_capabilities_of(feats)), conflicts
+
+
+def host_report(contract: Contract, profile: Profile) -> dict[str, Any]:
+    """Whether a VM of this contract starts on this host, and what stands in the way: the
+    hook's answer at ``prepare`` (:meth:`..X86.realise`), which holds the contract to the
+    host's QEMU, libvirt and KVM (an IA32_ARCH_CAPABILITIES bit QEMU would abort on among
+    them), so a baseline never promises a start the host refuses. Whether the host's own
+    libvirt agrees (compareHypervisorCPU) is asked where a connection is given
+    (``baseline --libvirt``: the document's ``libvirt`` member)."""
+    from ...model.problem import Policy
+    from . import judge
+
+    v = judge.check(contract, profile, Policy(), incoming=False)
+    return {"starts_with_contract": not v.problems, "cannot_start": [p.line() for p in v.problems]}
+
+
+def _unnamed_arch_capabilities(feats: dict[str, str], profiles: list[Profile], known: frozenset[str] | None,
+                               conflicts: list[str]) -> dict[str, str]:
+    """A guest with IA32_ARCH_CAPABILITIES reads every bit its host gives unless the
+    contract turns it off by name; a bit some host's libvirt cannot name (GDS_NO and RFDS_NO
+    on libvirt 9.0) cannot be turned off, so a host whose vCPUs take it (its QEMU offers
+    it and its KVM puts it into a vCPU: the probe measures both) would widen the guest. Then
+    the MSR is left out of the contract, which every host can hold: no guest reads it."""
+    if feats.get(features.ARCH_CAPABILITIES_FEATURE) not in features.ON or known is None:
+        return feats
+    from .judge import arch_capabilities_settable
+
+    widen: dict[str, list[str]] = {}
+    for p in profiles:
+        props = (p.qemu.host_cpu_props if p.qemu is not None else None) or {}
+        settable = arch_capabilities_settable(p)
+        for feat, bit in features.ARCH_CAPABILITY_BY_FEATURE.items():
+            if feat in known or props.get(features.qemu_feature_name(feat)) is not True:
+                continue
+            if settable is None or settable >> bit & 1:
+                widen.setdefault(feat, []).append(p.label)
+    if not widen:
+        return feats
+    out = {f: ("disable" if f in features.ARCH_CAPABILITY_BY_FEATURE and f in known else pol)
+           for f, pol in feats.items()}
+    out[features.ARCH_CAPABILITIES_FEATURE] = "disable"
+    conflicts.append("IA32_ARCH_CAPABILITIES left out (arch-capabilities disabled): " + "; ".join(
+        f"{feat} (bit {features.ARCH_CAPABILITY_BY_FEATURE[feat]}) reaches a guest on {', '.join(sorted(hosts))} "
+        "and some host's libvirt cannot name it to turn it off" for feat, hosts in sorted(widen.items())))
+    return dict(sorted(out.items()))
 
 
 def _common(sets: object) -> frozenset[str] | None:
@@ -71,7 +120,13 @@ def _libvirt_baseline(profiles: list[Profile], hypervisors: list[HypervisorCpu],
         if cpu is None or cpu.host_features is None:
             conflicts.append(f"{p.label}: its profile lists no host CPU features (probe it with this abiguard)")
             return None, {}
-        hosts.append(set(cpu.host_features))
+        # a host's CPU without the IA32_ARCH_CAPABILITIES bits its KVM will not put into a
+        # vCPU: QEMU aborts a start that asks for one, so no baseline may
+        cannot = unstartable_arch_capabilities(p) & set(cpu.host_features)
+        if cannot:
+            conflicts.append(f"{p.label}: its KVM takes no IA32_ARCH_CAPABILITIES {', '.join(sorted(cannot))} into a "
+                             "vCPU (the probe's KVM_SET_MSRS): left out, QEMU would abort the VM")
+        hosts.append(set(cpu.host_features) - cannot)
     oldest = min(hypervisors, key=lambda h: h.version())
     xml, unknown = oldest.baseline(hosts)
     if unknown:

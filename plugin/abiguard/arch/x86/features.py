@@ -46,6 +46,10 @@ ARCH_CAPABILITIES: dict[int, tuple[str, str]] = {
     28: ("RFDS_CLEAR", "rfds-clear"),
     62: ("ITS_NO", "its-no"),
 }
+#: feature MSRs QEMU writes into every vCPU it starts whose CPU model has the feature (its
+#: kvm_put_msrs): a KVM that refuses the value makes QEMU abort the start, so the probe asks
+#: each host's KVM which bits a vCPU takes (``kvm.x86_64.vcpu_msrs``)
+VCPU_FEATURE_MSRS: tuple[int, ...] = (ARCH_CAPABILITIES_MSR,)
 ARCH_CAPABILITY_BY_FEATURE: dict[str, int] = {feat: bit for bit, (_n, feat) in ARCH_CAPABILITIES.items()}
 #: the bits a feature name exists for: anything else in the MSR QEMU never passes to a guest
 ARCH_CAPABILITIES_NAMED = sum(1 << b for b in ARCH_CAPABILITIES)

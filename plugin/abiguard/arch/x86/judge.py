@@ -34,6 +34,23 @@ def guest_pv(profile: Profile) -> int | None:
     return features.pv_bits_from_props(named) & offered
 
 
+def arch_capabilities_settable(profile: Profile) -> int | None:
+    """The IA32_ARCH_CAPABILITIES bits a vCPU on this host takes from QEMU (the probe's
+    KVM_SET_MSRS on a fresh vCPU); None where the profile did not measure it."""
+    section = section_of(profile)
+    return section.settable(features.ARCH_CAPABILITIES_MSR) if section is not None else None
+
+
+def unstartable_arch_capabilities(profile: Profile) -> set[str]:
+    """The IA32_ARCH_CAPABILITIES features this host's QEMU offers (its host CPU expansion)
+    that its KVM refuses to put into a vCPU: asking QEMU for one aborts the start ("failed
+    to set MSR 0x10a"). Measured per host, so no vendor table decides it."""
+    settable = arch_capabilities_settable(profile)
+    if settable is None:
+        return set()
+    return {feat for feat, bit in features.ARCH_CAPABILITY_BY_FEATURE.items() if not settable >> bit & 1}
+
+
 def explicit_arch_capabilities(feats: dict[str, str], known: frozenset[str] | None) -> dict[str, str]:
     """The features with every IA32_ARCH_CAPABILITIES bit spelled out: what the features
     require stays, every other bit this libvirt can name is disabled (so no CPU model's
@@ -67,8 +84,12 @@ def contract_body(profile: Profile) -> X86Body:
         # a running host-model VM is migratable: features QEMU's migratable host expansion
         # leaves out (invtsc) are not in it, whatever domcapabilities lists
         expanded = props or {}
+        # nor a bit of IA32_ARCH_CAPABILITIES this host's KVM will not put into a vCPU: a
+        # contract never asks QEMU for what makes it abort the start
+        cannot = unstartable_arch_capabilities(profile)
         feats = {f: pol for f, pol in host_model.features.items()
-                 if not (pol in features.ON and expanded.get(features.qemu_feature_name(f)) is False)}
+                 if not (pol in features.ON and (expanded.get(features.qemu_feature_name(f)) is False
+                                                 or f in cannot))}
         feats = explicit_arch_capabilities(feats, known)
         return X86Body(host_model.model, pv, feats, features.arch_capabilities_of(feats))
     if props is not None:
@@ -171,11 +192,20 @@ def _arch_capabilities(body: X86Body, dest: Profile, policy: Policy) -> list[Pro
                            "cannot give it", "the guest reads the MSR to choose its mitigations",
                            "pin a baseline without arch-capabilities", pinnable=True))
         return out
+    settable = arch_capabilities_settable(dest)
     for bit, (linux, feat) in sorted(features.ARCH_CAPABILITIES.items()):
         vm = bool(want >> bit & 1)
-        dest_has = props.get(features.qemu_feature_name(feat)) is True
+        offered = props.get(features.qemu_feature_name(feat)) is True
+        # QEMU offering a bit is not the guest reading it: a bit its KVM will not put into
+        # a vCPU aborts a start that asks for it, and never reaches a guest that does not
+        dest_has = offered and (settable is None or bool(settable >> bit & 1))
         field = f"bit {bit} {linux} ({feat})"
-        if vm and not dest_has:
+        if vm and offered and not dest_has:
+            out.append(Problem("IA32_ARCH_CAPABILITIES", None, field, "1", "cannot start it",
+                               "its KVM takes no such bit into a vCPU (the probe's KVM_SET_MSRS of MSR 0x10a "
+                               f"takes {settable or 0:#x}): QEMU aborts the VM (failed to set MSR 0x10a)",
+                               "pin a baseline without it (abiguard baseline leaves it out)", pinnable=True))
+        elif vm and not dest_has:
             out.append(Problem("IA32_ARCH_CAPABILITIES", None, field, "1", "gives 0",
                                "the guest chose its mitigations by this bit", "keep the VM on hosts with it, or "
                                "pin a baseline without it", pinnable=True))

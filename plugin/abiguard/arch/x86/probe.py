@@ -40,10 +40,54 @@ def probe(system: kvm.KvmSystem, caps: dict[str, int], missing: Missing) -> dict
                 msr = missing.attempt(f"KVM_GET_MSRS({index:#x})", system.feature_msr, index)
                 msrs[_hex(index)] = None if msr is None else _hex(msr)
             out["feature_msrs"] = msrs
+            if rows is not None:
+                out["vcpu_msrs"] = _vcpu_msrs(system, rows, msrs, missing)
     else:
         missing.add("KVM_GET_MSR_FEATURE_INDEX_LIST", errno.ENOTTY, "KVM_CAP_GET_MSR_FEATURES is 0")
     out["disable_quirks2"] = _hex(caps.get("KVM_CAP_DISABLE_QUIRKS2", 0))
     return out
+
+
+def _vcpu_msrs(system: kvm.KvmSystem, rows: list[tuple[int, int, int, int, int, int, int]], msrs: dict[str, str | None],
+               missing: Missing) -> dict[str, dict[str, str]]:
+    """For each feature MSR QEMU writes into a vCPU it starts (:data:`features.VCPU_FEATURE_MSRS`):
+    the bits of KVM's value a vCPU takes from the VMM. KVM offering a value on the system fd
+    does not mean a vCPU takes it: on a measured AMD EPYC host (kernel 6.18) KVM offers
+    IA32_ARCH_CAPABILITIES 0x400000000c000069 and KVM_SET_MSRS writes none of its bits, so
+    QEMU 7.2 and 10.0 abort any vCPU with them ("failed to set MSR 0x10a"). Asked the way
+    QEMU asks: a fresh vCPU with KVM's supported CPUID, the whole value, else bit by bit."""
+    out: dict[str, dict[str, str]] = {}
+    wanted = {index: int(v, 16) for index in features.VCPU_FEATURE_MSRS
+              if (v := msrs.get(_hex(index))) is not None}
+    if not wanted:
+        return out
+    vm = missing.attempt("KVM_CREATE_VM (vCPU MSR probe)", system.create_vm)
+    if vm is None:
+        return out
+    with vm:
+        vcpu = missing.attempt("KVM_CREATE_VCPU (vCPU MSR probe)", vm.create_vcpu, 0)
+        if vcpu is None:
+            return out
+        with vcpu:
+            if missing.attempt("KVM_SET_CPUID2 (vCPU MSR probe)", _set_cpuid, vcpu, rows) is None:
+                return out
+            for index, value in wanted.items():
+                took = missing.attempt(f"KVM_SET_MSRS({index:#x})", vcpu.set_msr, index, value)
+                if took is None:
+                    continue
+                settable = value if took else 0
+                if not took:
+                    for bit in range(64):
+                        if value >> bit & 1 and missing.attempt(f"KVM_SET_MSRS({index:#x}, bit {bit})",
+                                                                vcpu.set_msr, index, 1 << bit):
+                            settable |= 1 << bit
+                out[_hex(index)] = {"value": _hex(value), "settable": _hex(settable)}
+    return out
+
+
+def _set_cpuid(vcpu: kvm.KvmVcpu, rows: list[tuple[int, int, int, int, int, int, int]]) -> bool:
+    vcpu.set_cpuid(rows)
+    return True
 
 
 #: libvirt's x86 CPU map (the names its domain XML and CPU APIs accept), as the package installs it
