@@ -37,11 +37,15 @@ from lab import warmup
 from lab.armfleet import abiguard as afa, guest, linux, migration, rootfs
 from lab.armfleet.fleet import GUEST_IMAGE, Lab
 
+from abiguard.arch.arm64 import errata
+
 HOSTS = "a57=sid:cortex-a57,a72=sid:cortex-a72,t57=trixie:cortex-a57"
 #: Arm's primary part numbers (MIDR_EL1[15:4]): what the emulated CPUs must identify as
 PART = {"a57": 0xD07, "a72": 0xD08, "t57": 0xD07}
 LIB = "/usr/lib/abiguard/abiguard_pin.so"
 MIDR = 0x603000000013C000
+REVIDR = 0x603000000013C006
+AIDR = 0x603000000013C807
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +82,11 @@ def fleet(lab: Lab) -> Iterator[dict]:
 
 def _doc(path: str) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def _cpu(profile: str) -> tuple[int, int, int]:
+    regs = _doc(profile)["kvm"]["aarch64"]["configs"]["psci+pmu"]["registers"]
+    return tuple(int(regs[f"{r:#x}"], 16) for r in (MIDR, REVIDR, AIDR))  # type: ignore[return-value]
 
 
 def _midr(profile: str) -> int:
@@ -173,6 +182,21 @@ def test_pinned_moves_both_ways_with_the_same_view(lab: Lab, fleet: dict) -> Non
             assert r["outcome"] == "migrated-same-view", (src, dst, r["outcome"], r.get("error"),
                                                           r.get("diff_after"), r.get("diff_after_reboot"))
             assert not r["diff_after"] and not r["diff_after_reboot"], r
+        # back on the cortex-a57 host: saved there, restored on the cortex-a72; managed-saved
+        # there, started from that file on the cortex-a57 (issue 28)
+        r = migration.save_restore(lab, "a57", "a72", dom, console=con, view_before=first)
+        con = r.get("console") or con
+        fleet["pinned"]["save a57, restore a72"] = {k: r.get(k) for k in (
+            "outcome", "error", "save_s", "carry_s", "restore_s", "save_file_bytes", "diff_after", "view_after")}
+        assert r["outcome"] == "restored-same-view" and not r["diff_after"], r
+        r = migration.managedsave_move(lab, "a72", "a57", dom, console=con, view_before=first)
+        con = r.get("console") or con
+        fleet["pinned"]["managedsave a72, start a57"] = {k: r.get(k) for k in (
+            "outcome", "error", "managedsave_s", "carry_s", "start_s", "destination_has_managed_save",
+            "managed_save_consumed", "diff_after", "view_after")}
+        assert r["outcome"] == "restored-same-view" and not r["diff_after"], r
+        assert r["destination_has_managed_save"] and r["managed_save_consumed"], r
+        assert int(r["view_after"]["n"], 16) > int(first["n"], 16), r["view_after"]    # the same run goes on
     finally:
         con.close()
         migration.cleanup_domain(lab, dom, lab.hosts)
@@ -201,6 +225,13 @@ def test_linux_guest_reports_every_cpu_it_may_run_on(lab: Lab, fleet: dict) -> N
         assert u["midr"] == _midr(fleet["profiles"][h]) and u["impl_cpus"] is None, u
     # the two models differ in what they need: otherwise nothing here could fail
     assert own["a57"] != own["a72"], own
+    # abiguard's errata table (generated from Linux's cpu_errata.c) predicts what each
+    # model's guest enabled, the entries the kernel prints as "ARM errat..."
+    for h in ("a57", "a72"):
+        midr, revidr, _aidr = _cpu(fleet["profiles"][h])
+        predicted = {d for d in errata.applies(midr, revidr) if d.startswith("ARM errat")}
+        out[f"predicted {h}"] = sorted(predicted)
+        assert predicted == own[h], (h, sorted(predicted), sorted(own[h]))
     shown = int(body["values"][f"{MIDR:#x}"], 16)
     pinned = [out[f"pinned {h}"] for h in ("a57", "a72")]
     for p in pinned:
@@ -208,6 +239,49 @@ def test_linux_guest_reports_every_cpu_it_may_run_on(lab: Lab, fleet: dict) -> N
         assert set(p["errata"]) >= own["a57"] | own["a72"], (p["host"], sorted(own["a57"] | own["a72"]), p["errata"])
         assert any("answered discover_impl 2 cpus" in ln for ln in p["library_record"]), p["library_record"]
     assert pinned[0]["errata"] == pinned[1]["errata"]
+
+
+@pytest.mark.lab
+def test_linux_guest_moves_across_models(lab: Lab, fleet: dict) -> None:
+    """The Linux guest kept running (lab/armfleet/linuxinit.c as its /init), pinned to the
+    two models' baseline with ``abiguard pin --cpu cortex-a57`` (shown the cortex-a57, told
+    both), live from the cortex-a57 host to the cortex-a72 and back: its own report (the
+    MIDR shown, the implementation CPUs found, the errata applied, read again from its
+    kernel log on request) is the same before and after each move, and after a reboot on
+    the cortex-a72 host (a new boot, its story told there)"""
+    base = fleet["baselines"]["a72+a57"]["file"]
+    body = _doc(base)["contract"]["aarch64"]
+    out = fleet["linux_moves"] = {}
+    initrd = {h: linux.install_initramfs(lab, h) for h in ("a57", "a72")}["a57"]
+    dom = "xm"
+    st = linux.start_running(lab, "a57", dom, fleet["kernels"]["a57"], initrd, baseline=base,
+                             pin_args=("--cpu", "cortex-a57"))
+    assert "error" not in st, st
+    first = st["view"]
+    out["start a57"] = {k: st.get(k) for k in ("pin", "start_s", "first_report_s", "view")}
+    assert any("cortex-a57" in ln for ln in st["pin"]["output"]), st["pin"]["output"]
+    own = {h: set(fleet["linux"][f"unpinned {h}"]["errata"]) for h in ("a57", "a72")}
+    assert int(first["midr"], 16) == _midr(fleet["profiles"]["a57"]) and first["impl_cpus"] == "2", first
+    assert [int(c["midr"], 16) for c in body["impl_cpus"]] == [_midr(fleet["profiles"][h]) for h in ("a72", "a57")]
+    assert set(first["errata"].split("; ")) >= own["a57"] | own["a72"], (first, own)
+    con, boot = st["console"], first["boot"]
+    try:
+        for src, dst, reboot in (("a57", "a72", True), ("a72", "a57", False)):
+            r = migration.migrate_running(lab, src, dst, dom, console=con, view_before=first,
+                                          reader=linux.Reader, reboot_check=reboot)
+            con = r.get("console") or con
+            out[f"{src}->{dst}"] = {k: r.get(k) for k in (
+                "outcome", "error", "migrate_s", "ram", "view_after_s", "heartbeat_continues", "diff_after",
+                "reboot_s", "diff_after_reboot", "view_after", "view_after_reboot")}
+            assert r["outcome"] == "migrated-same-view", (src, dst, r["outcome"], r.get("error"),
+                                                          r.get("diff_after"), r.get("diff_after_reboot"))
+            assert r["heartbeat_continues"] and r["view_after"]["boot"] == boot, r     # the same boot went on
+            if reboot:
+                assert r["view_after_reboot"]["boot"] != boot, r["view_after_reboot"]
+                boot = r["view_after_reboot"]["boot"]
+    finally:
+        con.close()
+        migration.cleanup_domain(lab, dom, lab.hosts)
 
 
 @pytest.mark.lab
@@ -221,6 +295,14 @@ def test_a_guest_older_than_6_16_is_not_told(lab: Lab, fleet: dict) -> None:
     assert old["kernel"].startswith("6.12.") and old["impl_cpus"] is None, old
     a57_only = set(fleet["linux"]["unpinned a57"]["errata"]) - set(fleet["linux"]["unpinned a72"]["errata"])
     assert a57_only and not a57_only & set(old["errata"]), (sorted(a57_only), old["errata"])
+    # what baseline and pin tell the operator about such a guest names exactly those
+    body = _doc(base)["contract"]["aarch64"]
+    cpus = tuple(tuple(int(c[k], 16) for k in ("midr", "revidr", "aidr")) for c in body["impl_cpus"])
+    shown = _cpu(fleet["profiles"]["a72"])
+    lost = errata.missed(cpus, shown[:2])  # type: ignore[arg-type]
+    assert set(lost) == {_midr(fleet["profiles"]["a57"])} and set(lost[_midr(fleet["profiles"]["a57"])]) == a57_only, lost
+    note = _doc(base)["older_guests"]
+    assert len(note) == 1 and all(e in note[0] for e in a57_only), note
 
 
 @pytest.mark.lab

@@ -24,6 +24,8 @@ class Baseline(Command):
                                  "default: this host's libvirt, if it answers")
         parser.add_argument("--no-libvirt", action="store_true",
                             help="compute the x86 CPU from the profiles alone")
+        parser.add_argument("--cpu", help="arm64, several CPU models: the CPU the guest is shown (a MIDR, a "
+                                          "model such as cortex-a57, or a PROFILE given); default: the first host's")
         parser.add_argument("-o", "--output", help="write the baseline here (default: stdout)")
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -44,6 +46,12 @@ class Baseline(Command):
             else:
                 hypervisors = HypervisorCpu.local()
         result = baseline.compute(profiles, rollback, args.config, hypervisors)
+        if result["contract"]["arch"] == "aarch64":
+            _arm64_cpu(result, args.cpu, baseline.unique(profiles + rollback))
+        elif args.cpu:
+            from ..errors import UsageError
+
+            raise UsageError(f"--cpu chooses an arm64 guest's CPU; these hosts are {result['contract']['arch']}")
         text = json.dumps(result, sort_keys=True, indent=1) + "\n"
         if args.output:
             write(text, args.output)
@@ -58,11 +66,28 @@ class Baseline(Command):
         return 0
 
 
+def _arm64_cpu(result: dict[str, Any], cpu: str | None, everyone: list[Any]) -> None:
+    """--cpu: the contract re-sealed showing the chosen CPU, each host's answer again; and
+    what a guest kernel without errata discovery misses under it (``older_guests``)."""
+    from ..arch.arm64 import cpus
+    from ..engine.baseline import host_report
+    from ..model.contract import Contract
+
+    sealed = Contract.from_json(result["contract"], "the baseline")
+    if cpu is not None:
+        sealed = cpus.show(sealed, cpus.choose(sealed, cpu, cpus.labels(everyone, sealed)))
+        result["contract"] = sealed.to_json()
+        result["hosts"] = {p.label: host_report(sealed, p) for p in everyone}
+    result["older_guests"] = cpus.older_guests(sealed)
+
+
 def print_report(doc: dict[str, Any]) -> None:
     """The conflicts, what each libvirt said and each host's answer, as ``baseline`` and
     ``fleet baseline`` print them."""
     for conflict in doc["conflicts"]:
         print(f"  conflict: {conflict}")
+    for note in doc.get("older_guests", []):
+        print(f"  older guests: {note}")
     for uri, v in sorted(doc.get("libvirt", {}).items()):
         print(f"  libvirt {v['libvirt']} at {uri}: compareHypervisorCPU says {v['compare']}"
               + (f" ({v['reason']})" if v.get("reason") else ""))

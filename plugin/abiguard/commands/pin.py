@@ -22,6 +22,8 @@ class Pin(Command):
         src = parser.add_mutually_exclusive_group()
         src.add_argument("--baseline", help="a baseline (or contract) file from 'abiguard baseline'")
         src.add_argument("--profile", help="pin to what a VM booted on this profile's host has")
+        parser.add_argument("--cpu", help="arm64, several CPU models: the CPU the guest is shown, one of the "
+                                          "contract's (a MIDR, a model such as cortex-a57, or a host's profile file)")
         parser.add_argument("-c", "--connect", help="libvirt URI (default: libvirt's default)")
         parser.add_argument("--host-profile", default="/var/lib/abiguard/host-profile.json",
                             help="this host's profile, used when neither --baseline nor --profile is given")
@@ -37,6 +39,8 @@ class Pin(Command):
             sealed = load_contract_or_profile(args.baseline)
         elif args.profile:
             sealed = contract.from_profile(profile.load(args.profile))
+        if args.cpu is not None:
+            sealed = _shown_cpu(sealed, args.cpu, args.host_profile)
         report = pin(args.connect, args.domain, sealed, args.host_profile)
         if args.json:
             print_json(report, "pin")
@@ -46,7 +50,30 @@ class Pin(Command):
                 print(f"  pinned: {line}")
             for line in report["cannot_pin"]:
                 print(f"  cannot pin: {line}")
+            if report.get("cpu"):
+                print(f"  cpu: {report['cpu']}")
+            for line in report.get("older_guests", []):
+                print(f"  older guests: {line}")
         return 0
+
+
+def _shown_cpu(sealed: Contract | None, cpu: str, host_profile: str) -> Contract:
+    """--cpu: the contract re-sealed showing that CPU (one of its impl_cpus)."""
+    from ..arch.arm64 import cpus
+    from ..model import profile
+
+    if sealed is None:
+        sealed = _this_host(host_profile)
+    labels = {}
+    if os.path.isfile(cpu):      # a host's profile: that host's CPU
+        labels = cpus.labels([profile.load(cpu).with_label(cpu)], sealed)
+    return cpus.show(sealed, cpus.choose(sealed, cpu, labels))
+
+
+def _this_host(path: str) -> Contract:
+    from ..model import contract, profile
+
+    return contract.from_profile(profile.load(path))
 
 
 def pin(uri: str | None, name: str, sealed: Contract | None, profile_path: str) -> dict[str, Any]:
@@ -86,8 +113,11 @@ def pin(uri: str | None, name: str, sealed: Contract | None, profile_path: str) 
             conn.defineXML(new_xml)
         except libvirt.libvirtError as e:
             raise UsageError(f"libvirt refused the pinned definition of {name!r}: {e}") from None
+        from ..arch.arm64 import cpus
+
         return {"domain": name, "contract": sealed.digest, "arch": sealed.arch,
                 "pinned": notes, "cannot_pin": cannot,
+                "cpu": cpus.shown(sealed), "older_guests": cpus.older_guests(sealed),
                 "note": (f"this host cannot start it with this contract ({len(cannot)} reason(s) below; the "
                          "hook refuses a start here): start it on a host that realises the contract"
                          if cannot else "takes effect at the next start" if dom.isActive() else

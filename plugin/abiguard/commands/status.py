@@ -31,7 +31,7 @@ class Status(Command):
             return 0
         for row in rows:
             print(f"{row['domain']}: {row['state']}, contract {row['contract']}")
-            for key in ("running_on_profile", "enforced"):
+            for key in ("cpu", "running_on_profile", "enforced"):
                 if key in row:
                     print(f"  {key.replace('_', ' ')}: {row[key]}")
             if "may_move_to" in row and hosts:
@@ -91,6 +91,10 @@ def status(uri: str | None, profiles: list[Profile]) -> list[dict[str, Any]]:
             row["arch"] = sealed.arch
             if facts.stamp is not None:
                 row["running_on_profile"] = facts.stamp.get("profile")
+            from ..arch.arm64.cpus import shown
+
+            if sealed.arch == "aarch64":
+                row["cpu"] = shown(sealed)
             row["enforced"] = _enforced(sealed.arch, facts.qemu_env)
             row["may_move_to"] = [p.label for p in profiles if verdict.check(sealed, p).allow]
             rows.append(row)
