@@ -32,12 +32,11 @@ from pathlib import Path
 
 import pytest
 
+from abiguard.arch.arm64 import errata
 from helpers.timing import phase
 from lab import warmup
 from lab.armfleet import abiguard as afa, guest, linux, migration, rootfs
 from lab.armfleet.fleet import GUEST_IMAGE, Lab
-
-from abiguard.arch.arm64 import errata
 
 HOSTS = "a57=sid:cortex-a57,a72=sid:cortex-a72,t57=trixie:cortex-a57"
 #: Arm's primary part numbers (MIDR_EL1[15:4]): what the emulated CPUs must identify as
@@ -300,7 +299,8 @@ def test_a_guest_older_than_6_16_is_not_told(lab: Lab, fleet: dict) -> None:
     cpus = tuple(tuple(int(c[k], 16) for k in ("midr", "revidr", "aidr")) for c in body["impl_cpus"])
     shown = _cpu(fleet["profiles"]["a72"])
     lost = errata.missed(cpus, shown[:2])  # type: ignore[arg-type]
-    assert set(lost) == {_midr(fleet["profiles"]["a57"])} and set(lost[_midr(fleet["profiles"]["a57"])]) == a57_only, lost
+    a57 = _midr(fleet["profiles"]["a57"])
+    assert set(lost) == {a57} and set(lost[a57]) == a57_only, lost
     note = _doc(base)["older_guests"]
     assert len(note) == 1 and all(e in note[0] for e in a57_only), note
 

@@ -46,12 +46,7 @@ class Baseline(Command):
             else:
                 hypervisors = HypervisorCpu.local()
         result = baseline.compute(profiles, rollback, args.config, hypervisors)
-        if result["contract"]["arch"] == "aarch64":
-            _arm64_cpu(result, args.cpu, baseline.unique(profiles + rollback))
-        elif args.cpu:
-            from ..errors import UsageError
-
-            raise UsageError(f"--cpu chooses an arm64 guest's CPU; these hosts are {result['contract']['arch']}")
+        _shown_cpu(result, args.cpu, baseline.unique(profiles + rollback))
         text = json.dumps(result, sort_keys=True, indent=1) + "\n"
         if args.output:
             write(text, args.output)
@@ -66,19 +61,23 @@ class Baseline(Command):
         return 0
 
 
-def _arm64_cpu(result: dict[str, Any], cpu: str | None, everyone: list[Any]) -> None:
+def _shown_cpu(result: dict[str, Any], cpu: str | None, everyone: list[Any]) -> None:
     """--cpu: the contract re-sealed showing the chosen CPU, each host's answer again; and
-    what a guest kernel without errata discovery misses under it (``older_guests``)."""
-    from ..arch.arm64 import cpus
+    what the arch says of the CPU shown (arm64: ``older_guests``, what a guest kernel
+    without errata discovery misses)."""
+    from ..arch import get
     from ..engine.baseline import host_report
     from ..model.contract import Contract
 
     sealed = Contract.from_json(result["contract"], "the baseline")
+    arch = get(sealed.arch)
     if cpu is not None:
-        sealed = cpus.show(sealed, cpus.choose(sealed, cpu, cpus.labels(everyone, sealed)))
+        sealed = arch.show_cpu(sealed, cpu, everyone)
         result["contract"] = sealed.to_json()
         result["hosts"] = {p.label: host_report(sealed, p) for p in everyone}
-    result["older_guests"] = cpus.older_guests(sealed)
+    notes = arch.cpu_notes(sealed)
+    if "older_guests" in notes:
+        result["older_guests"] = notes["older_guests"]
 
 
 def print_report(doc: dict[str, Any]) -> None:

@@ -58,16 +58,15 @@ class Pin(Command):
 
 
 def _shown_cpu(sealed: Contract | None, cpu: str, host_profile: str) -> Contract:
-    """--cpu: the contract re-sealed showing that CPU (one of its impl_cpus)."""
-    from ..arch.arm64 import cpus
+    """--cpu: the contract re-sealed showing that CPU (one the contract tells the guest)."""
+    from ..arch import get
     from ..model import profile
 
     if sealed is None:
         sealed = _this_host(host_profile)
-    labels = {}
-    if os.path.isfile(cpu):      # a host's profile: that host's CPU
-        labels = cpus.labels([profile.load(cpu).with_label(cpu)], sealed)
-    return cpus.show(sealed, cpus.choose(sealed, cpu, labels))
+    # a host's profile names that host's CPU
+    hosts = [profile.load(cpu).with_label(cpu)] if os.path.isfile(cpu) else []
+    return get(sealed.arch).show_cpu(sealed, cpu, hosts)
 
 
 def _this_host(path: str) -> Contract:
@@ -113,11 +112,8 @@ def pin(uri: str | None, name: str, sealed: Contract | None, profile_path: str) 
             conn.defineXML(new_xml)
         except libvirt.libvirtError as e:
             raise UsageError(f"libvirt refused the pinned definition of {name!r}: {e}") from None
-        from ..arch.arm64 import cpus
-
         return {"domain": name, "contract": sealed.digest, "arch": sealed.arch,
-                "pinned": notes, "cannot_pin": cannot,
-                "cpu": cpus.shown(sealed), "older_guests": cpus.older_guests(sealed),
+                "pinned": notes, "cannot_pin": cannot, **get(sealed.arch).cpu_notes(sealed),
                 "note": (f"this host cannot start it with this contract ({len(cannot)} reason(s) below; the "
                          "hook refuses a start here): start it on a host that realises the contract"
                          if cannot else "takes effect at the next start" if dom.isActive() else

@@ -91,10 +91,10 @@ def status(uri: str | None, profiles: list[Profile]) -> list[dict[str, Any]]:
             row["arch"] = sealed.arch
             if facts.stamp is not None:
                 row["running_on_profile"] = facts.stamp.get("profile")
-            from ..arch.arm64.cpus import shown
+            from ..arch import get
 
-            if sealed.arch == "aarch64":
-                row["cpu"] = shown(sealed)
+            if "cpu" in (notes := get(sealed.arch).cpu_notes(sealed)):
+                row["cpu"] = notes["cpu"]
             row["enforced"] = _enforced(sealed.arch, facts.qemu_env)
             row["may_move_to"] = [p.label for p in profiles if verdict.check(sealed, p).allow]
             rows.append(row)

@@ -78,6 +78,8 @@ def domain_xml(name: str, *, machine: str = "virt", memory_mib: int = 16, image:
         env = "  <qemu:commandline>\n" + "".join(
             f"    <qemu:env name='{escape(k)}' value='{escape(v)}'/>\n" for k, v in qemu_env.items()
         ) + "  </qemu:commandline>\n"
+    boot_extra = "".join(f"\n    <{tag}>{escape(v)}</{tag}>"
+                         for tag, v in (("initrd", initrd), ("cmdline", cmdline)) if v)
     return f"""<domain type='kvm'{ns}>
   <name>{escape(name)}</name>
   <uuid>{uid}</uuid>
@@ -85,7 +87,7 @@ def domain_xml(name: str, *, machine: str = "virt", memory_mib: int = 16, image:
   <vcpu>1</vcpu>
   <os>
     <type arch='aarch64' machine='{escape(machine)}'>hvm</type>
-    <kernel>{escape(image)}</kernel>{f"{chr(10)}    <initrd>{escape(initrd)}</initrd>" if initrd else ""}{f"{chr(10)}    <cmdline>{escape(cmdline)}</cmdline>" if cmdline else ""}
+    <kernel>{escape(image)}</kernel>{boot_extra}
   </os>
   <features><gic version='3'/></features>
   <cpu mode='host-passthrough'/>

@@ -392,6 +392,14 @@ def managedsave_move(lab: Lab, src: str, dst: str, dom: str, *, console: Console
     definition through ``virsh define``), ``virsh start`` there, which restores from it."""
     remote = f"/var/lib/libvirt/qemu/save/{dom}.save"
     rec: dict = {"from": src, "to": dst, "domain": dom, "op": "managedsave-move"}
+    if re.search(r"Persistent:\s+no", lab.virsh(src, "dominfo", dom, check=False, quiet=True).stdout):
+        # a domain restored from a save file is transient, and libvirt keeps a managed save
+        # for persistent domains only: define it from what it runs with (as a migration
+        # with --persistent does)
+        live = lab.dir / "domains" / f"{dom}-live-{src}.xml"
+        live.write_text(lab.virsh(src, "dumpxml", "--migratable", "--security-info", dom, quiet=True).stdout)
+        lab.virsh(src, "define", str(live))
+        rec["made_persistent"] = True
     xml = lab.virsh(src, "dumpxml", "--inactive", "--security-info", dom, quiet=True).stdout
     t0 = time.monotonic()
     p = lab.virsh(src, "managedsave", dom, check=False, timeout=900)

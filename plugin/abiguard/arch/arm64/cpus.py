@@ -12,13 +12,18 @@ TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, 
 if TYPE_CHECKING:
     from ...model.contract import Contract
     from ...model.profile import Profile
+    from .body import Arm64Body
 
 Cpu = tuple[int, int, int]
 
 
+def _body(contract: Contract) -> Arm64Body:
+    return contract.body  # type: ignore[return-value]   # an arm64 contract's (the plugin calls here)
+
+
 def choices(contract: Contract) -> tuple[Cpu, ...]:
     """The CPUs the guest may be shown: the contract's impl_cpus, or its own CPU alone."""
-    body = contract.body
+    body = _body(contract)
     if body.impl_cpus:
         return body.impl_cpus
     own = body.own_cpu()
@@ -27,7 +32,7 @@ def choices(contract: Contract) -> tuple[Cpu, ...]:
 
 def _listed(cpus: tuple[Cpu, ...], labels: dict[str, Cpu]) -> str:
     names = {c: [k for k, v in labels.items() if v == c] for c in cpus}
-    return "; ".join(f"{errata.describe(c[0])}" + (f" = {', '.join(printable(n, 60) for n in names[c])}"
+    return "; ".join(f"{errata.describe(c[0])}" + (f" = {', '.join(printable(n, 160) for n in names[c])}"
                                                    if names[c] else "") for c in cpus)
 
 
@@ -36,8 +41,6 @@ def choose(contract: Contract, text: str, labels: dict[str, Cpu] | None = None) 
     *labels* (e.g. a profile's label -> that host's CPU). Exit 2 naming the choices when it
     names none, or several."""
     labels = labels or {}
-    if contract.arch != "aarch64":
-        raise UsageError(f"--cpu chooses an arm64 guest's CPU; this contract is {contract.arch}")
     cpus = choices(contract)
     if not cpus:
         raise UsageError("--cpu: the contract gives the guest no MIDR_EL1/REVIDR_EL1/AIDR_EL1 to choose from")
@@ -63,14 +66,14 @@ def choose(contract: Contract, text: str, labels: dict[str, Cpu] | None = None) 
     if len(found) != 1:
         why = ("is not one of the CPUs the contract tells the guest" if not found else
                "matches several of the contract's CPUs: give the MIDR")
-        extra = "" if contract.body.impl_cpus else " (one CPU model: the contract tells the guest no other)"
+        extra = "" if _body(contract).impl_cpus else " (one CPU model: the contract tells the guest no other)"
         raise UsageError(f"--cpu {shown}: {what} {why}{extra}; choose one of: {_listed(cpus, labels)}")
     return found[0]
 
 
 def show(contract: Contract, cpu: Cpu) -> Contract:
     """The contract re-sealed showing the guest *cpu* (its impl_cpus unchanged)."""
-    body = contract.body
+    body = _body(contract)
     if body.own_cpu() == cpu:
         return contract
     values = dict(body.values)
@@ -81,9 +84,7 @@ def show(contract: Contract, cpu: Cpu) -> Contract:
 
 def shown(contract: Contract) -> str | None:
     """What ``status`` says of an arm64 contract's CPU: the one shown, the ones told."""
-    if contract.arch != "aarch64":
-        return None
-    body = contract.body
+    body = _body(contract)
     midr = body.own_cpu()[0]
     if midr is None:
         return None
@@ -108,7 +109,7 @@ def labels(profiles: list[Profile], contract: Contract) -> dict[str, Cpu]:
     """label -> CPU of each profile (for --cpu LABEL)."""
     out = {}
     for p in profiles:
-        cpu = profile_cpu(p, contract.body.config)
+        cpu = profile_cpu(p, _body(contract).config)
         if cpu is not None:
             out[p.label] = cpu
     return out
@@ -116,9 +117,9 @@ def labels(profiles: list[Profile], contract: Contract) -> dict[str, Cpu]:
 
 def older_guests(contract: Contract) -> list[str]:
     """:func:`.errata.older_guest_note` for an arm64 contract (empty otherwise)."""
-    if contract.arch != "aarch64" or not contract.body.impl_cpus:
+    if not _body(contract).impl_cpus:
         return []
-    midr, revidr, _aidr = contract.body.own_cpu()
+    midr, revidr, _aidr = _body(contract).own_cpu()
     if midr is None:
         return []
-    return errata.older_guest_note(contract.body.impl_cpus, (midr, revidr or 0))
+    return errata.older_guest_note(_body(contract).impl_cpus, (midr, revidr or 0))

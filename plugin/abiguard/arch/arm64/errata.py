@@ -64,21 +64,22 @@ def model_name(midr: int) -> str | None:
     imp, part, _ = _fields(midr)
     for name, m in table()["models"].items():
         if m == (imp, part):
-            return name.removeprefix("MIDR_").lower().replace("_", "-")
+            return str(name).removeprefix("MIDR_").lower().replace("_", "-")
     return None
 
 
 def model_ids(name: str) -> tuple[int, int] | None:
     """(implementer, part) of a model named as :func:`model_name` says it (or MIDR_X)."""
     key = name.strip().upper().replace("-", "_")
-    return table()["models"].get(key if key.startswith("MIDR_") else "MIDR_" + key)
+    found: tuple[int, int] | None = table()["models"].get(key if key.startswith("MIDR_") else "MIDR_" + key)
+    return found
 
 
 def describe(midr: int) -> str:
     """'0x411fd070 (cortex-a57 r1p0)'"""
     name = model_name(midr)
-    _imp, _part, (var, rev) = _fields(midr)
-    return f"{midr:#x} ({name or 'a CPU model Linux does not name'} r{var}p{rev})"
+    imp, part, (var, rev) = _fields(midr)
+    return f"{midr:#x} ({name or f'implementer {imp:#x} part {part:#x}'} r{var}p{rev})"
 
 
 def applies(midr: int, revidr: int) -> list[str]:
