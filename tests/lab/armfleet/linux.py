@@ -214,6 +214,8 @@ def start_running(lab: Lab, host: str, dom: str, image: str, initrd: str, *, bas
     t0 = time.monotonic()
     st["view"] = first_report(st["console"])
     st["first_report_s"] = round(time.monotonic() - t0, 1)
+    # one heartbeat after it: a move from here on is seen to keep the count going
+    machine.wait_console(st["console"].path, r"AGI-HB n=0001 ", timeout=60, fail=FAILED.pattern)
     log(f"{dom}@{host}: Linux {st['view']['kernel']} shown MIDR {st['view']['midr']}, told "
         f"{st['view']['impl_cpus']} CPU(s), errata: {st['view']['errata']} ({st['first_report_s']} s)")
     return st
