@@ -112,6 +112,8 @@ def test_pin_cpu_is_an_option_of_pin() -> None:
     p = cli("pin", "--baseline", A72_PATH, "--cpu", "cortex-a57", "-c", "test:///nonexistent", "dom")
     assert p.returncode == 2 and "choose one of" in p.stderr and "cortex-a72" in p.stderr, p.stderr
     assert "--cpu" in cli("pin", "--help").stdout
+    p = cli("pin", "--cpu", "cortex-a72", "-c", "test:///nonexistent", "dom")
+    assert p.returncode == 2 and "give it with --baseline" in p.stderr, p.stderr
 
 
 def test_status_says_the_cpu_shown_and_told() -> None:

@@ -40,7 +40,7 @@ class Pin(Command):
         elif args.profile:
             sealed = contract.from_profile(profile.load(args.profile))
         if args.cpu is not None:
-            sealed = _shown_cpu(sealed, args.cpu, args.host_profile)
+            sealed = _shown_cpu(sealed, args.cpu)
         report = pin(args.connect, args.domain, sealed, args.host_profile)
         if args.json:
             print_json(report, "pin")
@@ -57,22 +57,16 @@ class Pin(Command):
         return 0
 
 
-def _shown_cpu(sealed: Contract | None, cpu: str, host_profile: str) -> Contract:
+def _shown_cpu(sealed: Contract | None, cpu: str) -> Contract:
     """--cpu: the contract re-sealed showing that CPU (one the contract tells the guest)."""
     from ..arch import get
     from ..model import profile
 
     if sealed is None:
-        sealed = _this_host(host_profile)
+        raise UsageError("--cpu chooses among the CPUs a contract tells the guest: give it with --baseline")
     # a host's profile names that host's CPU
     hosts = [profile.load(cpu).with_label(cpu)] if os.path.isfile(cpu) else []
     return get(sealed.arch).show_cpu(sealed, cpu, hosts)
-
-
-def _this_host(path: str) -> Contract:
-    from ..model import contract, profile
-
-    return contract.from_profile(profile.load(path))
 
 
 def pin(uri: str | None, name: str, sealed: Contract | None, profile_path: str) -> dict[str, Any]:
