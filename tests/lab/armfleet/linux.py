@@ -159,16 +159,25 @@ def _wait_report(con: Console, pred, timeout: float, ask: str | None = None) -> 
     if ask:
         con.send(ask)
     t0 = last = time.monotonic()
+    reopened = False
     while time.monotonic() - t0 < timeout:
         new = [r for r in reports(con.text())[seen:] if pred(r)]
         if new:
             return new[0]
+        if not reopened and time.monotonic() - t0 > 30 and not con.text().replace("[console attached]", "").strip():
+            # not a byte in 30 s, heartbeats included: a silent stream, not a silent guest
+            log(f"{con.dom}@{con.host}: console silent for 30 s, opening it again")
+            con.reopen()
+            reopened, seen = True, 0
+            if ask:
+                con.send(ask)
         if ask == "P" and time.monotonic() - last > 10:    # a byte lost in a migration: ask again
             con.send(ask)
             last = time.monotonic()
         time.sleep(0.5)
-    raise LabError(f"{con.dom}@{con.host}: no report from the Linux guest within {timeout:.0f} s "
-                   f"(console {con.path}):\n{con.text()[-1500:]}")
+    state = con.lab.domstate(con.host, con.dom)
+    raise LabError(f"{con.dom}@{con.host} ({state}): no report from the Linux guest within {timeout:.0f} s "
+                   f"(console {con.path}{', opened twice' if reopened else ''}):\n{con.text()[-1500:]}")
 
 
 def first_report(con: Console, timeout: float = 300) -> dict[str, str]:
