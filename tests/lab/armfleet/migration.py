@@ -420,8 +420,10 @@ def managedsave_move(lab: Lab, src: str, dst: str, dom: str, *, console: Console
     lab.copy_in(dst, local, remote)
     rec["carry_s"] = round(time.monotonic() - t1, 1)
     rec["save_file_bytes"] = local.stat().st_size
+    # libvirt's own flag (dominfo "Managed save:"), set by its managedsave or at daemon
+    # start, not by a file placed while it runs; the start restores from the file anyway
     info = lab.virsh(dst, "dominfo", dom, check=False, quiet=True).stdout
-    rec["destination_has_managed_save"] = bool(re.search(r"Managed save:\s+yes", info))
+    rec["destination_says_managed_save"] = bool(re.search(r"Managed save:\s+yes", info))
     since = lab.uptime(dst)
     t2 = time.monotonic()
     p = lab.virsh(dst, "start", "--paused", dom, check=False, timeout=900)
