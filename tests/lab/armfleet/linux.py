@@ -99,8 +99,11 @@ def boot(lab: Lab, host: str, dom: str, image: str, *, baseline: str | Path | No
 # --- a Linux guest that keeps running (issue 28): linuxinit.c as its initramfs' /init ---
 
 INIT_SOURCE = Path(__file__).resolve().parent / "linuxinit.c"
-#: the kernel hands the console to /init: no "panic=0" wait, the guest stays up
-RUNNING_CMDLINE = "console=ttyAMA0"
+#: the kernel hands the console to /init: no "panic=0" wait, the guest stays up; /init
+#: writes through /dev/kmsg, which must not be rate-limited (10 lines per 5 s otherwise)
+RUNNING_CMDLINE = "console=ttyAMA0 printk.devkmsg=on"
+#: the kernel's stamp before each line it prints ("[   12.345678] ")
+STAMP = re.compile(r"^\[\s*\d+\.\d+\] ", re.M)
 REPORT = re.compile(r"AGI-REPORT-BEGIN boot=(\S+) r=(\d+) n=([0-9a-f]+)\r?\n(.*?)AGI-REPORT-END boot=\1 r=\2\r?\n",
                     re.S)
 
@@ -118,6 +121,7 @@ def build_initramfs(out: Path) -> Path:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d) / "root"
         root.mkdir()
+        (root / "dev").mkdir()
         run([f"{CROSS}gcc", "-static", "-Os", "-Wall", "-o", str(root / "init"), str(INIT_SOURCE)], quiet=True)
         run([f"{CROSS}strip", str(root / "init")], quiet=True)
         tmp = out.with_suffix(".part")
@@ -140,7 +144,7 @@ def reports(text: str) -> list[dict[str, str]]:
     """Every complete report linuxinit printed, in order, as a view (guest.diff compares
     them: ``n`` and ``boot`` are the volatile keys, the rest is the CPU story)."""
     out = []
-    for m in REPORT.finditer(text.replace("\r", "")):
+    for m in REPORT.finditer(STAMP.sub("", text.replace("\r", ""))):
         story = parse_boot("\n".join(ln[len("AGI-K "):] for ln in m.group(4).splitlines()
                                      if ln.startswith("AGI-K ")))
         out.append({"n": m.group(3), "boot": m.group(1), "kernel": str(story["kernel"]),

@@ -9,6 +9,12 @@
  * reboots (reboot(RB_AUTOBOOT): PSCI SYSTEM_RESET, QEMU resets the VM in place), so the next
  * boot's story is told by the host it runs on then. The boot id tells the boots apart.
  *
+ * It writes through /dev/kmsg, not the tty: the kernel's console prints those lines by
+ * polling the UART, while a tty write waits for the UART's transmit interrupt (a Linux
+ * guest moved back to the cortex-a57 host printed nothing more through its tty, heartbeats
+ * included). The kernel stamps each line ("[   12.345678] "); linux.py reads past it. It
+ * reads its commands from the console (fd 0).
+ *
  * Static, no libraries beyond libc: built by linux.py with aarch64-linux-gnu-gcc -static. */
 #include <fcntl.h>
 #include <poll.h>
@@ -28,6 +34,7 @@
 static char klog[1 << 20];
 static char boot_id[64] = "unknown";
 static unsigned reports, beat;
+static FILE *out;
 
 /* the kernel's lines that carry the CPU story (what linux.parse_boot reads) */
 static const char *const STORY[] = {
@@ -38,7 +45,7 @@ static const char *const STORY[] = {
 static void report(void) {
     int n = klogctl(SYSLOG_ACTION_READ_ALL, klog, sizeof klog - 1);
     reports++;
-    printf("AGI-REPORT-BEGIN boot=%s r=%u n=%04x\n", boot_id, reports, beat);
+    fprintf(out, "AGI-REPORT-BEGIN boot=%s r=%u n=%04x\n", boot_id, reports, beat);
     if (n < 0) {
         perror("AGI klogctl");
         n = 0;
@@ -48,18 +55,25 @@ static void report(void) {
         next = strchr(line, '\n');
         if (next)
             *next++ = 0;
+        if (strstr(line, "AGI"))        /* this program's own lines, from earlier reports */
+            continue;
         for (size_t i = 0; i < sizeof STORY / sizeof *STORY; i++)
             if (strstr(line, STORY[i])) {
-                printf("AGI-K %s\n", line);
+                fprintf(out, "AGI-K %s\n", line);
                 break;
             }
     }
-    printf("AGI-REPORT-END boot=%s r=%u\n", boot_id, reports);
-    fflush(stdout);
+    fprintf(out, "AGI-REPORT-END boot=%s r=%u\n", boot_id, reports);
 }
 
 int main(void) {
-    setvbuf(stdout, NULL, _IOLBF, 0);
+    /* /dev/kmsg lives in devtmpfs (the initramfs has /dev/console only); one write(2)
+     * per line: /dev/kmsg takes a record per write */
+    mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+    out = fopen("/dev/kmsg", "w");
+    if (!out)
+        out = stdout;
+    setvbuf(out, NULL, _IOLBF, 0);
     mkdir("/proc", 0555);
     if (mount("proc", "/proc", "proc", 0, NULL) == 0) {
         int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY);
@@ -88,15 +102,14 @@ int main(void) {
             else if (c == 'P')
                 report();
             else if (c == 'R') {
-                printf("AGI rebooting boot=%s\n", boot_id);
-                fflush(stdout);
+                fprintf(out, "AGI rebooting boot=%s\n", boot_id);
                 sync();
                 reboot(RB_AUTOBOOT);
             }
         }
         if (time(NULL) - last >= 2) {
             last = time(NULL);
-            printf("AGI-HB n=%04x boot=%s\n", ++beat, boot_id);
+            fprintf(out, "AGI-HB n=%04x boot=%s\n", ++beat, boot_id);
         }
     }
 }
