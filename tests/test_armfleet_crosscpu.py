@@ -56,6 +56,8 @@ LIB = "/usr/lib/abiguard/abiguard_pin.so"
 MIDR = 0x603000000013C000
 REVIDR = 0x603000000013C006
 AIDR = 0x603000000013C807
+#: the Linux guest left running on the cortex-a72 host for the move back
+_RUNNING: dict = {}
 
 
 @pytest.fixture(scope="module")
@@ -261,10 +263,10 @@ def test_linux_guest_reports_every_cpu_it_may_run_on(lab: Lab, fleet: dict) -> N
 def test_linux_guest_moves_across_models(lab: Lab, fleet: dict) -> None:
     """The Linux guest kept running (lab/armfleet/linuxinit.c as its /init), pinned to the
     two models' baseline with ``abiguard pin --cpu cortex-a57`` (shown the cortex-a57, told
-    both), live from the cortex-a57 host to the cortex-a72 and back: its own report (the
-    MIDR shown, the implementation CPUs found, the errata applied, read again from its
-    kernel log on request) is the same before and after each move, and after a reboot on
-    the cortex-a72 host (a new boot, its story told there)"""
+    both), live from the cortex-a57 host to the cortex-a72: its own report (the MIDR shown,
+    the implementation CPUs found, the errata applied, read again from its kernel log on
+    request) is the same before and after the move, and after a reboot on the cortex-a72
+    host (a new boot, its story told there); it is left running there for the move back"""
     base = fleet["baselines"]["a72+a57"]["file"]
     body = _doc(base)["contract"]["aarch64"]
     out = fleet["linux_moves"] = {}
@@ -282,22 +284,45 @@ def test_linux_guest_moves_across_models(lab: Lab, fleet: dict) -> None:
     assert set(first["errata"].split("; ")) >= own["a57"] | own["a72"], (first, own)
     con, boot = st["console"], first["boot"]
     try:
-        for src, dst, reboot in (("a57", "a72", True), ("a72", "a57", False)):
-            r = migration.migrate_running(lab, src, dst, dom, console=con, view_before=first,
-                                          reader=linux.Reader, reboot_check=reboot)
-            con = r.get("console") or con
-            out[f"{src}->{dst}"] = {k: r.get(k) for k in (
-                "outcome", "error", "migrate_s", "ram", "view_after_s", "heartbeat_continues", "diff_after",
-                "reboot_s", "diff_after_reboot", "view_after", "view_after_reboot")}
-            assert r["outcome"] == "migrated-same-view", (src, dst, r["outcome"], r.get("error"),
-                                                          r.get("diff_after"), r.get("diff_after_reboot"))
-            assert r["heartbeat_continues"] and r["view_after"]["boot"] == boot, r     # the same boot went on
-            if reboot:
-                assert r["view_after_reboot"]["boot"] != boot, r["view_after_reboot"]
-                boot = r["view_after_reboot"]["boot"]
+        r = migration.migrate_running(lab, "a57", "a72", dom, console=con, view_before=first,
+                                      reader=linux.Reader, reboot_check=True)
+        con = r.get("console") or con
+        out["a57->a72"] = _linux_move(r)
+        assert r["outcome"] == "migrated-same-view", (r["outcome"], r.get("error"), r.get("diff_after"),
+                                                      r.get("diff_after_reboot"))
+        assert r["heartbeat_continues"] and r["view_after"]["boot"] == boot, r     # the same boot went on
+        assert r["view_after_reboot"]["boot"] != boot, r["view_after_reboot"]      # a new boot, told on a72
+    except BaseException:
+        con.close()
+        migration.cleanup_domain(lab, dom, lab.hosts)
+        raise
+    _RUNNING.update(domain=dom, console=con, first=first)     # not recorded: a live console
+
+
+@pytest.mark.lab
+def test_linux_guest_moves_back(lab: Lab, fleet: dict) -> None:
+    """The same Linux guest, rebooted on the cortex-a72 host, live back to the cortex-a57:
+    its report the same. Open (issue 28): in both runs so far the guest arrived running
+    (QEMU: running, migrated) but printed nothing more, its vCPU at one PC at EL1 with
+    interrupts masked (idle, a wake-up that never comes); the payload guest makes the same
+    move after a reboot with its view the same"""
+    assert _RUNNING, "the Linux guest did not reach the cortex-a72 host (test_linux_guest_moves_across_models)"
+    dom, con, first = _RUNNING.pop("domain"), _RUNNING.pop("console"), _RUNNING.pop("first")
+    try:
+        r = migration.migrate_running(lab, "a72", "a57", dom, console=con, view_before=first,
+                                      reader=linux.Reader, reboot_check=False)
+        con = r.get("console") or con
+        fleet["linux_moves"]["a72->a57"] = _linux_move(r)
+        assert r["outcome"] == "migrated-same-view", (r["outcome"], r.get("error"), r.get("diff_after"))
+        assert r["heartbeat_continues"], r
     finally:
         con.close()
         migration.cleanup_domain(lab, dom, lab.hosts)
+
+
+def _linux_move(r: dict) -> dict:
+    return {k: r.get(k) for k in ("outcome", "error", "migrate_s", "ram", "view_after_s", "heartbeat_continues",
+                                  "diff_after", "reboot_s", "diff_after_reboot", "view_after", "view_after_reboot")}
 
 
 @pytest.mark.lab
