@@ -126,6 +126,18 @@ class Arch:
     def host_report(self, contract: Contract, profile: Profile) -> dict[str, Any]:
         return {}
 
+    def show_cpu(self, contract: Contract, cpu: str, profiles: list[Profile]) -> Contract:
+        """``--cpu``: the contract re-sealed showing the guest that CPU, one of those the
+        contract tells it (*profiles*: hosts a label may name)."""
+        from ..errors import UsageError
+
+        raise UsageError(f"--cpu chooses the CPU an arm64 guest is shown; this contract is {self.name}")
+
+    def cpu_notes(self, contract: Contract) -> dict[str, Any]:
+        """What ``pin``, ``baseline`` and ``status`` say of the CPU a guest is shown:
+        ``cpu`` (a line) and ``older_guests`` (lines), where the arch has something to say."""
+        return {}
+
     def common_config(self, profiles: list[Profile]) -> str | None:
         """The vCPU configuration every host offers, where the arch has such a notion."""
         return None

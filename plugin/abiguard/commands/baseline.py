@@ -24,6 +24,8 @@ class Baseline(Command):
                                  "default: this host's libvirt, if it answers")
         parser.add_argument("--no-libvirt", action="store_true",
                             help="compute the x86 CPU from the profiles alone")
+        parser.add_argument("--cpu", help="arm64, several CPU models: the CPU the guest is shown (a MIDR, a "
+                                          "model such as cortex-a57, or a PROFILE given); default: the first host's")
         parser.add_argument("-o", "--output", help="write the baseline here (default: stdout)")
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -44,6 +46,7 @@ class Baseline(Command):
             else:
                 hypervisors = HypervisorCpu.local()
         result = baseline.compute(profiles, rollback, args.config, hypervisors)
+        _shown_cpu(result, args.cpu, baseline.unique(profiles + rollback))
         text = json.dumps(result, sort_keys=True, indent=1) + "\n"
         if args.output:
             write(text, args.output)
@@ -58,11 +61,32 @@ class Baseline(Command):
         return 0
 
 
+def _shown_cpu(result: dict[str, Any], cpu: str | None, everyone: list[Any]) -> None:
+    """--cpu: the contract re-sealed showing the chosen CPU, each host's answer again; and
+    what the arch says of the CPU shown (arm64: ``older_guests``, what a guest kernel
+    without errata discovery misses)."""
+    from ..arch import get
+    from ..engine.baseline import host_report
+    from ..model.contract import Contract
+
+    sealed = Contract.from_json(result["contract"], "the baseline")
+    arch = get(sealed.arch)
+    if cpu is not None:
+        sealed = arch.show_cpu(sealed, cpu, everyone)
+        result["contract"] = sealed.to_json()
+        result["hosts"] = {p.label: host_report(sealed, p) for p in everyone}
+    notes = arch.cpu_notes(sealed)
+    if "older_guests" in notes:
+        result["older_guests"] = notes["older_guests"]
+
+
 def print_report(doc: dict[str, Any]) -> None:
     """The conflicts, what each libvirt said and each host's answer, as ``baseline`` and
     ``fleet baseline`` print them."""
     for conflict in doc["conflicts"]:
         print(f"  conflict: {conflict}")
+    for note in doc.get("older_guests", []):
+        print(f"  older guests: {note}")
     for uri, v in sorted(doc.get("libvirt", {}).items()):
         print(f"  libvirt {v['libvirt']} at {uri}: compareHypervisorCPU says {v['compare']}"
               + (f" ({v['reason']})" if v.get("reason") else ""))

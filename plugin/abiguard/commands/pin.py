@@ -22,6 +22,8 @@ class Pin(Command):
         src = parser.add_mutually_exclusive_group()
         src.add_argument("--baseline", help="a baseline (or contract) file from 'abiguard baseline'")
         src.add_argument("--profile", help="pin to what a VM booted on this profile's host has")
+        parser.add_argument("--cpu", help="arm64, several CPU models: the CPU the guest is shown, one of the "
+                                          "contract's (a MIDR, a model such as cortex-a57, or a host's profile file)")
         parser.add_argument("-c", "--connect", help="libvirt URI (default: libvirt's default)")
         parser.add_argument("--host-profile", default="/var/lib/abiguard/host-profile.json",
                             help="this host's profile, used when neither --baseline nor --profile is given")
@@ -41,6 +43,8 @@ class Pin(Command):
             raise UsageError(f"{printable(args.baseline, 200)}: a contract of origin 'seen' is what the hook "
                              "recorded an unpinned VM booted with, not one to pin: pin to a baseline (abiguard "
                              "baseline) or a profile")
+        if args.cpu is not None:
+            sealed = _shown_cpu(sealed, args.cpu)
         report = pin(args.connect, args.domain, sealed, args.host_profile)
         if args.json:
             print_json(report, "pin")
@@ -50,7 +54,23 @@ class Pin(Command):
                 print(f"  pinned: {line}")
             for line in report["cannot_pin"]:
                 print(f"  cannot pin: {line}")
+            if report.get("cpu"):
+                print(f"  cpu: {report['cpu']}")
+            for line in report.get("older_guests", []):
+                print(f"  older guests: {line}")
         return 0
+
+
+def _shown_cpu(sealed: Contract | None, cpu: str) -> Contract:
+    """--cpu: the contract re-sealed showing that CPU (one the contract tells the guest)."""
+    from ..arch import get
+    from ..model import profile
+
+    if sealed is None:
+        raise UsageError("--cpu chooses among the CPUs a contract tells the guest: give it with --baseline")
+    # a host's profile names that host's CPU
+    hosts = [profile.load(cpu).with_label(cpu)] if os.path.isfile(cpu) else []
+    return get(sealed.arch).show_cpu(sealed, cpu, hosts)
 
 
 def pin(uri: str | None, name: str, sealed: Contract | None, profile_path: str) -> dict[str, Any]:
@@ -91,7 +111,7 @@ def pin(uri: str | None, name: str, sealed: Contract | None, profile_path: str) 
         except libvirt.libvirtError as e:
             raise UsageError(f"libvirt refused the pinned definition of {name!r}: {e}") from None
         return {"domain": name, "contract": sealed.digest, "arch": sealed.arch,
-                "pinned": notes, "cannot_pin": cannot,
+                "pinned": notes, "cannot_pin": cannot, **get(sealed.arch).cpu_notes(sealed),
                 "note": (f"this host cannot start it with this contract ({len(cannot)} reason(s) below; the "
                          "hook refuses a start here): start it on a host that realises the contract"
                          if cannot else "takes effect at the next start" if dom.isActive() else

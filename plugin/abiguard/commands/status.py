@@ -31,7 +31,7 @@ class Status(Command):
             return 0
         for row in rows:
             print(f"{row['domain']}: {row['state']}, contract {row['contract']}")
-            for key in ("unpinned", "running_on_profile", "enforced"):
+            for key in ("unpinned", "cpu", "running_on_profile", "enforced"):
                 if key in row:
                     print(f"  {key.replace('_', ' ')}: {row[key]}")
             if "may_move_to" in row and hosts:
@@ -100,6 +100,10 @@ def status(uri: str | None, profiles: list[Profile]) -> list[dict[str, Any]]:
             row["arch"] = sealed.arch
             if facts.stamp is not None:
                 row["running_on_profile"] = facts.stamp.get("profile")
+            from ..arch import get
+
+            if "cpu" in (notes := get(sealed.arch).cpu_notes(sealed)):
+                row["cpu"] = notes["cpu"]
             row["enforced"] = _enforced(sealed.arch, facts.qemu_env)
             row["may_move_to"] = [p.label for p in profiles if verdict.check(sealed, p).allow]
             rows.append(row)

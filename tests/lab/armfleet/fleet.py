@@ -535,6 +535,13 @@ class Console:
         self.proc.stdin.write(f"send {text}\n".encode())
         self.proc.stdin.flush()
 
+    def reopen(self) -> None:
+        """A fresh console stream, into a new file: a stream opened on a domain that has
+        just arrived can stay open yet silent (as after a failed migration)."""
+        self.close()
+        fresh = Console(self.lab, self.host, self.dom)
+        self.path, self.proc = fresh.path, fresh.proc
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()

@@ -66,7 +66,8 @@ def diff(a: dict[str, str], b: dict[str, str]) -> dict[str, dict[str, str | None
 
 
 def domain_xml(name: str, *, machine: str = "virt", memory_mib: int = 16, image: str,
-               qemu_env: dict[str, str] | None = None, extra_devices: str = "", cmdline: str | None = None) -> str:
+               qemu_env: dict[str, str] | None = None, extra_devices: str = "", cmdline: str | None = None,
+               initrd: str | None = None) -> str:
     """A nested KVM guest: host-passthrough CPU, direct <kernel> boot of the payload, a pty
     serial console and nothing else (no disk, no NIC, no log file: every file libvirt adds to
     the per-VM AppArmor profile costs a profile recompile at start)."""
@@ -77,6 +78,8 @@ def domain_xml(name: str, *, machine: str = "virt", memory_mib: int = 16, image:
         env = "  <qemu:commandline>\n" + "".join(
             f"    <qemu:env name='{escape(k)}' value='{escape(v)}'/>\n" for k, v in qemu_env.items()
         ) + "  </qemu:commandline>\n"
+    boot_extra = "".join(f"\n    <{tag}>{escape(v)}</{tag}>"
+                         for tag, v in (("initrd", initrd), ("cmdline", cmdline)) if v)
     return f"""<domain type='kvm'{ns}>
   <name>{escape(name)}</name>
   <uuid>{uid}</uuid>
@@ -84,7 +87,7 @@ def domain_xml(name: str, *, machine: str = "virt", memory_mib: int = 16, image:
   <vcpu>1</vcpu>
   <os>
     <type arch='aarch64' machine='{escape(machine)}'>hvm</type>
-    <kernel>{escape(image)}</kernel>{f"{chr(10)}    <cmdline>{escape(cmdline)}</cmdline>" if cmdline else ""}
+    <kernel>{escape(image)}</kernel>{boot_extra}
   </os>
   <features><gic version='3'/></features>
   <cpu mode='host-passthrough'/>

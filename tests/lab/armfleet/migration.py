@@ -64,20 +64,22 @@ def cleanup_domain(lab: Lab, dom: str, hosts: list[str] | None = None) -> None:
         lab.virsh(h, "undefine", "--managed-save", "--nvram", dom, check=False, quiet=True)
 
 
-def pin(lab: Lab, host: str, dom: str, baseline: str | Path) -> dict:
-    """``abiguard pin --baseline`` run inside *host* (as an operator does) on the defined
-    *dom*; the baseline file is carried there first. Returns rc, pin's output, seconds."""
+def pin(lab: Lab, host: str, dom: str, baseline: str | Path, args: tuple[str, ...] = ()) -> dict:
+    """``abiguard pin --baseline`` (and *args*, e.g. ``--cpu a57``) run inside *host* (as an
+    operator does) on the defined *dom*; the baseline file is carried there first. Returns
+    rc, pin's output, seconds."""
     remote = f"/root/{Path(baseline).name}"
     lab.copy_in(host, baseline, remote)
     t0 = time.monotonic()
-    p = lab.sh(host, f"abiguard pin --baseline {shlex.quote(remote)} -c qemu:///system {shlex.quote(dom)}",
+    more = "".join(f" {shlex.quote(a)}" for a in args)
+    p = lab.sh(host, f"abiguard pin --baseline {shlex.quote(remote)}{more} -c qemu:///system {shlex.quote(dom)}",
                check=False, timeout=600)
     return {"rc": p.returncode, "output": (p.stdout + p.stderr).strip().splitlines(),
             "pin_s": round(time.monotonic() - t0, 1)}
 
 
 def start_domain(lab: Lab, host: str, xml: str, *, console: bool = True, baseline: str | Path | None = None,
-                 view: bool = True) -> dict:
+                 view: bool = True, pin_args: tuple[str, ...] = ()) -> dict:
     """Define and start *xml* on *host* (paused first, so the console is attached before the
     guest prints), pinned first to *baseline* when given; returns timings, AppArmor
     compiles, the QEMU pid, the console and the payload's first view (``view=False``: a
@@ -88,7 +90,7 @@ def start_domain(lab: Lab, host: str, xml: str, *, console: bool = True, baselin
     path.write_text(xml)
     cleanup_domain(lab, dom, [host])
     lab.virsh(host, "define", str(path))
-    pinned = pin(lab, host, dom, baseline) if baseline is not None else None
+    pinned = pin(lab, host, dom, baseline, pin_args) if baseline is not None else None
     if pinned is not None and pinned["rc"] != 0:
         return {"host": host, "domain": dom, "pin": pinned,
                 "error": "abiguard pin failed: " + " | ".join(pinned["output"][-5:])}
@@ -161,8 +163,21 @@ def _last_n(console: Console) -> int | None:
     """the guest's line counter as last seen -- of the last heartbeat or view line, whichever
     came later: not the largest, since a guest reboot seen on the same console starts it
     again at 0 (and prints its boot view before the next heartbeat)"""
-    found = re.findall(r"AFG(?:-HB)? n=([0-9a-f]+) ", console.text())
+    found = re.findall(r"(?:AFG(?:-HB)?|AGI-HB) n=([0-9a-f]+) ", console.text())
     return int(found[-1], 16) if found else None
+
+
+class PayloadReader:
+    """How the payload guest (guest.S) is read: a view line on 'P', a reboot on 'R'."""
+
+    @staticmethod
+    def fresh(con: Console) -> dict:
+        return con.fresh_view(timeout=180)
+
+    @staticmethod
+    def rebooted(con: Console, after: dict) -> dict:
+        con.send("R")
+        return con.wait_view(lambda v: v["boot"] != after["boot"], timeout=180)
 
 
 def _bytes(stats: dict[str, str], key: str) -> int | None:
@@ -173,10 +188,13 @@ def _bytes(stats: dict[str, str], key: str) -> int | None:
 def migrate_running(lab: Lab, src: str, dst: str, dom: str, *, console: Console | None = None,
                     view_before: dict | None = None, p2p: bool = False, flags: tuple[str, ...] = (
                         "--live", "--persistent", "--undefinesource"), timeout: float = 1800,
-                    reboot_check: bool = True) -> dict:
+                    reboot_check: bool = True, reader: type | None = None) -> dict:
     """Live-migrate the running *dom* from *src* to *dst* and say what happened. On success
     the guest's view is read on the destination, then again after a guest-initiated reboot
-    there; on failure, whether the guest still runs on the source in the same QEMU."""
+    there; on failure, whether the guest still runs on the source in the same QEMU.
+    *reader*: how the guest's view is read (``fresh(console)``, ``rebooted(console,
+    view)``); the payload's by default, :class:`.linux.Reader` for the Linux guest."""
+    reader = reader or PayloadReader
     rec: dict = {"from": src, "to": dst, "domain": dom, "flags": list(flags), "p2p": p2p,
                  "mode": "peer-to-peer (source libvirtd drives)" if p2p else "client-driven (virsh drives)"}
     pid_before = lab.qemu_pid(src, dom)
@@ -235,7 +253,7 @@ def migrate_running(lab: Lab, src: str, dst: str, dom: str, *, console: Console 
         con = lab.console(dst, dom)
         rec["console_destination"] = str(con.path)
         t1 = time.monotonic()
-        after = con.fresh_view(timeout=180)
+        after = reader.fresh(con)
         rec["view_after_s"] = round(time.monotonic() - t1, 1)
         rec["view_after"] = after
         rec["heartbeat_continues"] = (hb_before is not None and int(after["n"], 16) >= hb_before)
@@ -244,8 +262,7 @@ def migrate_running(lab: Lab, src: str, dst: str, dom: str, *, console: Console 
             rec["diff_after"] = guest.diff(view_before, after)
         if reboot_check:
             t2 = time.monotonic()
-            con.send("R")
-            rebooted = con.wait_view(lambda v: v["boot"] != after["boot"], timeout=180)
+            rebooted = reader.rebooted(con, after)
             rec["reboot_s"] = round(time.monotonic() - t2, 1)
             rec["view_after_reboot"] = rebooted
             rec["destination_qemu_pid_after_reboot"] = lab.qemu_pid(dst, dom)
@@ -366,6 +383,60 @@ def managedsave_start(lab: Lab, host: str, dom: str, *, console: Console | None 
         rec.update(outcome="failed", phase="start", error=libvirt_error(p.stderr))
         return rec
     return _resumed(lab, host, dom, rec, view_before)
+
+
+def managedsave_move(lab: Lab, src: str, dst: str, dom: str, *, console: Console | None = None,
+                     view_before: dict | None = None) -> dict:
+    """``virsh managedsave`` on *src*; the definition and the managed save file carried to
+    *dst* (where libvirt keeps them: the file under /var/lib/libvirt/qemu/save/, the
+    definition through ``virsh define``), ``virsh start`` there, which restores from it."""
+    remote = f"/var/lib/libvirt/qemu/save/{dom}.save"
+    rec: dict = {"from": src, "to": dst, "domain": dom, "op": "managedsave-move"}
+    if re.search(r"Persistent:\s+no", lab.virsh(src, "dominfo", dom, check=False, quiet=True).stdout):
+        # a domain restored from a save file is transient, and libvirt keeps a managed save
+        # for persistent domains only: define it from what it runs with (as a migration
+        # with --persistent does)
+        live = lab.dir / "domains" / f"{dom}-live-{src}.xml"
+        live.write_text(lab.virsh(src, "dumpxml", "--migratable", "--security-info", dom, quiet=True).stdout)
+        lab.virsh(src, "define", str(live))
+        rec["made_persistent"] = True
+    xml = lab.virsh(src, "dumpxml", "--inactive", "--security-info", dom, quiet=True).stdout
+    t0 = time.monotonic()
+    p = lab.virsh(src, "managedsave", dom, check=False, timeout=900)
+    rec["managedsave_s"] = round(time.monotonic() - t0, 1)
+    if p.returncode != 0:
+        rec.update(outcome="failed", phase="managedsave", error=libvirt_error(p.stderr))
+        return rec
+    if console is not None:
+        console.close()
+    local = lab.dir / "save" / f"{dom}-{src}.managedsave"
+    local.parent.mkdir(exist_ok=True)
+    path = lab.dir / "domains" / f"{dom}-from-{src}.xml"
+    path.write_text(xml)
+    t1 = time.monotonic()
+    lab.copy_out(src, remote, local)
+    lab.virsh(src, "undefine", "--managed-save", dom, check=False, quiet=True)
+    lab.virsh(dst, "define", str(path))
+    lab.copy_in(dst, local, remote)
+    rec["carry_s"] = round(time.monotonic() - t1, 1)
+    rec["save_file_bytes"] = local.stat().st_size
+    # libvirt's own flag (dominfo "Managed save:"), set by its managedsave or at daemon
+    # start, not by a file placed while it runs; the start restores from the file anyway
+    info = lab.virsh(dst, "dominfo", dom, check=False, quiet=True).stdout
+    rec["destination_says_managed_save"] = bool(re.search(r"Managed save:\s+yes", info))
+    since = lab.uptime(dst)
+    t2 = time.monotonic()
+    p = lab.virsh(dst, "start", "--paused", dom, check=False, timeout=900)
+    rec["start_s"] = round(time.monotonic() - t2, 1)
+    rec["apparmor_compiles_destination"] = len(lab.dmesg_since(dst, since, AA_COMPILE))
+    if p.returncode != 0:
+        rec.update(outcome="failed", phase="start", error=libvirt_error(p.stderr),
+                   destination_qemu_log_tail=lab.sh(dst, f"tail -n 15 /var/log/libvirt/qemu/{dom}.log",
+                                                    check=False, quiet=True).stdout.splitlines())
+        return rec
+    # a start from a managed save leaves no file behind; a fresh boot would leave it there
+    rec["managed_save_consumed"] = lab.sh(dst, f"test -e {remote}", check=False, quiet=True).returncode != 0
+    return _resumed(lab, dst, dom, rec, view_before)
 
 
 def run_migration(lab: Lab, src: str, dst: str, xml: str, *, p2p: bool = False, keep: bool = False,

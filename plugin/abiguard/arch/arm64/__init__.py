@@ -119,6 +119,17 @@ class Arm64(Arch):
 
         return baseline.host_report(contract, profile)
 
+    def show_cpu(self, contract: Contract, cpu: str, profiles: list[Profile]) -> Contract:
+        from . import cpus
+
+        return cpus.show(contract, cpus.choose(contract, cpu, cpus.labels(profiles, contract)))
+
+    def cpu_notes(self, contract: Contract) -> dict[str, Any]:
+        from . import cpus
+
+        shown = cpus.shown(contract)
+        return ({"cpu": shown} if shown else {}) | {"older_guests": cpus.older_guests(contract)}
+
     def common_config(self, profiles: list[Profile]) -> str | None:
         from .judge import common_config
 
