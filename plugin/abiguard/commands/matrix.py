@@ -69,21 +69,13 @@ class Matrix(Command):
     @staticmethod
     def _cells(names: list[str], hosts: list[Profile], qemu: tuple[int, ...] | None
                ) -> dict[tuple[str, str], dict[str, Any]]:
-        from ..engine import verdict
-        from ..model.problem import Policy
+        from ..fleet.matrix import cell
 
         cells: dict[tuple[str, str], dict[str, Any]] = {}
         for sname, src in zip(names, hosts):
             for dname, dst in zip(names, hosts):
-                if sname == dname:
-                    continue
-                v = verdict.check_pair(src, dst, Policy(qemu=qemu))
-                blockers = [p for p in v.problems if not p.pinnable]
-                state = "keeps" if v.allow else ("pin first" if not blockers else "cannot")
-                first = (blockers or v.problems)[0] if v.problems else None
-                cells[(sname, dname)] = {"state": state, "problems": len(v.problems),
-                                         "reason": first.line() if first else None,
-                                         "register": first.register if first else None}
+                if sname != dname:
+                    cells[(sname, dname)] = cell(src, dst, qemu)
         return cells
 
     @staticmethod

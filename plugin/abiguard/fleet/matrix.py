@@ -45,17 +45,41 @@ def groups(records: list[HostRecord], profiles: dict[str, Profile]) -> list[Grou
 
 
 def cell(src: Profile, dst: Profile, qemu: tuple[int, ...] | None = None) -> dict[str, Any]:
-    from ..engine import verdict
+    """``keeps`` when the VM moves as it is; ``pin first`` when the two hosts have a
+    contract both boot and accept (:func:`abiguard.engine.baseline.holds`, what ``baseline``
+    writes); ``cannot`` otherwise, with the first reason."""
+    from ..engine import baseline, verdict
     from ..model.problem import Policy
 
     if src.digest == dst.digest:
         return {"state": "same", "problems": 0, "reason": None, "register": None}
     v = verdict.check_pair(src, dst, Policy(qemu=qemu))
-    blockers = [p for p in v.problems if not p.pinnable]
-    state = "keeps" if v.allow else ("pin first" if not blockers else "cannot")
-    first = (blockers or v.problems)[0] if v.problems else None
-    return {"state": state, "problems": len(v.problems), "reason": first.line() if first else None,
-            "register": first.register if first else None}
+    if v.allow:
+        return {"state": "keeps", "problems": 0, "reason": None, "register": None}
+    if baseline.holds([src, dst], qemu=qemu) is not None:
+        first = v.problems[0]
+        return {"state": "pin first", "problems": len(v.problems), "reason": first.line(), "register": first.register}
+    blockers = pair_blockers(src, dst, qemu) or v.problems
+    return {"state": "cannot", "problems": len(v.problems), "reason": blockers[0].line(),
+            "register": blockers[0].register}
+
+
+def pair_blockers(src: Profile, dst: Profile, qemu: tuple[int, ...] | None) -> list[Any]:
+    """Why the two hosts have no contract both boot and accept: what their baseline's
+    contract meets on each (arrival first, then start)."""
+    from ..arch import get
+    from ..engine import baseline, verdict
+    from ..errors import UsageError
+    from ..model.contract import Contract
+
+    try:
+        doc = baseline.document([src, dst], qemu=qemu)
+    except UsageError:
+        return []
+    sealed = Contract.from_json(doc["contract"], "the pair's baseline")
+    streams = baseline.born_streams(get(sealed.arch), sealed, [src, dst])
+    return [p for h in (dst, src) for p in baseline.arrivals(sealed, h, streams, qemu)
+            + verdict.realise(sealed, h).problems]
 
 
 def cells(gs: list[Group], qemu: tuple[int, ...] | None = None) -> dict[tuple[str, str], dict[str, Any]]:
