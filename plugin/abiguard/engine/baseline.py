@@ -57,7 +57,7 @@ def compute(profiles: list[Profile], rollback: list[Profile] | None = None,
         otherwise such arrivals are judged on the strict model, which fails wherever any
         released QEMU could
     """
-    doc = document(profiles, rollback, config, hypervisors, qemu)
+    doc = document(profiles, rollback, config, hypervisors, qemu, accept_only)
     if qemu is not None:
         doc["qemu_where_unnamed"] = ".".join(map(str, qemu))
     everyone = unique(profiles + (rollback or []))
@@ -72,14 +72,17 @@ def compute(profiles: list[Profile], rollback: list[Profile] | None = None,
 
 def document(profiles: list[Profile], rollback: list[Profile] | None = None,
              config: str | None = None, hypervisors: list[Any] | None = None,
-             qemu: tuple[int, ...] | None = None) -> dict[str, Any]:
+             qemu: tuple[int, ...] | None = None, accept_only: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The contract the arch folds from the hosts, and what each host says of it.
 
-    :param qemu: judge arrivals on this destination QEMU version where a profile names none"""
+    :param qemu: judge arrivals on this destination QEMU version where a profile names none
+    :param accept_only: hosts no VM of the contract is started on: their boot streams are
+        not among those every host must accept"""
     everyone = unique(profiles + (rollback or []))
     arch, sealed, conflicts = fold(everyone, config, hypervisors)
     booting = {p.digest: verdict.realise(sealed, p) for p in everyone}
-    streams = born_streams(arch, sealed, [p for p in everyone if booting[p.digest].allow])
+    streams = born_streams(arch, sealed, [p for p in everyone
+                                          if booting[p.digest].allow and p.digest not in accept_only], everyone)
     hosts = {p.label: host_report(sealed, p, booting[p.digest], streams, qemu) for p in everyone}
     doc = {"format": FORMAT, "contract": sealed.to_json(), "conflicts": conflicts, "hosts": hosts,
            "rollback_hosts": sorted({p.label for p in rollback or []})}
@@ -117,15 +120,23 @@ def libvirt_runs(answer: dict[str, Any]) -> bool:
     return answer["compare"] in ("identical", "superset")
 
 
-def born_streams(arch: Any, sealed: Contract, born_on: list[Profile]) -> dict[tuple[int, ...] | None, str]:
-    """The register streams a VM of this contract carries, by where it was started: the
-    contract's own, and (arm64) each host's boot stream (:meth:`~abiguard.arch.base.Arch.boot_stream`),
-    which every destination is judged on. Stream -> the first host that gives it."""
+def born_streams(arch: Any, sealed: Contract, born_on: list[Profile],
+                 everyone: list[Profile] | None = None) -> dict[tuple[int, ...] | None, str]:
+    """The register streams a VM of this contract may carry when it arrives somewhere,
+    each with the first host it comes from: the contract's own; (arm64) the boot stream of
+    each host it is started on (:meth:`~abiguard.arch.base.Arch.boot_stream`); and the
+    stream each host of the fleet gives a VM that arrived there and moves on
+    (:meth:`~abiguard.arch.base.Arch.stamp_stream`). Every destination is judged on each."""
     out: dict[tuple[int, ...] | None, str] = {None: "the contract"}
-    for p in born_on:
-        got = arch.boot_stream(sealed, p) if arch.carries_register_stream else None
-        if got is not None and tuple(got) != tuple(getattr(sealed.body, "stream", ())):
-            out.setdefault(tuple(got), f"{p.kernel_release} ({p.digest[7:19]})")
+    if not arch.carries_register_stream:
+        return out
+    own = tuple(getattr(sealed.body, "stream", ()))
+    for how, hosts, stream_of in (("started on", born_on, arch.boot_stream),
+                                  ("moved on from", everyone or [], arch.stamp_stream)):
+        for p in hosts:
+            got = stream_of(sealed, p)
+            if got is not None and tuple(got) != own:
+                out.setdefault(tuple(got), f"a VM {how} {p.kernel_release} ({p.digest[7:19]})")
     return out
 
 
@@ -155,7 +166,7 @@ def arrivals(sealed: Contract, profile: Profile, streams: dict[tuple[int, ...] |
             if p.line() not in seen:
                 seen.add(p.line())
                 if stream is not None:
-                    p.why += f" (a VM started on {born})"
+                    p.why += f" ({born})"
                 problems.append(p)
     return problems
 
@@ -216,7 +227,7 @@ def judged(profiles: list[Profile], rollback: list[Profile] | None = None, confi
     judged from the profiles (no libvirt); None where no contract can even be folded (no
     vCPU configuration every host offers, or the like)."""
     try:
-        doc = document(profiles, rollback, config, qemu=qemu)
+        doc = document(profiles, rollback, config, qemu=qemu, accept_only=accept_only)
     except UsageError:
         return None
     doc["outcome"] = outcome(doc, accept_only)
@@ -254,11 +265,12 @@ def _holds(everyone: list[Profile], config: str | None, accept_only: frozenset[s
         return None          # no vCPU configuration every host offers, or the like
     born = []
     for p in everyone:
-        if verdict.realise(sealed, p).allow:
-            born.append(p)
-        elif p.digest not in accept_only:
+        if p.digest in accept_only:
+            continue              # no VM of it starts there: it need only accept them
+        if not verdict.realise(sealed, p).allow:
             return None
-    streams = born_streams(arch, sealed, born)
+        born.append(p)
+    streams = born_streams(arch, sealed, born, everyone)
     if any(arrivals(sealed, p, streams, qemu) for p in everyone):
         return None
     body = sealed.to_json()[sealed.arch]

@@ -77,7 +77,7 @@ def pair_blockers(src: Profile, dst: Profile, qemu: tuple[int, ...] | None) -> l
     except UsageError:
         return []
     sealed = Contract.from_json(doc["contract"], "the pair's baseline")
-    streams = baseline.born_streams(get(sealed.arch), sealed, [src, dst])
+    streams = baseline.born_streams(get(sealed.arch), sealed, [src, dst], [src, dst])
     return [p for h in (dst, src) for p in baseline.arrivals(sealed, h, streams, qemu)
             + verdict.realise(sealed, h).problems]
 
