@@ -96,9 +96,11 @@ def baseline(profiles: list[Path], out: Path, accept_only: list[Path] | None = N
     holds = doc["outcome"]["holds"]
     if holds != (p.returncode == 0) or holds != out.exists():
         raise LabError(f"abiguard baseline: exit {p.returncode}, outcome holds={holds}, file written={out.exists()}")
-    contract_file = out.with_suffix(".contract.json")
+    contract_file, report = out.with_suffix(".contract.json"), out.with_suffix(".report.json")
     contract_file.write_text(json.dumps(doc["contract"], indent=1) + "\n")
+    report.write_text(p.stdout)
     return {"file": str(out) if holds else None, "holds": holds, "contract_file": str(contract_file),
+            "report": str(report),
             "outcome": doc["outcome"], "accept_only": [str(x) for x in accept_only or []],
             "hosts": {label: {"boots": h["boots_with_contract"], "accepts": h["accepts_incoming"]}
                       for label, h in doc["hosts"].items()},
