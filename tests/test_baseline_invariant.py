@@ -255,3 +255,39 @@ def test_fleet_baseline_holds_the_same_invariant(fleet_dirs, capsys, tmp_path):
             for s in doc["outcome"]["leave_out"]:
                 rest = [p for p in paths if not any(LOADED[p].digest[7:19] in x for x in s["leave_out"])]
                 assert baseline.holds([LOADED[p] for p in rest]) is not None, (paths, s)
+
+
+@pytest.mark.parametrize("qemu", [(7, 2), (11, 1)])
+def test_matrix_pin_first_is_the_baseline_question(qemu):
+    """a cell is "pin first" exactly when baseline over the two hosts writes a contract"""
+    from abiguard.fleet.matrix import cell
+
+    for s, d in itertools.permutations(KERNELS, 2):
+        c = cell(LOADED[s], LOADED[d], qemu)
+        if c["state"] == "keeps":
+            continue
+        assert (c["state"] == "pin first") is (baseline.holds([LOADED[s], LOADED[d]], qemu=qemu) is not None), (s, d)
+
+
+def test_whatif_says_whether_the_fleet_keeps_a_contract(tmp_path):
+    """fleet whatif asks the same question of the fleet as it would be: {6.12, 7.2} (judged
+    on the strict model: the bundled profiles name no QEMU) and one host upgraded to 7.2"""
+    from abiguard.fleet import whatif
+    from abiguard.fleet.judge import Judge
+
+    store = Store(str(tmp_path))
+    k612, k72 = (next(p for p in KERNELS if os.path.basename(p).startswith(k)) for k in ("6.12", "7.2"))
+    for name, p in (("a", k612), ("b", k72), ("c", k72)):
+        store.publish(LOADED[p].doc, os.path.basename(p), name)
+    records = store.records()
+    profiles = store.profiles_of(records)
+    a = next(r for r in records if r.name == "a")
+    doc = whatif.whatif(a, LOADED[k72], records, profiles, [], {}, Judge())
+    now = baseline.holds([LOADED[k612], LOADED[k72]])
+    then = baseline.holds([LOADED[k72]], [LOADED[k612]])
+    assert doc["fleet_contract"]["now"]["holds"] is (now is not None)
+    assert doc["fleet_contract"]["then"]["holds"] is (then is not None)
+    text = "\n".join(whatif.lines(doc))
+    assert "the fleet's contract now: " in text and "the fleet's contract then: " in text
+    if now is not None and then is None:
+        assert whatif.harmful(doc)

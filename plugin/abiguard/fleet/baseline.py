@@ -76,4 +76,12 @@ def compute(store: Store, records: list[HostRecord], arch: str | None = None, ro
     back = [p.with_label(label(p)) for p in previous.values() if p.machine == name]
     doc = baseline.compute(now, back, config, hypervisors, accept_only)
     doc["fleet"] = {"directory": store.root, "arch": name, "hosts": hosts, "rollback_of": rolled}
+    # x86: what each profile's own libvirt said of the contract (compareHypervisorCPU), where
+    # one of its hosts' libvirts was asked; a libvirt that cannot start it already refuses it
+    for rec in records:
+        asked = doc.get("libvirt", {}).get(rec.uri) if rec.uri else None
+        rep = doc["hosts"].get(label(current[rec.profile])) if current[rec.profile].machine == name else None
+        if asked is not None and rep is not None:
+            rep["libvirt_compare"] = asked["compare"]
+            rep["libvirt_starts"] = baseline.libvirt_runs(asked)
     return doc
