@@ -85,11 +85,17 @@ def test_one_cpu_model_offers_its_own_cpu_only() -> None:
         cpus.choose(c, "neoverse-n1")
 
 
-def test_baseline_cpu_on_the_command_line(tmp_path: Path) -> None:
-    default = json.loads(cli("baseline", A72_PATH, N1_PATH, "--json").stdout)
-    p = cli("baseline", A72_PATH, N1_PATH, "--cpu", N1_PATH, "-o", str(tmp_path / "b.json"))
-    assert p.returncode == 0, p.stderr
-    doc = json.loads((tmp_path / "b.json").read_text())
+def test_baseline_cpu_on_the_command_line() -> None:
+    """--cpu re-seals the baseline showing the chosen CPU before any host is asked. The two
+    bundled 7.2 models have no contract both boot and accept (ID fields 7.2's KVM cannot
+    lower: issue 24's invariant refuses it, exit 1), so the document is read from --json,
+    which prints it with its outcome either way; the lab's cortex-a57/a72 pair, which holds,
+    writes it (tests/test_armfleet_crosscpu.py)."""
+    d = cli("baseline", A72_PATH, N1_PATH, "--qemu", "11.1", "--json")
+    p = cli("baseline", A72_PATH, N1_PATH, "--qemu", "11.1", "--cpu", N1_PATH, "--json")
+    assert d.returncode == p.returncode == 1, (d.stderr, p.stderr)
+    default, doc = json.loads(d.stdout), json.loads(p.stdout)
+    assert not doc["outcome"]["holds"] and "no contract written" in p.stderr
     body = doc["contract"]["aarch64"]
     assert int(body["values"][f"{MIDR:#x}"], 16) == own(N1)[0]
     assert body["impl_cpus"] == default["contract"]["aarch64"]["impl_cpus"]
@@ -101,7 +107,7 @@ def test_baseline_cpu_on_the_command_line(tmp_path: Path) -> None:
     assert midr_pins(default, N1_PATH) == [f"MIDR_EL1 = {own(A72)[0]:#x} (abiguard_pin.so at start)"]
     assert midr_pins(doc, A72_PATH) == [f"MIDR_EL1 = {own(N1)[0]:#x} (abiguard_pin.so at start)"]
     assert midr_pins(doc, N1_PATH) == [] and midr_pins(default, A72_PATH) == []
-    assert "older guests:" in p.stdout
+    assert doc["older_guests"], doc.get("older_guests")
     bad = cli("baseline", A72_PATH, N1_PATH, "--cpu", "cortex-a57")
     assert bad.returncode == 2 and "choose one of" in bad.stderr and "neoverse-n1" in bad.stderr, bad.stderr
 

@@ -135,13 +135,20 @@ def test_check_and_baseline_answers(fleet: dict) -> None:
     assert int(body["values"][f"{MIDR:#x}"], 16) == _midr(p["a72"])
     assert [int(c["midr"], 16) for c in body["impl_cpus"]] == [_midr(p["a72"]), _midr(p["a57"])]
     assert all(h["boots_with_contract"] and h["accepts_incoming"] for h in two["hosts"].values()), two["hosts"]
-    three = _doc(fleet["baselines"]["a72+a57+t57"]["file"])
+    assert fleet["baselines"]["a72+a57"]["holds"]
+    # the three hosts: refused (issue 24), the 6.12 host naming what its KVM cannot give
+    assert not fleet["baselines"]["a72+a57+t57"]["holds"]
+    three = _doc(fleet["baselines"]["a72+a57+t57"]["report"])
+    t57 = three["outcome"]["blocked"][p["t57"]]
+    assert any("MIDR_EL1" in w and "KVM_CAP_ARM_WRITABLE_IMP_ID_REGS" in w for w in t57["why"]), t57
+    assert three["outcome"]["leave_out"], three["outcome"]
     assert any("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS" in c and "6.12" in c for c in three["conflicts"]), \
         three["conflicts"]
     assert "impl_cpus" not in three["contract"]["aarch64"]
     # it still names a CPU (the first host's), so its VMs run only where that CPU is
     assert int(three["contract"]["aarch64"]["values"][f"{MIDR:#x}"], 16) == _midr(p["a72"])
     assert not three["hosts"][p["a57"]]["boots_with_contract"], three["hosts"][p["a57"]]
+    assert not three["hosts"][p["t57"]]["boots_with_contract"], three["hosts"][p["t57"]]
 
 
 @pytest.mark.lab
@@ -329,7 +336,7 @@ def test_a_kernel_that_cannot_is_refused(lab: Lab, fleet: dict) -> None:
     """on the 6.12 host the hook refuses a start with the three hosts' contract (it shows
     the cortex-a72: a MIDR this kernel cannot give), naming MIDR_EL1 and the capability;
     the library alone, given a MIDR pin there, stops QEMU with one line naming it"""
-    base = fleet["baselines"]["a72+a57+t57"]["file"]
+    base = fleet["baselines"]["a72+a57+t57"]["contract_file"]    # refused: its contract, as a file
     st = migration.start_domain(lab, "t57", guest.domain_xml("xc", machine="virt", image=GUEST_IMAGE),
                                 baseline=base, console=False)
     fleet["cannot"]["hook"] = {k: st.get(k) for k in ("error", "pin")}

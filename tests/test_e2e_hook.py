@@ -333,6 +333,46 @@ def test_destination_pins_travel_through_libvirt_into_qemu(lab: TwoHost, hosts):
             lab.destroy_guest(h, name)
 
 
+def test_pin_never_turns_on_a_pmu_the_domain_turned_off(lab: TwoHost, hosts):
+    """issue 24: a 2-vCPU aarch64 domain with <pmu state='off'/> and a baseline whose vCPU
+    configuration has the PMU: pin refuses (exit 1), names the configuration that fits the
+    domain, and leaves the definition as it was; pinned to that configuration's baseline
+    it keeps the PMU off, says every change as before -> after, and QEMU really starts
+    with pmu=off."""
+    name = "e2e-pmu-off"
+    # (placed before the reconnect test: its libvirtd restart has the daemon hook rewrite
+    # host a's profile in the background, over the arm64 profile this test sets)
+    p72 = load(ARM72)
+    set_profile(lab, "a", p72)
+    path = lab.host_state("a") / f"{name}.xml"
+    xml = lab.render_guest("aarch64", name, vcpus=2)
+    path.write_text(xml.replace("</os>", "</os>\n  <features><pmu state='off'/></features>", 1))
+    base_pmu, base_fit = lab.host_state("a") / "pmu.json", lab.host_state("a") / "fit.json"
+    try:
+        lab.virsh("a", "define", str(path))
+        abiguard(lab, "a", "baseline", ARM72, "-o", str(base_pmu))
+        assert json.loads(base_pmu.read_text())["contract"]["aarch64"]["config"] == "psci+pmu+sve+ptrauth"
+        before = lab.virsh("a", "dumpxml", "--inactive", name).stdout
+        cp = abiguard(lab, "a", "pin", name, "--baseline", str(base_pmu), check=False)
+        assert cp.returncode == 1, cp.stdout + cp.stderr
+        assert "the domain defines PMU off and the contract's vCPU configuration psci+pmu+sve+ptrauth has PMU on" \
+            in cp.stderr and "abiguard baseline --config psci+sve+ptrauth" in cp.stderr, cp.stderr
+        assert lab.virsh("a", "dumpxml", "--inactive", name).stdout == before          # nothing changed
+        abiguard(lab, "a", "baseline", ARM72, "--config", "psci+sve+ptrauth", "-o", str(base_fit))
+        out = abiguard(lab, "a", "pin", name, "--baseline", str(base_fit)).stdout
+        assert "pinned: PMU: off (as the domain defines it)" in out, out
+        assert "pinned: SVE: not defined (QEMU's default) -> on" in out, out
+        after = lab.virsh("a", "dumpxml", "--inactive", name).stdout
+        assert "<pmu state='off'/>" in after and "<vcpu placement='static'>2</vcpu>" in after, after
+        lab.start_guest("a", name)
+        cmdline = Path(f"/proc/{lab.qemu_pid('a', name)}/cmdline").read_bytes().split(b"\0")
+        cpu = cmdline[cmdline.index(b"-cpu") + 1].decode()
+        assert "pmu=off" in cpu, cmdline
+    finally:
+        set_profile(lab, "a", hosts["a"])
+        lab.destroy_guest("a", name)
+
+
 def test_reconnect_with_a_broken_install_keeps_running_vms(lab: TwoHost, hosts):
     """libvirt kills a running VM whose `reconnect` hook fails: with abiguard's package
     gone (or half-upgraded), a libvirtd restart must leave every VM running under the same
@@ -361,3 +401,4 @@ def test_reconnect_with_a_broken_install_keeps_running_vms(lab: TwoHost, hosts):
         lab.restart("a")
         lab.destroy_guest("a", name)
         lab.destroy_guest("b", other)
+

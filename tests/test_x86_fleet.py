@@ -362,3 +362,22 @@ def test_rollback_sid_to_bookworm_and_back_pinned_to_the_baseline(hooked, fresh)
         assert again == before, xf.cpuid_diff(before, again)
     finally:
         fl.cleanup(name)
+
+
+@pytest.mark.lab
+def test_the_baseline_said_where_its_contract_starts(fresh, fresh_truth):
+    """issue 24: the baseline's outcome per host (boots_with_contract: the profile-based
+    judgement, and libvirt's compareHypervisorCPU) against the pinned VM's real start there"""
+    fleet = json.loads((fresh / "fleet.json").read_text())
+    said = {label: rep["boots_with_contract"] for label, rep in fleet["hosts"].items()}
+    libvirt_ok = {v: (x or {}).get("compare") in ("identical", "superset") for v, x in fleet["libvirt"].items()}
+    started: dict[str, bool] = {}
+    for c in fresh_truth["cases"]:
+        if c["vm"] == "pinned":
+            started[c["source"]] = started.get(c["source"], False) or c["start_attempts"][0]["ok"]
+    sys.stderr.write(f"\nbaseline {fleet['outcome']['verdict']}; said boots {said}, libvirt {libvirt_ok}; "
+                     f"started {started}\n")
+    for v, ok in started.items():
+        assert ok == (said[v] and libvirt_ok.get(v, True)), (v, ok, said[v], fleet["outcome"])
+    assert fleet["outcome"]["holds"] is (all(said.values()) and all(libvirt_ok.values())
+                                         and all(r["accepts_incoming"] for r in fleet["hosts"].values()))

@@ -641,7 +641,10 @@ def record(out: Path = DATA, keep_unpinned_cpu: dict[str, str] | None = None) ->
                         assert fleet is not None
                         fl.define(src, name, "q35", "prepin")  # "pc" cannot take a pc-q35 pin: see the report
                         # pin runs from outside with -c URI, as an operator would
-                        cp = run([sys.executable, "-m", "abiguard", "pin", name, "--baseline", str(out / "fleet.json"),
+                        # a refused baseline (issue 24) is not pinned to: its contract is, as a
+                        # contract file, to hold each host's start to what the baseline said of it
+                        pin_file = out / ("fleet.json" if fleet["outcome"]["holds"] else "fleet-contract.json")
+                        cp = run([sys.executable, "-m", "abiguard", "pin", name, "--baseline", str(pin_file),
                                   "-c", fl.lab.uri(src), "--json"], timeout=120,
                                  env=dict(os.environ, PYTHONPATH=str(PLUGIN)))
                         case["pin"] = json.loads(cp.stdout)
@@ -706,6 +709,10 @@ def record(out: Path = DATA, keep_unpinned_cpu: dict[str, str] | None = None) ->
 
         fleet["conflicts"] = [named(c) for c in fleet["conflicts"]]
         (out / "fleet.json").write_text(json.dumps(fleet, indent=1, sort_keys=True) + "\n")
+        (out / "fleet-contract.json").write_text(json.dumps(fleet["contract"], indent=1) + "\n")
+        o = fleet["outcome"]
+        log(f"baseline {o['verdict']}" + "".join(f"; {h}: {w}" for h, b in o["blocked"].items() for w in b["why"][:2])
+            + "".join(f"; {named(x)}" for x in o["libvirt"]))
         log(f"baseline: machine {fleet['contract']['machine_type']}, CPU model "
             f"{fleet['contract']['x86_64']['cpu_model']} with {len(fleet['contract']['x86_64']['features'])} "
             f"features, libvirt {({v: (x or {}).get('compare') for v, x in fleet['libvirt'].items()})}, "

@@ -26,8 +26,17 @@ class Baseline(Command):
                             help="compute the x86 CPU from the profiles alone")
         parser.add_argument("--cpu", help="arm64, several CPU models: the CPU the guest is shown (a MIDR, a "
                                           "model such as cortex-a57, or a PROFILE given); default: the first host's")
+        parser.add_argument("--accept-only", action="append", default=[], metavar="PROFILE",
+                            help="a listed host (its profile path as given) that needs only to accept VMs of "
+                                 "the contract, not to boot them (e.g. a rollback host): explicit, named in "
+                                 "the output and the document (repeatable)")
+        parser.add_argument("--qemu", metavar="VERSION",
+                            help="the fleet's QEMU version where a profile does not name one (the bundled arm64 "
+                                 "profiles do not), e.g. 7.2 or 11.1; default: the strict model, which fails "
+                                 "wherever any released QEMU could")
         parser.add_argument("-o", "--output", help="write the baseline here (default: stdout)")
-        parser.add_argument("--json", action="store_true", help="print the report as JSON")
+        parser.add_argument("--json", action="store_true",
+                            help="print the baseline document, its outcome in it, even when it is refused")
 
     def run(self, args: argparse.Namespace) -> int:
         from .. import arch
@@ -45,39 +54,69 @@ class Baseline(Command):
                 hypervisors = [HypervisorCpu.open(uri) for uri in args.libvirt]
             else:
                 hypervisors = HypervisorCpu.local()
-        result = baseline.compute(profiles, rollback, args.config, hypervisors)
-        _shown_cpu(result, args.cpu, baseline.unique(profiles + rollback))
-        text = json.dumps(result, sort_keys=True, indent=1) + "\n"
-        if args.output:
-            write(text, args.output)
-        if args.json or not args.output:
-            sys.stdout.write(text)
+        only = accept_only(args.accept_only, profiles + rollback, verified)
+        from .base import qemu_version
+
+        result = baseline.compute(profiles, rollback, args.config, hypervisors, only,
+                                  qemu=qemu_version(args.qemu) if args.qemu else None, cpu=args.cpu)
+        return emit(result, args.output, args.json,
+                    f"baseline over {len(result['hosts'])} distinct host(s)")
+
+
+def accept_only(names: list[str], profiles: list[Any], verified: dict[str, Any] | None = None,
+                hosts: dict[str, str] | None = None) -> frozenset[str]:
+    """The digests ``--accept-only`` names: a profile as listed (its path or label), another
+    path to the same profile, or (``hosts``: fleet host name -> its profile digest) a host."""
+    from ..errors import UsageError
+    from ..model import profile
+
+    by_label = {p.label: p.digest for p in profiles}
+    out = set()
+    for name in names:
+        if name in by_label:
+            out.add(by_label[name])
+        elif hosts is not None and name in hosts:
+            out.add(hosts[name])
         else:
-            c = result["contract"]
-            body = c[c["arch"]]
-            print(f"baseline over {len(result['hosts'])} distinct host(s): {c['arch']} "
-                  f"machine {c.get('machine_type')}, {body.get('config', body.get('cpu_model'))}")
-            print_report(result)
+            import os
+
+            if not os.path.isfile(name):
+                raise UsageError(f"--accept-only: {name!r} is neither a listed host nor a profile file"
+                                 .replace("\n", " "))
+            out.add(profile.load(name, verified).digest)
+    return frozenset(out)
+
+
+def emit(doc: dict[str, Any], output: str | None, as_json: bool, title: str) -> int:
+    """The document, written (``-o``) and printed only when its contract holds; a refusal's
+    reasons otherwise, exit 1. ``--json`` prints the document, its outcome in it, either way."""
+    from ..engine.baseline import refusal_lines
+
+    ok = doc["outcome"]["holds"]
+    text = json.dumps(doc, sort_keys=True, indent=1) + "\n"
+    if ok and output:
+        write(text, output)
+    if as_json:
+        sys.stdout.write(text)
+        if not ok:
+            for line in refusal_lines(doc):
+                print(line, file=sys.stderr)
+        return 0 if ok else 1
+    if not ok:
+        for line in refusal_lines(doc):
+            print(line)
+        return 1
+    if not output:
+        sys.stdout.write(text)
         return 0
-
-
-def _shown_cpu(result: dict[str, Any], cpu: str | None, everyone: list[Any]) -> None:
-    """--cpu: the contract re-sealed showing the chosen CPU, each host's answer again; and
-    what the arch says of the CPU shown (arm64: ``older_guests``, what a guest kernel
-    without errata discovery misses)."""
-    from ..arch import get
-    from ..engine.baseline import host_report
-    from ..model.contract import Contract
-
-    sealed = Contract.from_json(result["contract"], "the baseline")
-    arch = get(sealed.arch)
-    if cpu is not None:
-        sealed = arch.show_cpu(sealed, cpu, everyone)
-        result["contract"] = sealed.to_json()
-        result["hosts"] = {p.label: host_report(sealed, p) for p in everyone}
-    notes = arch.cpu_notes(sealed)
-    if "older_guests" in notes:
-        result["older_guests"] = notes["older_guests"]
+    c = doc["contract"]
+    body = c[c["arch"]]
+    print(f"{title}: {c['arch']} machine {c.get('machine_type')}, {body.get('config', body.get('cpu_model'))}"
+          f"; written to {output}")
+    if doc.get("qemu_where_unnamed"):
+        print(f"  arrivals judged for QEMU {doc['qemu_where_unnamed']} where a profile names no QEMU (--qemu)")
+    print_report(doc)
+    return 0
 
 
 def print_report(doc: dict[str, Any]) -> None:
@@ -91,9 +130,8 @@ def print_report(doc: dict[str, Any]) -> None:
         print(f"  libvirt {v['libvirt']} at {uri}: compareHypervisorCPU says {v['compare']}"
               + (f" ({v['reason']})" if v.get("reason") else ""))
     for host, rep in sorted(doc["hosts"].items()):
-        state = "accepts" if rep["accepts_incoming"] else "REFUSES"
-        print(f"  {host}: {state} VMs with this contract"
-              + (f"; cannot pin {len(rep.get('cannot_pin', []))} item(s)" if rep.get("cannot_pin") else ""))
-        # a reason that stops both the arrival and the start is said once
-        for line in dict.fromkeys(rep["incoming_problems"][:3] + rep.get("cannot_pin", [])[:3]):
+        boots = "boots" if rep["boots_with_contract"] else "cannot boot"
+        print(f"  {host}: accepts and {boots} VMs with this contract"
+              + ("" if rep.get("must_boot", True) else " (--accept-only: it need only accept them)"))
+        for line in rep["why_not_booted"][:3]:
             print(f"      {line}")

@@ -36,7 +36,7 @@ class Pin(Command):
         if args.baseline:
             from ..engine.baseline import load_contract_or_profile
 
-            sealed = load_contract_or_profile(args.baseline)
+            sealed = load_contract_or_profile(args.baseline, written_only=True)
         elif args.profile:
             sealed = contract.from_profile(profile.load(args.profile))
         if sealed is not None and sealed.origin.kind == contract.SEEN:

@@ -44,7 +44,13 @@ def pick_arch(profiles: list[Profile], arch: str | None) -> str:
 
 def compute(store: Store, records: list[HostRecord], arch: str | None = None, rollback: bool = True,
             config: str | None = None, hypervisors: list[Any] | None = None,
-            extra_rollback: list[Profile] | None = None) -> dict[str, Any]:
+            extra_rollback: list[Profile] | None = None, accept_only: frozenset[str] = frozenset()
+            ) -> dict[str, Any]:
+    """The fleet's baseline document (:func:`abiguard.engine.baseline.compute`: its outcome
+    says whether every profile, rollbacks included, boots and accepts it).
+
+    :param accept_only: digests of profiles that need only accept the contract
+    """
     from ..engine import baseline
 
     if not records:
@@ -68,6 +74,14 @@ def compute(store: Store, records: list[HostRecord], arch: str | None = None, ro
             rolled.setdefault(label(previous[rec.previous]), []).append(rec.name)
     now = [p.with_label(label(p)) for p in current.values() if p.machine == name]
     back = [p.with_label(label(p)) for p in previous.values() if p.machine == name]
-    doc = baseline.compute(now, back, config, hypervisors)
+    doc = baseline.compute(now, back, config, hypervisors, accept_only)
     doc["fleet"] = {"directory": store.root, "arch": name, "hosts": hosts, "rollback_of": rolled}
+    # x86: what each profile's own libvirt said of the contract (compareHypervisorCPU), where
+    # one of its hosts' libvirts was asked; a libvirt that cannot start it already refuses it
+    for rec in records:
+        asked = doc.get("libvirt", {}).get(rec.uri) if rec.uri else None
+        rep = doc["hosts"].get(label(current[rec.profile])) if current[rec.profile].machine == name else None
+        if asked is not None and rep is not None:
+            rep["libvirt_compare"] = asked["compare"]
+            rep["libvirt_starts"] = baseline.libvirt_runs(asked)
     return doc

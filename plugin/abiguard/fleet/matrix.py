@@ -62,39 +62,91 @@ def groups(records: list[HostRecord], profiles: dict[str, Profile]) -> list[Grou
 
 
 def cell(src: Profile, dst: Profile, qemu: tuple[int, ...] | None = None) -> dict[str, Any]:
-    from ..engine import verdict
+    """``keeps`` when the VM moves as it is; ``pin first`` when the two hosts have a
+    contract both boot and accept (:func:`abiguard.engine.baseline.holds`, what ``baseline``
+    writes); ``cannot`` otherwise, with the first reason."""
+    from ..engine import baseline, verdict
     from ..model.problem import Policy
 
     if src.digest == dst.digest:
         return {"state": "same", "problems": 0, "reason": None, "register": None}
     v = verdict.check_pair(src, dst, Policy(qemu=qemu))
-    blockers = [p for p in v.problems if not p.pinnable]
-    state = "keeps" if v.allow else ("pin first" if not blockers else "cannot")
-    first = (blockers or v.problems)[0] if v.problems else None
-    out = {"state": state, "problems": len(v.problems), "reason": first.line() if first else None,
-           "register": first.register if first else None}
-    if first is not None:
-        # the pair's own values, and the explanation many cells share (said once, as a note)
-        reg = first.register + (f" field {first.field}" if first.field else "")
-        out["facts"] = f"{reg}: VM has {first.source}, destination {first.destination}"
-        out["why"] = f"{first.why}; {first.fix}"
+    if v.allow:
+        return {"state": "keeps", "problems": 0, "reason": None, "register": None}
+    # pin first: the two hosts have a contract both boot and accept (what baseline writes)
+    if baseline.holds([src, dst], qemu=qemu) is not None:
+        state, first = "pin first", v.problems[0]
+    else:
+        state, first = "cannot", (pair_blockers(src, dst, qemu) or v.problems)[0]
+    out = {"state": state, "problems": len(v.problems), "reason": first.line(), "register": first.register}
+    # the pair's own values, and the explanation many cells share (said once, as a note)
+    reg = first.register + (f" field {first.field}" if first.field else "")
+    out["facts"] = f"{reg}: VM has {first.source}, destination {first.destination}"
+    out["why"] = f"{first.why}; {first.fix}"
     if state == "pin first":
-        out["pins"] = pins(src, dst)
+        out["pins"] = pins(src, dst, qemu)
     return out
 
 
-def pins(src: Profile, dst: Profile) -> list[str]:
-    """What pinning means for a pin-first pair: the pair's baseline contract, and what
-    abiguard_pin.so writes for it at start on each host (a register KVM defaults otherwise)."""
+def pair_blockers(src: Profile, dst: Profile, qemu: tuple[int, ...] | None) -> list[Any]:
+    """Why the two hosts have no contract both boot and accept: what their baseline's
+    contract meets on each (arrival first, then start)."""
+    from ..arch import get
+    from ..engine import baseline, verdict
+    from ..errors import UsageError
+    from ..model.contract import Contract
+
+    try:
+        doc = baseline.document([src, dst], qemu=qemu)
+    except UsageError:
+        return []
+    sealed = Contract.from_json(doc["contract"], "the pair's baseline")
+    streams = baseline.born_streams(get(sealed.arch), sealed, [src, dst], [src, dst])
+    return [p for h in (dst, src) for p in baseline.arrivals(sealed, h, streams, qemu)
+            + verdict.realise(sealed, h).problems]
+
+
+def pins(src: Profile, dst: Profile, qemu: tuple[int, ...] | None = None) -> list[str]:
+    """What pinning means for a pin-first pair: what abiguard_pin.so does at start on each
+    host for the pair's baseline contract, one item per host: the register values it writes
+    (a register KVM defaults otherwise) and how many registers it hides from QEMU's list."""
     from ..engine.baseline import compute
 
-    doc = compute([src, dst])
+    doc = compute([src, dst], leave_out=False, qemu=qemu)
     out = []
     for p in (src, dst):
         for rep in doc["hosts"].values():
-            if rep["profile"] == p.digest:
-                out += [f"{pin.partition(' (')[0]} at start on {p.kernel_release}" for pin in rep.get("pins", ())]
+            if rep["profile"] != p.digest:
+                continue
+            items = [pin.partition(" (")[0] for pin in rep.get("pins", ())]
+            hidden = [i.partition(" hidden from")[0] for i in items if " hidden from " in i]
+            written = [i for i in items if " hidden from " not in i]
+            if hidden:
+                written.append(f"{len(hidden)} register(s) hidden from QEMU's list ({_runs(hidden)})")
+            if written:
+                out.append(f"on {p.kernel_release} at start: " + ", ".join(written))
     return out + [f"conflict: {c}" for c in doc["conflicts"]]
+
+
+def _runs(names: list[str]) -> str:
+    """DEMUX_CCSIDR[3], ..., DEMUX_CCSIDR[13] -> DEMUX_CCSIDR[3..13]: indexed names in runs."""
+    import re
+
+    out: list[str] = []
+    run: tuple[str, int, int] | None = None
+    for n in names + [""]:
+        m = re.fullmatch(r"(.+)\[(\d+)\]", n)
+        if m and run and m.group(1) == run[0] and int(m.group(2)) == run[2] + 1:
+            run = (run[0], run[1], int(m.group(2)))
+            continue
+        if run:
+            out.append(f"{run[0]}[{run[1]}]" if run[1] == run[2] else f"{run[0]}[{run[1]}..{run[2]}]")
+            run = None
+        if m:
+            run = (m.group(1), int(m.group(2)), int(m.group(2)))
+        elif n:
+            out.append(n)
+    return ", ".join(out)
 
 
 def detail(c: dict[str, Any], notes: dict[str, int]) -> str:

@@ -74,17 +74,40 @@ def whatif(host: HostRecord, new: Profile, records: list[HostRecord], profiles: 
             starts.append({"contract": digest, "sources": fc.sources})
     from .names import stack
 
-    return {"host": host.name,
+    return {"fleet_contract": fleet_contract(host, new, records, profiles), "host": host.name,
             "now": {"profile": current.digest, "kernel": current.kernel_release, "stack": stack(current)},
             "as": {"profile": new.digest, "kernel": new.kernel_release, "stack": stack(new)},
             "could_no_longer_come": come, "could_not_stay": stay, "could_no_longer_leave": leave,
             "loses_destinations": lose, "stops_realising": stops, "starts_realising": starts}
 
 
+def fleet_contract(host: HostRecord, new: Profile, records: list[HostRecord],
+                   profiles: dict[str, Profile]) -> dict[str, Any]:
+    """Whether the fleet has a contract every host boots and accepts now, and would have
+    one then, with H's current profile as the rollback it must stay able to make: the
+    question ``fleet baseline`` asks (:func:`abiguard.engine.baseline.judged`)."""
+    from ..engine import baseline
+    from .baseline import label
+
+    def answer(now: list[Profile], back: list[Profile]) -> dict[str, Any]:
+        doc = baseline.judged([p.with_label(label(p)) for p in now], [p.with_label(label(p)) for p in back])
+        ok = doc is not None and doc["outcome"]["holds"]
+        return {"holds": ok, "contract": doc["contract"]["digest"] if ok and doc else None,
+                "reason": None if ok else baseline.first_reason(doc)}
+
+    current = profiles[host.profile]
+    others = {profiles[r.profile].digest: profiles[r.profile] for r in records if r.name != host.name}
+    return {"now": answer(list({**others, current.digest: current}.values()), []),
+            "then": answer(list({**others, new.digest: new}.values()),
+                           [current] if current.digest != new.digest else [])}
+
+
 def harmful(doc: dict[str, Any]) -> bool:
-    """Whether the change would keep any VM from where it may go now."""
-    return any(doc[k] for k in ("could_no_longer_come", "could_not_stay", "could_no_longer_leave",
-                                "stops_realising"))
+    """Whether the change would keep any VM from where it may go now, or leave the fleet
+    without a contract every host boots and accepts where it has one now."""
+    lost = doc["fleet_contract"]["now"]["holds"] and not doc["fleet_contract"]["then"]["holds"]
+    return lost or any(doc[k] for k in ("could_no_longer_come", "could_not_stay", "could_no_longer_leave",
+                                        "stops_realising"))
 
 
 def lines(doc: dict[str, Any]) -> list[str]:
@@ -105,6 +128,11 @@ def lines(doc: dict[str, Any]) -> list[str]:
                  lambda e: f"{e['contract'][:19]} ({', '.join(e['sources'][:3])}): {e['reason']}"),
                 ("starts_realising", "contracts it would start realising",
                  lambda e: f"{e['contract'][:19]} ({', '.join(e['sources'][:3])})"))
+    fc = doc["fleet_contract"]
+    for when in ("now", "then"):
+        a = fc[when]
+        out.append(f"  the fleet's contract {when}: " + (f"{a['contract'][:19]}, every host boots and accepts it"
+                                                        if a["holds"] else f"none ({a['reason']})"))
     for key, title, fmt in sections:
         entries = doc[key]
         out.append(f"  {title}: {len(entries) or 'none'}")

@@ -80,13 +80,31 @@ def set_policy(lab: Lab, host: str, unpinned: str) -> None:
            quiet=True)
 
 
-def baseline(profiles: list[Path], out: Path) -> dict:
-    """``abiguard baseline`` here over the hosts' own profiles; the file and what it said."""
-    p = subprocess.run([sys.executable, "-m", "abiguard", "baseline", *map(str, profiles), "-o", str(out)],
-                       capture_output=True, text=True, timeout=120)
-    if p.returncode != 0 or not out.exists():
+def baseline(profiles: list[Path], out: Path, accept_only: list[Path] | None = None) -> dict:
+    """``abiguard baseline --json -o`` here over the hosts' own profiles: what it said, and
+    either the file it wrote (``holds``) or, refused (exit 1, nothing written), the
+    outcome (each host's reasons, what to leave out) and the refused contract as a contract
+    file (``contract_file``) a lab may pin to see the refusal reproduced by real KVM."""
+    import json
+
+    extra = [x for p in accept_only or [] for x in ("--accept-only", str(p))]
+    p = subprocess.run([sys.executable, "-m", "abiguard", "baseline", *map(str, profiles), *extra, "--json",
+                        "-o", str(out)], capture_output=True, text=True, timeout=300)
+    if p.returncode not in (0, 1):
         raise LabError(f"abiguard baseline failed (rc {p.returncode}): {p.stderr[-1500:]}")
-    return {"file": str(out), "said": (p.stdout + p.stderr).strip().splitlines()}
+    doc = json.loads(p.stdout)
+    holds = doc["outcome"]["holds"]
+    if holds != (p.returncode == 0) or holds != out.exists():
+        raise LabError(f"abiguard baseline: exit {p.returncode}, outcome holds={holds}, file written={out.exists()}")
+    contract_file, report = out.with_suffix(".contract.json"), out.with_suffix(".report.json")
+    contract_file.write_text(json.dumps(doc["contract"], indent=1) + "\n")
+    report.write_text(p.stdout)
+    return {"file": str(out) if holds else None, "holds": holds, "contract_file": str(contract_file),
+            "report": str(report),
+            "outcome": doc["outcome"], "accept_only": [str(x) for x in accept_only or []],
+            "hosts": {label: {"boots": h["boots_with_contract"], "accepts": h["accepts_incoming"]}
+                      for label, h in doc["hosts"].items()},
+            "said": p.stderr.strip().splitlines()}
 
 
 def check(src: Path, dst: Path) -> dict:

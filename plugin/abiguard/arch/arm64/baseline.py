@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ...errors import UsageError
-from . import regs
+from . import idregs, regs
 from .judge import dest_for, section_of
 from .rules import RULES
 
@@ -19,9 +19,11 @@ if TYPE_CHECKING:
 def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, list[str]]:
     """PSCI -> the highest version every host accepts; SMCCC workarounds -> the highest
     level every host accepts; hypercall bitmaps -> the AND of the defaults; ID registers
-    -> per field the kernel's safe value over all hosts, bits outside known fields must
-    agree; CLIDR/CCSIDR -> a value every host's KVM takes (:func:`_fold_cache`). Registers
-    listed by some hosts only are left out of the
+    -> per field the kernel's safe value over all hosts, except that a field some host
+    cannot change (outside its writable mask; every field before Linux 6.7) is that host's
+    value, which every other host must take (:func:`.idregs.fold_fixed`); bits outside
+    known fields must agree; CLIDR/CCSIDR -> a value every host's KVM takes
+    (:func:`_fold_cache`). Registers listed by some hosts only are left out of the
     stream (released QEMU carries every register its kernel lists: :func:`host_report`
     tells those hosts). Hosts of several CPU models: :func:`_cpu_models`."""
     from .body import Arm64Body
@@ -48,6 +50,9 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
     conflicts: list[str] = []
     cpus = _host_cpus(regsets)
     dests = None
+    # hosts by kernel in messages, by label where two share a kernel (CPU models)
+    releases = [p.kernel_release for p in profiles]
+    names = [r if releases.count(r) == 1 else p.label for r, p in zip(releases, profiles)]
     for rid in stream:
         kind = regs.kind_of(rid)
         if kind == "state" or (len(cpus) > 1 and rid in regs.IMPLEMENTATION_IDS):
@@ -56,15 +61,24 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
         if any(v is None for v in raw):
             continue
         name = regs.reg_name(rid)
+        value: int | None
         if kind in CACHE_KINDS:
             if dests is None:
                 dests = [dest_for(p, config)[0] for p in profiles]
             value, conflict = _fold_cache(rid, name, [v for v in raw if v is not None], dests)
+            if conflict:
+                conflicts.append(conflict)
+        elif kind == "idreg" and idregs.has_fields(name):
+            # a field a host cannot change is that host's value, or no contract has it
+            value, found = idregs.fold_fixed(name, [v for v in raw if v is not None],
+                                             [None if s.masks is None else s.masks.get(name, 0) for s in sections],
+                                             names)
+            conflicts += found
         else:
             value, conflict = RULES[kind].fold(name, [v for v in raw if v is not None],
                                                [s.acceptance.get(name) for s in sections])
-        if conflict:
-            conflicts.append(conflict)
+            if conflict:
+                conflicts.append(conflict)
         if value is not None:
             values[rid] = value
     guest = _guest_reads(profiles, config, values, conflicts)

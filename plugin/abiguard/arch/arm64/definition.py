@@ -28,18 +28,23 @@ def edit(root: Any, sealed: Contract, notes: list[str], cannot: list[str], profi
     if feats is None:
         feats = etree.SubElement(root, "features")
     pmu = feats.find("pmu")
+    cpu = root.find("cpu")
+    sve_now = _sve_defined(cpu)
+    want = {"PMU": "on" if "PMU_V3" in features else "off", "SVE": "on" if "SVE" in features else "off"}
+    now = {"PMU": pmu.get("state") if pmu is not None else None, "SVE": sve_now}
+    refuse_other_config(body.config, now, want)
     if pmu is None:
         pmu = etree.SubElement(feats, "pmu")
-    pmu.set("state", "on" if "PMU_V3" in features else "off")
-    notes.append(f"PMU: {pmu.get('state')}")
-    cpu = root.find("cpu")
+    pmu.set("state", want["PMU"])
     if cpu is None:
         cpu = etree.SubElement(root, "cpu", mode="host-passthrough")
     for f in cpu.findall("feature"):
         if f.get("name", "").startswith("sve"):
             cpu.remove(f)
     etree.SubElement(cpu, "feature", policy="require" if "SVE" in features else "disable", name="sve")
-    notes.append(f"SVE: {'on' if 'SVE' in features else 'off'}")
+    for what in ("PMU", "SVE"):
+        notes.append(f"{what}: {want[what]} (as the domain defines it)" if now[what] == want[what] else
+                     f"{what}: not defined (QEMU's default) -> {want[what]}")
     if "PTRAUTH_ADDRESS" not in features:
         cannot.append("pointer authentication off: libvirt has no element for QEMU's pauth property")
     if profile is None:
@@ -59,7 +64,12 @@ def edit(root: Any, sealed: Contract, notes: list[str], cannot: list[str], profi
     except EnforceError as e:
         cannot.extend(e.problems)
         return
-    notes.extend(describe(pins))
+    from .judge import section_of
+
+    own = section_of(profile)
+    probed = own.usable(body.config) if own is not None else None
+    defaults = (probed.registers if probed is not None else None) or {}
+    notes.extend(before_after(pins, describe(pins), defaults))
     text = commandline_xml(pins)
     if text:
         cmdline = root.find(f"{{{QEMU_NS}}}commandline")
@@ -67,3 +77,49 @@ def edit(root: Any, sealed: Contract, notes: list[str], cannot: list[str], profi
             cmdline = etree.SubElement(root, f"{{{QEMU_NS}}}commandline", nsmap={"qemu": QEMU_NS})
         for env in etree.fromstring(text.encode()):
             cmdline.append(env)
+
+
+#: a domain definition's SVE feature policies, as on or off
+_SVE_POLICY = {"require": "on", "force": "on", "disable": "off", "forbid": "off"}
+
+
+def _sve_defined(cpu: Any) -> str | None:
+    """SVE as the domain defines it (``<feature name='sve'>``), None where it leaves it to QEMU."""
+    if cpu is None:
+        return None
+    for f in cpu.findall("feature"):
+        if f.get("name") == "sve":
+            return _SVE_POLICY.get(f.get("policy", "require"))
+    return None
+
+
+def refuse_other_config(config: str, now: dict[str, str | None], want: dict[str, str]) -> None:
+    """``pin`` never changes what the domain itself defines: a PMU or SVE the domain sets
+    otherwise than the contract's vCPU configuration is a refusal naming the configuration
+    that fits the domain (``abiguard baseline --config``)."""
+    from ...errors import Refusal
+    from . import regs
+
+    differ = [k for k in want if now[k] is not None and now[k] != want[k]]
+    if not differ:
+        return
+    groups = {"PMU": "pmu", "SVE": "sve"}
+    have = [g for g in config.split("+")[1:] if g not in [groups[k] for k in differ]]
+    have += [groups[k] for k in differ if now[k] == "on"]
+    fit = "+".join(["psci"] + [g for g in regs.FEATURE_GROUPS if g in have])
+    raise Refusal("abiguard: not pinning: the domain defines "
+                  + ", ".join(f"{k} {now[k]}" for k in differ)
+                  + f" and the contract's vCPU configuration {config} has "
+                  + ", ".join(f"{k} {want[k]}" for k in differ)
+                  + f"; pin never changes what the domain defines: pin it to a baseline of its own "
+                  f"configuration (abiguard baseline --config {fit} PROFILE...), or change the domain first")
+
+
+def before_after(pins: list[Any], lines: list[str], defaults: dict[int, int | None]) -> list[str]:
+    """Each pin's line with what the host would give the VM without it: ``default -> value``."""
+    out = []
+    for p, line in zip(pins, lines):
+        before = defaults.get(p.id) if getattr(p, "id", None) is not None else None
+        out.append(line if before is None or p.how == "impl-cpu" else
+                   line.replace(f"= {p.value:#x}", f"{before:#x} -> {p.value:#x}", 1))
+    return out

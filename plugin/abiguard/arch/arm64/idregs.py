@@ -675,3 +675,33 @@ def fold(name: str, values: list[int]) -> tuple[int, bool]:
         out |= acc << f.shift
     rest = {v & ~covered for v in values}
     return out | (values[0] & ~covered), len(rest) <= 1
+
+
+def fold_fixed(name: str, values: list[int], masks: list[int | None], hosts: list[str]) -> tuple[int, list[str]]:
+    """:func:`fold` where some hosts cannot change some fields: a field outside a host's
+    writable mask (every field before Linux 6.7: ``masks`` None) can only be that host's
+    own value, so the contract takes it, and the hosts that fix one field must agree. The
+    safe value is taken only for fields every host can change. Returns the value and the
+    conflicts: fixed values that differ, and hosts that cannot take the fixed value.
+    ``hosts``: each host's name in messages, in the order of ``values``."""
+    value, agree = fold(name, values)
+    conflicts = [] if agree else [f"{name}: bits outside known fields differ between hosts"]
+    for f in fields_of(name):
+        fixed = [i for i, m in enumerate(masks) if m is None or f.mask & m != f.mask]
+        if not fixed:
+            continue
+        own = sorted({f.raw(values[i]) for i in fixed})
+        if len(own) > 1:
+            conflicts.append(f"{name}.{f.name}: " + "; ".join(
+                f"{hosts[i]} " + ("has no writable ID registers (before Linux 6.7)" if masks[i] is None
+                                  else "has the field outside its writable mask")
+                + f", so it gives only its own {f.raw(values[i]):#x}" for i in fixed) + ": no value every host takes")
+            continue
+        want = own[0]
+        value = (value & ~f.mask) | (want << f.shift)
+        for i, v in enumerate(values):
+            if i in fixed or f.raw(v) == want or is_safe(f, want, f.raw(v)):
+                continue
+            conflicts.append(f"{name}.{f.name}: {', '.join(hosts[j] for j in fixed)} can give only {want:#x}; "
+                             f"{hosts[i]} has {f.raw(v):#x} and its KVM accepts only a {f.safety_name} value")
+    return value, conflicts

@@ -244,7 +244,7 @@ class IdRegister(Rule):
             return field_problems(name, reg_id, value, default, 0,
                                   f"{dest.name} has no writable ID registers (before Linux 6.7), so its KVM")
         return field_problems(name, reg_id, value, default, dest.masks.get(name, 0),
-                              "the destination's KVM (writable mask)")
+                              f"{dest.name}'s KVM (the field is outside its writable mask)")
 
     def fold(self, name: str, values: list[int], trials: list[Any]) -> tuple[int | None, str | None]:
         from . import idregs

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from ... import arch
@@ -24,6 +23,10 @@ class FleetBaseline(Command):
         parser.add_argument("--rollback-to", action="append", default=[], metavar="PROFILE",
                             help="another profile the fleet may roll back to (repeatable)")
         parser.add_argument("--config", help="arm64 vCPU configuration (default: the richest all have)")
+        parser.add_argument("--accept-only", action="append", default=[], metavar="HOST_OR_PROFILE",
+                            help="a host (its name: its current profile) or a profile file that needs only to "
+                                 "accept VMs of the contract, not to boot them (e.g. a rollback profile): "
+                                 "explicit, named in the output and the document (repeatable)")
         lv = parser.add_mutually_exclusive_group()
         lv.add_argument("--libvirt", action="append", default=[], metavar="URI",
                         help="x86: ask these libvirts (baselineHypervisorCPU / compareHypervisorCPU) "
@@ -39,21 +42,26 @@ class FleetBaseline(Command):
         records = need_records(store)
         extra = profile.load_labelled(args.rollback_to)
         hypervisors = self._hypervisors(args, store, records)
-        doc = baseline.compute(store, records, args.arch, not args.no_rollback, args.config, hypervisors, extra)
+        from ...fleet.baseline import label
+        from ..baseline import accept_only, emit, print_report
+
+        everyone = list(store.profiles_of(records).values()) + extra
+        everyone += [store.profile(r.previous, store.record_path(r.name)) for r in records
+                     if r.previous is not None and not args.no_rollback]
+        labelled = [p.with_label(label(p)) for p in everyone]
+        only = accept_only(args.accept_only, labelled, hosts={r.name: r.profile for r in records})
+        doc = baseline.compute(store, records, args.arch, not args.no_rollback, args.config, hypervisors, extra,
+                               only)
+        if not doc["outcome"]["holds"] or args.json or not args.output:
+            return emit(doc, args.output, args.json, "fleet baseline")
         text = json.dumps(doc, sort_keys=True, indent=1) + "\n"
-        if args.output:
-            write(text, args.output)
-        if args.json or not args.output:
-            sys.stdout.write(text)
-            return 0
+        write(text, args.output)
         c = doc["contract"]
         fleet = doc["fleet"]
         print(f"fleet baseline written to {args.output}: {c['digest']} ({c['arch']}, machine {c.get('machine_type')})")
         print(f"  over {sum(map(len, fleet['hosts'].values()))} host(s) of {len(fleet['hosts'])} profile(s)"
               + (f", and the previous profiles of {sum(map(len, fleet['rollback_of'].values()))} host(s)"
                  if fleet["rollback_of"] else ""))
-        from ..baseline import print_report
-
         print_report(doc)              # per profile, as abiguard baseline says it
         return 0
 
