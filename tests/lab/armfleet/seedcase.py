@@ -33,7 +33,7 @@ def leg(lab: Lab, base: Path, born: str, moves: tuple[str, ...], reboot_last: bo
     t0 = time.monotonic()
     st = migration.start_domain(lab, born, guest.domain_xml(dom, machine="virt-7.2", image=GUEST_IMAGE),
                                 baseline=base)
-    out["start"] = {k: st.get(k) for k in ("pin", "error", "start_s", "view", "qemu_log_tail")}
+    out["start"] = {k: st[k] for k in ("pin", "error", "start_s", "view", "qemu_log_tail") if k in st}
     if "error" in st:
         migration.cleanup_domain(lab, dom, [born])
         out["seconds"] = round(time.monotonic() - t0, 1)
