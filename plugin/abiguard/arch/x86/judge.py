@@ -93,7 +93,11 @@ def contract_body(profile: Profile) -> X86Body:
         feats = explicit_arch_capabilities(feats, known)
         return X86Body(host_model.model, pv, feats, features.arch_capabilities_of(feats))
     if props is not None:
-        feats = {k: ("require" if v else "disable") for k, v in sorted(props.items()) if isinstance(v, bool)}
+        # QEMU's own host expansion (no libvirt answered the probe): the same rule, a bit this
+        # host's KVM will not put into a vCPU is off (test_deb_in_a_clean_chroot's self-check)
+        cannot = unstartable_arch_capabilities(profile)
+        feats = {k: ("require" if v and k not in cannot else "disable")
+                 for k, v in sorted(props.items()) if isinstance(v, bool)}
         return X86Body(None, pv, feats, features.arch_capabilities_of(feats))
     raise ContractError("profile", "no host-model CPU in it (neither libvirt domcapabilities nor QEMU's "
                         "host CPU expansion): probe the host with QEMU installed")
