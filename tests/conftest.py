@@ -64,8 +64,32 @@ def pytest_collection_finish(session):
         say(f"building cold caches in the background: {', '.join(started)} (logs: {warmup.LOGS})")
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    """The host's own abiguard state compared with the snapshot taken at the start, after
+    every fixture was torn down (runner's sessionfinish tears down session-scoped labs,
+    which may hold mount points there while they are up): a change fails the run."""
+    from helpers import hoststate
+
+    before = session.config.stash.get(hoststate.BEFORE, None)
+    if before is None or not session.items:
+        return
+    changed = hoststate.differences(before, hoststate.snapshot())
+    if changed:
+        session.config.stash[hoststate.CHANGED] = changed
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter):
+    from helpers import hoststate
     from lab import warmup
+
+    changed = terminalreporter.config.stash.get(hoststate.CHANGED, None)
+    if changed:
+        terminalreporter.write_line("FAILED (host state): the test run changed the host's own abiguard state:",
+                                    red=True)
+        for line in changed[:40]:
+            terminalreporter.write_line(f"  {line}")
 
     for name, r in warmup.results().items():
         terminalreporter.write_line(f"warm-up {name}: rc {r['rc']} in {r['seconds']} s ({r['log']})")

@@ -21,6 +21,8 @@ import pytest
 #: the snapshot taken when the run starts, and the run's own temporary directory
 BEFORE = pytest.StashKey[dict]()
 RUN_TMP = pytest.StashKey[str]()
+#: what the run changed, found after the session's own fixtures were torn down
+CHANGED = pytest.StashKey[list]()
 #: where a host keeps abiguard's configuration, state and logs (abiguard.state)
 HOST_STATE = ("/etc/abiguard", "/var/lib/abiguard", "/var/log/abiguard")
 #: entries a snapshot reads before it stops: the real directories hold a few dozen
