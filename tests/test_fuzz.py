@@ -76,16 +76,8 @@ def stamp_case(seed: int) -> None:
     data = fuzz._domain(contract_xml.to_xml_text(c) + fuzz.forged_stamp(rng, c))
     config = rng.choice(["[policy]\n", "[policy]\nallow_widening = true\n", "[policy]\nunpinned = \"allow\"\n"])
     root = fuzz._fake_root(HOSTS[rng.randrange(len(HOSTS))])
-    os.makedirs(os.path.join(root, "etc/abiguard"), exist_ok=True)
     argv = OPS[rng.randrange(2)]                       # migrate, restore: the stamp is the VM's word
-    t0 = time.monotonic()
-    try:
-        with open(os.path.join(root, "etc/abiguard/abiguard.toml"), "w") as f:
-            f.write(config)
-        rc, out, err = fuzz.run_hook(root, argv, data)
-    finally:
-        os.unlink(os.path.join(root, "etc/abiguard/abiguard.toml"))
-    fuzz.check_hook_answer(root, argv, data, rc, out, err, time.monotonic() - t0)
+    rc, out, err = fuzz.run_hook_configured(root, config, argv, data)
     fuzz.check_fail_open(argv, rc, err, True, "a stamp claiming fewer registers than its contract")
 
 
@@ -132,17 +124,11 @@ def record_case(seed: int) -> None:
         fuzz.mutate_markup(rng, seed_xml) if rng.random() < 0.5 else fuzz.mutate_bytes(rng, seed_xml, rounds=2))
     argv = OPS[rng.randrange(3)]
     policy = rng.choice(["allow", "warn", "refuse"])
-    os.makedirs(os.path.join(root, "etc/abiguard"), exist_ok=True)
     path = fuzz.pinned_record(root, uuid, line)
-    t0 = time.monotonic()
     try:
-        with open(os.path.join(root, "etc/abiguard/abiguard.toml"), "w") as f:
-            f.write(f"[policy]\nunpinned = \"{policy}\"\n")
-        rc, out, err = fuzz.run_hook(root, argv, data)
+        rc, out, err = fuzz.run_hook_configured(root, f"[policy]\nunpinned = \"{policy}\"\n", argv, data)
     finally:
-        os.unlink(os.path.join(root, "etc/abiguard/abiguard.toml"))
         fuzz.pinned_record(root, uuid, None)
-    fuzz.check_hook_answer(root, argv, data, rc, out, err, time.monotonic() - t0)
     try:
         facts = domxml.parse(data)
     except Exception:  # noqa: BLE001 - the hook refuses what its reader refuses
@@ -164,21 +150,16 @@ def swap_case(seed: int) -> None:
     root = fuzz._fake_root(HOSTS[rng.randrange(len(HOSTS))])
     fleet = os.path.join(root, "fleet")
     os.makedirs(os.path.join(fleet, "pinned"), exist_ok=True)
-    os.makedirs(os.path.join(root, "etc/abiguard"), exist_ok=True)
     with open(os.path.join(fleet, "pinned", fuzz.UUID), "wb") as f:
         f.write((recorded.digest + " 2026-01-01T00:00:00Z\n").encode())
     data = fuzz._domain(contract_xml.to_xml_text(arriving) + boot_stamp(arriving).decode())
     argv = OPS[rng.randrange(2)]
-    t0 = time.monotonic()
+    config = (rng.choice(["", "[policy]\nallow_widening = true\n", "[policy]\nunpinned = \"allow\"\n"])
+              + f"[fleet]\ndir = \"{fleet}\"\n")
     try:
-        with open(os.path.join(root, "etc/abiguard/abiguard.toml"), "w") as f:
-            f.write(rng.choice(["", "[policy]\nallow_widening = true\n", "[policy]\nunpinned = \"allow\"\n"])
-                    + f"[fleet]\ndir = \"{fleet}\"\n")
-        rc, out, err = fuzz.run_hook(root, argv, data)
+        rc, out, err = fuzz.run_hook_configured(root, config, argv, data)
     finally:
-        os.unlink(os.path.join(root, "etc/abiguard/abiguard.toml"))
         fuzz.pinned_record(root, fuzz.UUID, None)      # an allow leaves this host's record
-    fuzz.check_hook_answer(root, argv, data, rc, out, err, time.monotonic() - t0)
     swapped = recorded.digest != arriving.digest
     fuzz.check_fail_open(argv, rc, err, swapped, "another contract than the fleet recorded")
     if swapped:
@@ -271,28 +252,13 @@ def test_fuzz_hook(seed, xml_index, op, host):
 SHAPES = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 
+@pytest.mark.parametrize("case", [stamp_case, view_body_case, record_case, swap_case],
+                         ids=["stamps claiming less", "hook view bodies", "pinned records", "contract swaps"])
 @SHAPES
-@given(st.integers(0, 2 ** 32))
-def test_fuzz_stamps_claiming_less(seed):
-    stamp_case(seed)
-
-
-@SHAPES
-@given(st.integers(0, 2 ** 32))
-def test_fuzz_hook_view_bodies(seed):
-    view_body_case(seed)
-
-
-@SHAPES
-@given(st.integers(0, 2 ** 32))
-def test_fuzz_pinned_records(seed):
-    record_case(seed)
-
-
-@SHAPES
-@given(st.integers(0, 2 ** 32))
-def test_fuzz_contract_swaps(seed):
-    swap_case(seed)
+@given(seed=st.integers(0, 2 ** 32))
+def test_fuzz_tamper_shapes(case, seed):
+    """Issue 22's shapes, each its own campaign of SHAPES examples."""
+    case(seed)
 
 
 @FAST

@@ -302,6 +302,22 @@ def _stripped(xml: bytes) -> bytes:
     return text.replace(q, b"").replace(b"<metadata></metadata>", b"")
 
 
+def run_hook_configured(root: str, config: str, argv: list[str], data: bytes) -> tuple[int, bytes, str]:
+    """:func:`run_hook` with ``config`` as the fake root's abiguard.toml for this one run
+    (removed after it), its answer held to :func:`check_hook_answer`."""
+    path = os.path.join(root, "etc/abiguard/abiguard.toml")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    t0 = time.monotonic()
+    try:
+        with open(path, "w") as f:
+            f.write(config)
+        rc, out, err = run_hook(root, argv, data)
+    finally:
+        os.unlink(path)
+    check_hook_answer(root, argv, data, rc, out, err, time.monotonic() - t0)
+    return rc, out, err
+
+
 def check_hook_answer(root: str, argv: list[str], data: bytes, rc: int, out: bytes, err: str, took: float) -> None:
     """Every promise of the hook, for one input and its answer (AssertionError if one fails)."""
     assert took < RUN_LIMIT, f"hook ran {took:.2f} s"
