@@ -13,8 +13,14 @@ P = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
 
 
 def test_check_allow_and_refuse():
-    ok = abiguard("check", "--from", P["6.1.0-50-arm64"], "--to", P["7.2.13+deb14-arm64"])
+    ok = abiguard("check", "--from", P["6.12.117+deb13-arm64"], "--to", P["7.2.13+deb14-arm64"], "--qemu", "11.1")
     assert ok.returncode == 0 and ": ALLOW" in ok.stdout
+    # 6.1 does not trap CTR_EL0: its guest reads the CPU's IDC=0 while ONE_REG (and 7.2's
+    # guest) says IDC=1 -- both profiles' ONE_REG values agree, the guests do not
+    ctr = abiguard("check", "--from", P["6.1.0-50-arm64"], "--to", P["7.2.13+deb14-arm64"])
+    assert ctr.returncode == 1 and ": REFUSE" in ctr.stdout
+    assert "CTR_EL0 (0x603000000013d801) field IDC: VM has 0x8444c004 as its guest read it, destination would " \
+           "give the guest 0x9444c004" in ctr.stdout, ctr.stdout
     no = abiguard("check", "--from", P["7.2.13+deb14-arm64"], "--to", P["6.12.117+deb13-arm64"])
     assert no.returncode == 1 and ": REFUSE" in no.stdout
     assert "PSCI_VERSION (0x6030000000140000): VM has PSCI 1.3, destination accepts 0.2, 1.0, 1.1" in no.stdout

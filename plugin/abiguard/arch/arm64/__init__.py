@@ -27,7 +27,8 @@ class Arm64(Arch):
     qemu_binary = "qemu-system-aarch64"
     carries_register_stream = True
     xml = XmlShape("arm64", (("config", "config"), ("sve-vls", "sve_vls")),
-                   lists=(("stream", "stream"),), maps=(("reg", "values", "id", "value"),),
+                   lists=(("stream", "stream"),),
+                   maps=(("reg", "values", "id", "value"), ("guest", "guest", "key", "saw")),
                    records=(("cpu", "impl_cpus", (("midr", "midr"), ("revidr", "revidr"), ("aidr", "aidr"))),))
 
     def section_from_json(self, r: Reader, doc: dict[str, Any], where: str) -> Arm64Kvm:
@@ -65,9 +66,11 @@ class Arm64(Arch):
         if probed is None or probed.registers is None:
             raise ContractError("profile", f"vCPU configuration {config!r} was not probed there "
                                 f"(it has: {', '.join(section.configs)})")
-        return Arm64Body(config, probed.sve_vls, tuple(sorted(probed.registers)),
-                         {r: v for r, v in sorted(probed.registers.items())
-                          if v is not None and regs.carries_abi_value(r)})
+        from .body import guest_items
+
+        values = {r: v for r, v in sorted(probed.registers.items()) if v is not None and regs.carries_abi_value(r)}
+        return Arm64Body(config, probed.sve_vls, tuple(sorted(probed.registers)), values, (),
+                         {} if probed.guest is None else guest_items(probed.guest, values))
 
     def check(self, contract: Contract, dest: Profile, policy: Policy, stream: tuple[int, ...] | None,
               incoming: bool) -> Verdict:

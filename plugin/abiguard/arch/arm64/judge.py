@@ -14,11 +14,13 @@ from .rules import RULES, Dest, can_pin
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ...model.contract import Contract
     from ...model.problem import Policy
     from ...model.profile import Profile
     from .body import Arm64Body
-    from .section import Arm64Kvm
+    from .section import Arm64Kvm, ArmConfig
 
 
 def _h(v: int) -> str:
@@ -79,6 +81,88 @@ def cpu_problems(body: Arm64Body, dest: Dest) -> list[Problem]:
            "the guest")
     return [Problem(regs.reg_name(rid), rid, None, _h(own[i]), f"has {_h(here[i])}",  # type: ignore[arg-type]
                     why, fix, pinnable=not never)]
+
+
+def _fields(name: str, a: int, b: int) -> str | None:
+    """The ID-register fields two values differ in, by name (None: no known field)."""
+    from . import idregs
+
+    if not idregs.has_fields(name):
+        return None
+    diffs, rest = idregs.field_diffs(name, a, b, 0)
+    names = [d.field.name for d in diffs] + ([f"bits {rest:#x}"] if rest else [])
+    return ", ".join(names) or None
+
+
+def guest_problems(body: Arm64Body, probed: ArmConfig | None, name_of: Any) -> list[Problem]:
+    """Where the guest would read something else here than it read where its contract comes
+    from. ONE_REG does not always say what a guest reads (:mod:`.guest`); where it does
+    not, on either side, the guest's view decides:
+
+    - born where the guest read another value than ONE_REG's (``body.guest``), it keeps
+      that value only on a host whose guest reads the same; a host that gives the guest its
+      ONE_REG value gives it the stream's instead;
+    - here the guest reads this host's own value where this host's ONE_REG says another,
+      whatever the stream carries;
+    - registers outside ONE_REG (DCZID_EL0) and reads that trap compare as the guests saw
+      them; firmware answers too, when this host's firmware registers are the contract's
+      (otherwise the stream and pins decide them, judged by their rules).
+    """
+    from .body import seen_shown
+
+    if probed is None:
+        return []
+    here = probed.guest
+    values = body.values
+    if here is None:
+        if not body.guest:
+            return []      # neither side ran a guest: ONE_REG alone, as before guest views
+        return [Problem("guest view", None, None, "a recorded guest view", "has none in its profile",
+                        "the host's probe did not run a guest there (its profile says why under "
+                        "'unavailable', or it predates guest views), so abiguard cannot tell what the guest "
+                        "would read there", "probe the host again with this abiguard (abiguard probe)")]
+
+    def passes(rid: int) -> bool:
+        """This host gives the guest its ONE_REG value for the register."""
+        have = (probed.registers or {}).get(rid)
+        return rid not in here.faults and have is not None and here.registers.get(rid) == have
+
+    firmware_same = {r: v for r, v in values.items() if r in regs.FW_BY_ID} == \
+        {r: v for r, v in (probed.registers or {}).items() if r in regs.FW_BY_ID}
+    keys: set[int | str] = set(body.guest) | set(here.faults)
+    keys |= {rid for rid, v in here.registers.items() if not passes(rid)}
+    if firmware_same and body.guest:
+        keys |= set(here.firmware)
+    out = []
+    for key in sorted(keys, key=lambda k: (isinstance(k, str), k)):
+        if isinstance(key, str) and not firmware_same:
+            continue
+        born: tuple[str, int] | None = body.guest.get(key)
+        if born is None:
+            if not body.guest and isinstance(key, str):
+                continue   # a contract from before guest views says nothing of firmware answers
+            if not (isinstance(key, int) and key in values):
+                continue   # the contract says nothing of it
+            born = ("value", values[key])
+        now: tuple[str, int] | None = here.seen(key)
+        if isinstance(key, int) and passes(key) and key in values:
+            now = ("value", values[key])         # the stream's value reaches the guest here
+        if now == born:
+            continue
+        if isinstance(key, int):
+            name = name_of(key)
+            field = _fields(name, born[1], now[1]) if now is not None and born[0] == now[0] == "value" else None
+            reg_id: int | None = key
+        else:
+            name, field, reg_id = key, None, None
+        why = ("the guest read it from the CPU or KVM's emulation, not the value ONE_REG (the register stream) "
+               "carries" if isinstance(key, int) else "KVM's firmware answers the guest differently here")
+        if born[0] == "fault" or (now is not None and now[0] == "fault"):
+            why = "a read the guest makes traps on one side and not the other (or with another exception class)"
+        out.append(Problem(name, reg_id, field, f"{seen_shown(born)} as its guest read it",
+                           f"would give the guest {seen_shown(now)}", f"the guest's own view would change: {why}",
+                           "keep the VM on hosts whose guests read the same (abiguard matrix shows which)"))
+    return out
 
 
 def discovery_obstacle(profile: Profile, config: str) -> str | None:
@@ -164,6 +248,7 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
         if trouble:
             judged_bad.add(rid)
     problems += cpu_problems(body, dest)
+    problems += guest_problems(body, section.usable(body.config), name_of)
     # the stream carries the values in; a pin keeps each there across every reset. A
     # contract value the stream no longer carries (an earlier hop's host lacked the
     # register) is given back by its pin where this host has the register.
