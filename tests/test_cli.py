@@ -57,7 +57,10 @@ def test_check_tells_one_story_per_destination_qemu():
 def test_diff_both_directions():
     cp = abiguard("diff", P["6.1.0-50-arm64"], P["7.2.13+deb14-arm64"], "--json")
     doc = json.loads(cp.stdout)
-    assert doc["a_to_b"]["allow"] is True and doc["b_to_a"]["allow"] is False
+    # 6.1 -> 7.2: KVM takes the stream, the guest's CTR_EL0 (guest view) would change
+    assert doc["a_to_b"]["allow"] is False and doc["b_to_a"]["allow"] is False
+    assert [p["register"] for p in doc["a_to_b"]["problems"]] == ["CTR_EL0"]
+    assert "CTR_EL0" in {p["register"] for p in doc["b_to_a"]["problems"]}
 
 
 def test_baseline_over_the_kernels_with_rollback(tmp_path):
@@ -95,7 +98,8 @@ def test_matrix_reads_in_ten_seconds():
     rows = [r.split() for r in cp.stdout.splitlines() if r.startswith(("5.10", "6.1", "6.12", "7.2"))]
     assert len(rows) == 8                                       # one 4x4 table per QEMU rule
     q72, q111 = rows[:4], rows[4:]
-    assert q72[1][4] == "keeps" and q111[1][4] == "keeps"       # 6.1 -> 7.2 keeps the ABI
+    # 6.1 -> 7.2: KVM takes the stream, but the guest's CTR_EL0 would change (guest view)
+    assert q72[1][4] == "cannot:CTR_EL0" and q111[1][4] == "cannot:CTR_EL0"
     # the rollback 7.2 -> 6.12 works once pinned (shown with real QEMU in the nested lab);
     # 6.12 -> 7.2 fails on QEMU 7.2's stream-length check and works on 11.1
     assert q72[3][3:5] == ["pin", "first"] and q111[3][3:5] == ["pin", "first"]

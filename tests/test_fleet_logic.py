@@ -163,17 +163,17 @@ def test_whatif_rollback_of_a_host(fleet):
     assert "native72" in {e["vm"] for e in doc["could_no_longer_come"]}
     assert [e["vm"] for e in doc["could_not_stay"]] == ["lives-here"]
     assert [e["contract"] for e in doc["stops_realising"]] == [c72.digest]
-    # 7.2 already realises the 6.1 contract (abiguard check allows it): rolling back to 6.1
-    # keeps it, so the rollback starts realising nothing
-    assert j.judge(c61, profiles[host.profile]).allow and j.judge(c61, new).allow
-    assert doc["starts_realising"] == []
+    # 7.2 does not realise the 6.1 contract (its guest read CTR_EL0 0x8444c004: 6.1 does not
+    # trap it; 7.2 gives its guests 0x9444c004): rolling back to 6.1 starts realising it
+    assert not j.judge(c61, profiles[host.profile]).allow and j.judge(c61, new).allow
+    assert [e["contract"] for e in doc["starts_realising"]] == [c61.digest]
     assert whatif.harmful(doc)
     assert "contracts it would stop realising: 1" in "\n".join(whatif.lines(doc))
     # the other way round: h61, on 6.1, upgraded to 7.2 starts realising the 7.2 contract
     h61 = next(r for r in records if r.name == "h61")
     up = whatif.whatif(h61, model("7.2.13+deb14-arm64"), records, profiles, vms, fleet_contracts, Judge())
     assert [e["contract"] for e in up["starts_realising"]] == [c72.digest]
-    assert up["stops_realising"] == []
+    assert [e["contract"] for e in up["stops_realising"]] == [c61.digest]     # CTR_EL0, as above
 
 
 def test_whatif_cli_previous_and_exit_code(fleet):
@@ -239,7 +239,8 @@ def test_labels_yaml_and_kubectl(fleet):
     held = realised(records, fleet.profiles_of(records), fc, Judge())
     nodes, skipped = kube.node_labels(held, list(fc))
     assert skipped == ["hA72"], "a node name is lowercase"
-    assert nodes["h72a"] == {names.label(c61.digest): True, names.label(c72.digest): True}
+    # 7.2 cannot give 6.1's guest the CTR_EL0 it read there (guest view)
+    assert nodes["h72a"] == {names.label(c61.digest): False, names.label(c72.digest): True}
     assert nodes["h510"] == {names.label(c61.digest): False, names.label(c72.digest): False}
     text = kube.yaml(nodes)
     assert f'    {names.label(c72.digest)}: "true"' in text and "name: h510\n  labels: {}" in text

@@ -28,6 +28,7 @@ from abiguard.xml import domain as domxml
 from abiguard.xml.contract import to_xml_text
 from abiguard.xml.edit import boot_stamp
 from helpers.hookroot import hook_root
+from helpers.idc import on_idc_cpu
 from helpers.invalid import invalid
 
 P = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
@@ -36,7 +37,10 @@ K61, K612, K72 = "6.1.0-50-arm64", "6.12.117+deb13-arm64", "7.2.13+deb14-arm64"
 
 
 def sealed(name: str, config: str | None = None) -> contract.Contract:
-    return contract.from_profile(profile.load(P[name]), config)
+    """A host's contract; 6.1's as on a CPU with CTR_EL0.IDC set (helpers.idc), so that it
+    can move to 7.2 with pins"""
+    c = contract.from_profile(profile.load(P[name]), config)
+    return on_idc_cpu(c) if name == K61 else c
 
 
 def pinned(c: contract.Contract) -> str:

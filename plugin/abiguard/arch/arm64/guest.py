@@ -28,8 +28,6 @@ The view (a configuration's ``guest_view`` in the profile)::
 """
 from __future__ import annotations
 
-from . import a64
-
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
     from typing import Any
@@ -154,6 +152,8 @@ class Item:
 def program() -> tuple[bytes, list[Item]]:
     """The guest's page (vector table, then the code at :data:`ENTRY`) and what each slot
     it writes holds."""
+    from . import a64      # not on the hook's path, which reads only this module's tables
+
     items: list[Item] = []
     code: list[int] = a64.mov_imm(BASE, SLOTS_IPA)
 
