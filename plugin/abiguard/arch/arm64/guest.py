@@ -152,7 +152,7 @@ class Item:
 def program() -> tuple[bytes, list[Item]]:
     """The guest's page (vector table, then the code at :data:`ENTRY`) and what each slot
     it writes holds."""
-    from . import a64      # not on the hook's path, which reads only this module's tables
+    from . import a64  # not on the hook's path, which reads only this module's tables
 
     items: list[Item] = []
     code: list[int] = a64.mov_imm(BASE, SLOTS_IPA)
