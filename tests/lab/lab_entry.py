@@ -25,8 +25,10 @@ import sys
 BEGIN, END = "=====ARMLAB-JSON-BEGIN=====", "=====ARMLAB-JSON-END====="
 sys.path.insert(0, "/opt/abiguard")
 
-from abiguard.arch.arm64 import guest  # noqa: E402
-from abiguard.arch.arm64 import regs as arm64  # noqa: E402
+from abiguard.arch.arm64 import (
+    guest,  # noqa: E402
+    regs as arm64,  # noqa: E402
+)
 from abiguard.probe import host as probe  # noqa: E402
 from abiguard.uapi import kvm  # noqa: E402
 
