@@ -111,6 +111,8 @@ KVM_DEV_ARM_VGIC_CTRL_INIT = 0
 KVM_ARM_VCPU_PMU_V3_CTRL = 0
 KVM_ARM_VCPU_PMU_V3_IRQ = 0
 KVM_ARM_VCPU_PMU_V3_INIT = 1
+KVM_ARM_VCPU_PVTIME_CTRL = 2
+KVM_ARM_VCPU_PVTIME_IPA = 0
 #: core register ids: KVM_REG_ARM_CORE_REG(regs.pc / regs.pstate), the offset in u32 words
 #: of struct user_pt_regs {u64 regs[31], sp, pc, pstate}
 ARM_CORE_PC = REG_ARM64 | REG_SIZE_U64 | 0x0010 << ARM_COPROC_SHIFT | (32 * 8) // 4

@@ -65,7 +65,49 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
         impl_cpus = _cpu_models(profiles, config, cpus, set(stream), values, conflicts)
     vls = [c.sve_vls for c in probed]
     sve = min(v for v in vls if v is not None) if None not in vls else None
-    return Arm64Body(config, sve, stream, values, impl_cpus), conflicts
+    guest = _guest(profiles, probed, values, conflicts)
+    return Arm64Body(config, sve, stream, values, impl_cpus, guest), conflicts
+
+
+def _guest(profiles: list[Profile], probed: list[Any], values: dict[int, int],
+           conflicts: list[str]) -> dict[int | str, tuple[str, int]]:
+    """What a guest born anywhere in the fleet sees where ONE_REG does not say it: per
+    register, each host's guest read of it -- the contract's value where that host gives
+    the guest its ONE_REG value (a pin or the stream puts the contract's there), its own
+    read where not. Hosts that disagree are a conflict (no pin here makes their guests
+    agree), and the contract keeps the first host's, so the others refuse it. Firmware
+    answers are kept only where every host's firmware registers are the contract's."""
+    from .body import seen_shown
+
+    views = [c.guest for c in probed]
+    if any(v is None for v in views):
+        lacking = [p.label for p, v in zip(profiles, views) if v is None]
+        conflicts.append(f"no guest view from {', '.join(lacking)} (probe again with this abiguard): the contract "
+                         "records none, so each move is judged on its destination's guest view alone")
+        return {}
+    out: dict[int | str, tuple[str, int]] = {}
+    keys: set[int | str] = set()
+    for v in views:
+        keys |= set(v.registers) | set(v.faults)
+    fw_same = all({r: x for r, x in (c.registers or {}).items() if r in regs.FW_BY_ID}
+                  == {r: x for r, x in values.items() if r in regs.FW_BY_ID} for c in probed)
+    if fw_same:
+        keys |= set(views[0].firmware)
+    for key in sorted(keys, key=lambda k: (isinstance(k, str), k)):
+        seen = []
+        for c, v in zip(probed, views):
+            own = (c.registers or {}).get(key) if isinstance(key, int) else None
+            passes = isinstance(key, int) and key not in v.faults and own is not None and v.registers.get(key) == own
+            seen.append(("value", values[key]) if passes and key in values else v.seen(key))
+        if any(x != seen[0] for x in seen):
+            name = regs.reg_name(key) if isinstance(key, int) else key
+            conflicts.append(f"{name}: the hosts' guests read " + ", ".join(
+                f"{seen_shown(x)} on {p.label}" for p, x in zip(profiles, seen)) + ": no pin makes them agree, "
+                "so the contract keeps the first and the other hosts refuse it")
+        first = seen[0]
+        if first is not None and (first[0] != "value" or not isinstance(key, int) or values.get(key) != first[1]):
+            out[key] = first
+    return out
 
 
 def _host_cpus(regsets: list[dict[int, int | None]]) -> list[tuple[int, int, int]]:

@@ -128,6 +128,7 @@ CODE_SIZE = 0x10000            # 64 KiB: a whole page on every arm64 page size
 GICD_IPA = 0x08000000
 GICR_IPA = 0x080A0000
 PMU_PPI = 23                   # QEMU virt: VIRTUAL_PMU_IRQ 7 + 16
+PVTIME_IPA = CODE_IPA + 0xF000  # the stolen-time record (64 bytes), in the guest's page
 SLOTS_IPA = 0x10000000
 FAULT_SLOT = 0x7FF0            # the vector: ESR of a read that trapped, then it resumes
 ABORT_SLOT = 0x7FF8            # any other exception: ESR, then the guest stops
@@ -183,14 +184,16 @@ def program() -> tuple[bytes, list[Item]]:
         words = report_skip if vector == 4 else report_stop
         page[vector * 0x80:vector * 0x80 + 4 * len(words)] = b"".join(w.to_bytes(4, "little") for w in words)
     page[ENTRY:] = b"".join(w.to_bytes(4, "little") for w in code)
-    if len(page) > CODE_SIZE or len(items) * 8 >= DONE_SLOT:
+    if len(page) > PVTIME_IPA - CODE_IPA or len(items) * 8 >= DONE_SLOT:
         raise ValueError("the guest program outgrew its page")
     return bytes(page), items
 
 
 def _vm_like_qemus(vm: KvmVm, vcpu: KvmVcpu, features: list[str]) -> None:
     """The in-kernel GICv3 QEMU's virt machine gives a KVM guest (ID_AA64PFR0.GIC depends on
-    it), and the PMU on its PPI, set up as QEMU does after the vCPUs exist."""
+    it), the PMU on its PPI, set up as QEMU does after the vCPUs exist, and the stolen-time
+    record QEMU gives every vCPU where KVM has KVM_CAP_STEAL_TIME (kvm-steal-time=auto):
+    HV_PV_TIME_FEATURES answers SUCCESS only once it is set."""
     from ...uapi import kvm
 
     gic = vm.create_device(kvm.KVM_DEV_TYPE_ARM_VGIC_V3)
@@ -203,6 +206,8 @@ def _vm_like_qemus(vm: KvmVm, vcpu: KvmVcpu, features: list[str]) -> None:
     if "PMU_V3" in features:
         kvm.set_device_attr(vcpu, kvm.KVM_ARM_VCPU_PMU_V3_CTRL, kvm.KVM_ARM_VCPU_PMU_V3_IRQ, PMU_PPI, "<i")
         kvm.set_device_attr(vcpu, kvm.KVM_ARM_VCPU_PMU_V3_CTRL, kvm.KVM_ARM_VCPU_PMU_V3_INIT)
+    if vm.check_extension(kvm.CAPS["KVM_CAP_STEAL_TIME"]) > 0:
+        kvm.set_device_attr(vcpu, kvm.KVM_ARM_VCPU_PVTIME_CTRL, kvm.KVM_ARM_VCPU_PVTIME_IPA, PVTIME_IPA)
 
 
 def run(system: KvmSystem, vm: KvmVm, vcpu: KvmVcpu, features: list[str]) -> dict[str, Any]:

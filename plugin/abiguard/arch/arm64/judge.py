@@ -370,6 +370,7 @@ def boot_values(contract: Contract, profile: Profile) -> Verdict:
                                     f"no pin realises a {kind} register (released QEMU has no property "
                                     "for it either)", "boot the VM on a host whose defaults are the contract's"))
     problems += cpu_problems(body, dest)
+    problems += guest_problems(body, section.usable(body.config), section.name_of)
     return Verdict(problems, [], pins, kept_off(set(body.stream), dest))
 
 
