@@ -221,3 +221,19 @@ def test_a_destination_without_a_guest_view_is_refused_and_an_old_contract_judge
     probed = judge.section_of(s61).usable("psci")  # type: ignore[union-attr]
     ctr = judge.guest_problems(old.body, probed, judge.section_of(s61).name_of)  # type: ignore[arg-type,union-attr]
     assert [p.reg_id for p in ctr] == [CTR] and ctr[0].source == "0x9444c004 as its guest read it"
+
+
+def test_a_baseline_records_what_a_guest_born_in_the_fleet_reads():
+    from abiguard.engine import baseline
+
+    doc = baseline.compute([profile.load(P[K61]), profile.load(P[K72])])
+    ctr = [c for c in doc["conflicts"] if c.startswith("CTR_EL0: the hosts' guests read")]
+    assert len(ctr) == 1 and "0x8444c004 on" in ctr[0] and "0x9444c004 on" in ctr[0], doc["conflicts"]
+    c = contract.Contract.from_json(doc["contract"], "baseline")
+    assert c.body.guest[CTR] == ("value", 0x8444C004)  # type: ignore[union-attr]   # the first host's
+    assert not doc["hosts"][P[K72]]["boots_with_contract"]
+    assert any("CTR_EL0" in ln for ln in doc["hosts"][P[K72]]["cannot_pin"])
+    same = baseline.compute([profile.load(P[K612]), profile.load(P[K72])])
+    assert not [x for x in same["conflicts"] if "guests read" in x], same["conflicts"]
+    body = contract.Contract.from_json(same["contract"], "baseline").body
+    assert body.guest[DCZID] == ("value", 0x4) and CTR not in body.guest  # type: ignore[union-attr]
