@@ -218,11 +218,11 @@ def run(system: KvmSystem, vm: KvmVm, vcpu: KvmVcpu, features: list[str]) -> dic
 
     page, items = program()
     by_slot = {it.slot * 8: it for it in items}
-    _vm_like_qemus(vm, vcpu, features)
     mem = kvm.GuestMemory(CODE_SIZE)
     try:
         mem.map[:len(page)] = page
         vm.set_user_memory(0, CODE_IPA, CODE_SIZE, mem.address)
+        _vm_like_qemus(vm, vcpu, features)      # the stolen-time record must lie in a memslot
         vcpu.set_one_reg(kvm.ARM_CORE_PC, CODE_IPA + ENTRY)
         vcpu.set_one_reg(kvm.ARM_CORE_PSTATE, PSTATE_EL1H_MASKED)
         vcpu.set_one_reg(VBAR_EL1, CODE_IPA)
