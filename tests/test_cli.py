@@ -24,6 +24,11 @@ def test_check_allow_and_refuse():
     assert "note: CTR_EL0 (0x603000000013d801) pinned to 0x8444c004, the value its guest read where its contract " \
            "comes from (this host's guest would read 0x9444c004); QEMU's stream keeps 0x9444c004" in ctr.stdout, \
         ctr.stdout
+    # --json says what a VM with no pins would meet instead (the matrix's "pin first")
+    doc = json.loads(abiguard("check", "--json", "--from", P["6.1.0-50-arm64"], "--to", P["7.2.13+deb14-arm64"]).stdout)
+    assert doc["allow"] is True and [(u["register"], u["field"], u["source"], u["destination"], u["pinnable"])
+                                     for u in doc["unpinned"]] == [
+        ("CTR_EL0", "IDC", "0x8444c004 as its guest read it", "would give the guest 0x9444c004", True)]
     # a destination that neither shows the guest the same value nor can pin it refuses with
     # both guest values: 7.2's VM to 6.1, whose guest reads the CPU's IDC 0
     back = abiguard("check", "--from", P["7.2.13+deb14-arm64"], "--to", P["6.1.0-50-arm64"])

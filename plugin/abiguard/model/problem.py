@@ -120,6 +120,8 @@ class Verdict:
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"allow": self.allow, "verdict": "allow" if self.allow else "refuse",
                                "problems": [p.to_json() for p in self.problems], "notes": self.notes}
+        if self.unpinned:     # absent where a VM with no pins meets nothing more
+            doc["unpinned"] = [p.to_json() for p in self.unpinned]
         if self.by_qemu:
             doc["by_qemu"] = [{"qemu": label, **v.to_json()} for label, v in self.by_qemu]
         return doc
