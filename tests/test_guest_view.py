@@ -283,6 +283,7 @@ def test_a_baseline_records_what_a_guest_born_in_the_fleet_reads():
         c = contract.Contract.from_json(doc["contract"], "baseline")
         assert c.body.guest[CTR] == ("value", 0x8444C004)  # type: ignore[union-attr]
         assert c.body.values[CTR] == 0x9444C004  # type: ignore[union-attr]
+        assert from_element(_element(to_xml_text(c)), "xml") == c     # as abiguard pin writes it
         host72 = doc["hosts"][P[K72]]
         assert host72["boots_with_contract"] and host72["accepts_incoming"], host72
         assert "CTR_EL0 = 0x8444c004 (abiguard_pin.so at start; QEMU's stream carries 0x9444c004)" in host72["pins"]
