@@ -13,8 +13,27 @@ P = {os.path.basename(p)[:-5]: p for p in builtin_profiles()}
 
 
 def test_check_allow_and_refuse():
-    ok = abiguard("check", "--from", P["6.1.0-50-arm64"], "--to", P["7.2.13+deb14-arm64"])
+    ok = abiguard("check", "--from", P["6.12.117+deb13-arm64"], "--to", P["7.2.13+deb14-arm64"], "--qemu", "11.1")
     assert ok.returncode == 0 and ": ALLOW" in ok.stdout
+    # 6.1 does not trap CTR_EL0: its guest reads the CPU's IDC=0 while ONE_REG (and 7.2's
+    # guest) says IDC=1 -- both profiles' ONE_REG values agree, the guests do not. 7.2 traps
+    # the read and takes a written CTR_EL0 (>= 6.11): allowed with it pinned to what the
+    # 6.1 guest read, QEMU's stream keeping 6.1's ONE_REG value (issue 25's G/S pin)
+    ctr = abiguard("check", "--from", P["6.1.0-50-arm64"], "--to", P["7.2.13+deb14-arm64"])
+    assert ctr.returncode == 0 and ": ALLOW" in ctr.stdout
+    assert "note: CTR_EL0 (0x603000000013d801) pinned to 0x8444c004, the value its guest read where its contract " \
+           "comes from (this host's guest would read 0x9444c004); QEMU's stream keeps 0x9444c004" in ctr.stdout, \
+        ctr.stdout
+    # --json says what a VM with no pins would meet instead (the matrix's "pin first")
+    doc = json.loads(abiguard("check", "--json", "--from", P["6.1.0-50-arm64"], "--to", P["7.2.13+deb14-arm64"]).stdout)
+    assert doc["allow"] is True and [(u["register"], u["field"], u["source"], u["destination"], u["pinnable"])
+                                     for u in doc["unpinned"]] == [
+        ("CTR_EL0", "IDC", "0x8444c004 as its guest read it", "would give the guest 0x9444c004", True)]
+    # a destination that neither shows the guest the same value nor can pin it refuses with
+    # both guest values: 7.2's VM to 6.1, whose guest reads the CPU's IDC 0
+    back = abiguard("check", "--from", P["7.2.13+deb14-arm64"], "--to", P["6.1.0-50-arm64"])
+    assert back.returncode == 1 and "CTR_EL0 (0x603000000013d801) field IDC: VM has 0x9444c004 as its guest " \
+        "read it, destination would give the guest 0x8444c004" in back.stdout, back.stdout
     no = abiguard("check", "--from", P["7.2.13+deb14-arm64"], "--to", P["6.12.117+deb13-arm64"])
     assert no.returncode == 1 and ": REFUSE" in no.stdout
     assert "PSCI_VERSION (0x6030000000140000): VM has PSCI 1.3, destination accepts 0.2, 1.0, 1.1" in no.stdout
@@ -51,7 +70,11 @@ def test_check_tells_one_story_per_destination_qemu():
 def test_diff_both_directions():
     cp = abiguard("diff", P["6.1.0-50-arm64"], P["7.2.13+deb14-arm64"], "--json")
     doc = json.loads(cp.stdout)
+    # 6.1 -> 7.2: KVM takes the stream; the guest's CTR_EL0 (guest view) is kept by a pin
+    # on 7.2, which the verdict names; 7.2 -> 6.1 cannot keep it
     assert doc["a_to_b"]["allow"] is True and doc["b_to_a"]["allow"] is False
+    assert any(n.startswith("CTR_EL0 (0x603000000013d801) pinned to 0x8444c004") for n in doc["a_to_b"]["notes"])
+    assert "CTR_EL0" in {p["register"] for p in doc["b_to_a"]["problems"]}
 
 
 def test_baseline_over_the_kernels_with_rollback(tmp_path):
@@ -126,7 +149,12 @@ def test_matrix_reads_in_ten_seconds():
             and " -> " not in r]
     assert len(rows) == 8                                       # one 4x4 table per QEMU rule
     q72, q111 = rows[:4], rows[4:]
-    assert q72[1][4] == "keeps" and q111[1][4] == "keeps"       # 6.1 -> 7.2 keeps the ABI
+    # 6.1 -> 7.2: KVM takes the stream, but a VM with no pins would see its guest's CTR_EL0
+    # change (the guest's view); pinned to the pair's contract, 7.2 shows it 6.1's
+    assert q72[1][4:6] == ["pin", "first"] and q111[1][4:6] == ["pin", "first"]
+    assert "  6.1.0-50 -> 7.2.13: pin first: " in cp.stdout
+    assert "unpinned: CTR_EL0 field IDC: VM has 0x8444c004 as its guest read it, destination would give the " \
+        "guest 0x9444c004" in " ".join(cp.stdout.split())
     # "pin first" is "baseline over the pair writes a contract" (engine.baseline.holds)
     assert q111[3][3:5] == ["pin", "first"] and q111[2][4] == "keeps"
     # each cell's reason names its pair and its own numbers; a pin-first cell what to pin

@@ -31,9 +31,14 @@ def test_engine_agrees_with_real_kernels_on_every_pair():
     gt = load_dir(os.path.join(HERE, "data", "arm64", "groundtruth"))
     results = assert_agreement(bundled(), gt)
     assert len(results) == 320  # 8 hosts x 8 sources x their common vCPU configurations
-    # most moves fail on real kernels; the one cross-kernel success keeps the ABI exactly
+    # most moves fail on real kernels; the one stream KVM takes across kernels (6.1 -> 7.2)
+    # changes what the guest reads: the guest run after the replay read CTR_EL0 IDC=1, 6.1's
+    # own guest IDC=0 (the guest's view, issue 23)
     crossing_ok = {(r.source, r.destination) for r in results if r.real_ok and r.source != r.destination}
-    assert crossing_ok == {("6.1.0-50-arm64", "7.2.13+deb14-arm64")}
+    assert crossing_ok == set()
+    taken = {(r.source, r.destination, r.real_fails_on) for r in results if r.source != r.destination
+             and r.real_fails_on and all(f.startswith("0x603000000013d801") for f in r.real_fails_on)}
+    assert {(s, d) for s, d, _ in taken} == {("6.1.0-50-arm64", "7.2.13+deb14-arm64")}, taken
     assert not any(r.widens for r in results if r.real_ok)
 
 

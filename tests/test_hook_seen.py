@@ -86,8 +86,8 @@ def test_widening_is_recorded_in_the_stamp(host):
     """5.10 -> 6.1: 6.1 adds registers 5.10's stream lacks (the guest's ABI widens) and cannot
     load 5.10's stream either. Under warn the move is refused (it would fail); under allow it
     goes on, and the change is written into the new stamp, where status shows it, and kept
-    by the next hop. (No pair of the bundled profiles only widens: 6.1 -> 7.2 keeps the ABI,
-    every other pair fails.)"""
+    by the next hop. (No pair of the bundled profiles only widens: 6.1 -> 7.2 changes the
+    guest's CTR_EL0, every other pair fails.)"""
     cp = host("vm", "migrate", "begin", "-", xml=booted_on(K510), profile_name=K61)
     assert cp.returncode == 1 and "would fail it after copying its RAM" in cp.stderr.decode(), cp.stderr
     allow = '[policy]\nunpinned = "allow"\n'
@@ -103,11 +103,19 @@ def test_widening_is_recorded_in_the_stamp(host):
     assert etree.fromstring(again.stdout).find(f"metadata/{{{STAMP_NS}}}stamp").get("abi-changed") == changed
 
 
-def test_the_move_that_keeps_the_abi_is_not_recorded(host):
-    """6.1 -> 7.2, the one cross-kernel move that keeps the ABI exactly: allowed, nothing recorded."""
+def test_a_guest_value_only_a_pin_keeps_changes_an_unpinned_vm(host):
+    """6.1 -> 7.2, the one cross-kernel move KVM takes: 6.1's guest read the CPU's CTR_EL0
+    (IDC 0), 7.2 gives its guest the stream's (IDC 1). A pinned VM keeps it (7.2 pins it);
+    an unpinned one has no pin, so under warn the move goes on (nothing fails) with the
+    change named and recorded in the stamp, never passed as keeping the ABI."""
     cp = host("vm", "migrate", "begin", "-", xml=booted_on(K61), profile_name=K72)
-    assert cp.returncode == 0 and cp.stderr == b"", cp.stderr
-    assert etree.fromstring(cp.stdout).find(f"metadata/{{{STAMP_NS}}}stamp").get("abi-changed") is None
+    assert cp.returncode == 0, cp.stderr
+    assert b"its ABI changes on this host (on 7.2.13+deb14-arm64: CTR_EL0 (0x603000000013d801) field IDC)" \
+        in cp.stderr, cp.stderr
+    changed = etree.fromstring(cp.stdout).find(f"metadata/{{{STAMP_NS}}}stamp").get("abi-changed")
+    assert changed == "on 7.2.13+deb14-arm64: CTR_EL0 (0x603000000013d801) field IDC", changed
+    log = (host.root / "var/log/abiguard/hook.log").read_text()
+    assert "the guest ABI changes" in log and "VM has 0x8444c004 as its guest read it" in log
 
 
 def test_allow_never_refuses_and_refuse_always_does(host):

@@ -11,6 +11,12 @@ from abiguard.model import contract
 from abiguard.model.profile import Profile
 
 
+def _view_json(view: Any) -> dict[str, Any]:
+    return {"registers": {hex(k): hex(v) for k, v in view.registers.items()},
+            "firmware": {k: hex(v) for k, v in view.firmware.items()},
+            "faults": {(hex(k) if isinstance(k, int) else k): hex(v) for k, v in view.faults.items()}}
+
+
 class PairResult(NamedTuple):
     source: str
     destination: str
@@ -39,13 +45,32 @@ def load_dir(path: str) -> dict[str, Any]:
     return out
 
 
-def real_failures(replay: dict[str, Any]) -> frozenset[str]:
+def real_failures(replay: dict[str, Any], source_view: dict[str, Any] | None = None) -> frozenset[str]:
+    """What real KVM failed on, and -- where it took the whole stream and its guest ran
+    after (``guest_view``) -- every register and firmware call the guest now reads
+    otherwise than the source's guest did (``source_view``): a move is real only if the
+    guest keeps its view."""
     if replay.get("init") != "ok":
         return frozenset({"config"})
     fails = set(replay.get("unknown_on_destination", [])) | set(replay.get("writes_refused", {}))
     if replay.get("sve_vls") not in (None, "accepted"):
         fails.add("0x606000000015ffff")
+    if "guest_view" in replay and not fails:
+        after = replay["guest_view"]
+        if after is None or source_view is None:
+            fails.add("guest view")
+        else:
+            fails |= guest_view_changes(source_view, after)
     return frozenset(fails)
+
+
+def guest_view_changes(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
+    """The register ids and call keys whose answer (a value or a trap) differs."""
+    out = set()
+    for part in ("registers", "firmware", "faults"):
+        a, b = before.get(part, {}), after.get(part, {})
+        out |= {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+    return out
 
 
 def compare(profiles: dict[str, Any], groundtruth: dict[str, Any]) -> list[PairResult]:
@@ -59,9 +84,14 @@ def compare(profiles: dict[str, Any], groundtruth: dict[str, Any]) -> list[PairR
                 c = contract.from_profile(profiles[src_name], config)
                 v = verdict.check(c, dest, verdict.Policy(allow_widening=True))
                 strict = verdict.check(c, dest, verdict.Policy(allow_widening=False))
+                # the replay writes the stream and runs the guest with no pin: what only a pin
+                # keeps (the guest's CTR_EL0 shown apart from the stream) is a problem for it
                 names = frozenset("config" if p.register == "vCPU configuration"
                                   else (f"{p.reg_id:#x}" if p.reg_id is not None else p.register)
-                                  for p in v.problems)
-                results.append(PairResult(src_name, dest_name, config, real_failures(replay), v.allow,
-                                          names, any(p.kind == "widen" for p in strict.problems)))
+                                  for p in v.problems + v.unpinned)
+                view = profiles[src_name].arch_section().configs[config].guest  # type: ignore[union-attr]
+                seen = None if view is None else _view_json(view)
+                results.append(PairResult(src_name, dest_name, config, real_failures(replay, seen),
+                                          v.allow and not v.unpinned, names,
+                                          any(p.kind == "widen" for p in strict.problems)))
     return results

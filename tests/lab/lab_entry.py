@@ -13,7 +13,9 @@ Modes:
     when QEMU's incoming migration replays the source's register stream on a fresh VM:
     QEMU sends every register of KVM_GET_REG_LIST except core and SVE registers, fails on
     a stream register its own list lacks, then writes every value with KVM_SET_ONE_REG in
-    ascending id order (its cpreg list is sorted) and fails if any write failed.
+    ascending id order (its cpreg list is sorted) and fails if any write failed. Where
+    every write of another host's stream was taken, the guest then runs on that vCPU
+    (``guest_view``: what a guest migrated in reads, :mod:`abiguard.arch.arm64.guest`).
 """
 import glob
 import json
@@ -23,7 +25,10 @@ import sys
 BEGIN, END = "=====ARMLAB-JSON-BEGIN=====", "=====ARMLAB-JSON-END====="
 sys.path.insert(0, "/opt/abiguard")
 
-from abiguard.arch.arm64 import regs as arm64  # noqa: E402
+from abiguard.arch.arm64 import (
+    guest,  # noqa: E402
+    regs as arm64,  # noqa: E402
+)
 from abiguard.probe import host as probe  # noqa: E402
 from abiguard.uapi import kvm  # noqa: E402
 
@@ -36,7 +41,7 @@ def emit(obj):
     print(END)
 
 
-def replay_config(system, target, source_config, offered):
+def replay_config(system, target, source_config, offered, other_host=True):
     features = source_config["features"]
     result = {"features": features}
     lacking = [f for f in features if f not in offered]
@@ -81,6 +86,13 @@ def replay_config(system, target, source_config, offered):
                 refused["%#x" % reg_id] = kvm.errno_name(e.errno)
         result["writes_accepted"] = accepted
         result["writes_refused"] = refused
+        if other_host and not refused and not result["unknown_on_destination"]:
+            # the move real KVM takes: what its guest reads now is the move's other half
+            try:
+                result["guest_view"] = guest.run(system, vm, vcpu, features)
+            except (OSError, kvm.GuestStop) as e:
+                result["guest_view"] = None
+                result["guest_error"] = str(e)
     return result
 
 
@@ -99,7 +111,8 @@ def replay(inputs="/inputs"):
             configs = source["kvm"]["aarch64"].get("configs", {})
             out["replays"][name] = {
                 "source_digest": source["digest"],
-                "configs": {c: replay_config(system, target, configs[c], offered) for c in sorted(configs)},
+                "configs": {c: replay_config(system, target, configs[c], offered,
+                                             source["digest"] != own["digest"]) for c in sorted(configs)},
             }
     return out
 

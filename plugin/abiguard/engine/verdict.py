@@ -60,6 +60,8 @@ def by_qemu(verdicts: list[tuple[str, Verdict]]) -> Verdict:
         notes += [n for n in v.notes if n not in notes]
     out = Verdict(problems, notes, first.boot_pins, first.keep_off)
     out.by_qemu = verdicts
+    for _label, v in verdicts:
+        out.unpinned += [p for p in v.unpinned if p.line() not in {u.line() for u in out.unpinned}]
     return out
 
 

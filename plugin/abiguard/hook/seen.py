@@ -173,7 +173,9 @@ def arrival(dom: str, op: str, data: bytes, facts: DomainFacts, sealed: Contract
     # widening reported, never allowed by the policy: it is what gets recorded
     profile, v = checks.judge(lambda p: verdict.check(sealed, p, Policy(allow_widening=False), stream))
     fails = [p for p in v.problems if p.kind != "widen"]
-    widen = [p for p in v.problems if p.kind == "widen"]
+    # what only a pin keeps (the guest's CTR_EL0 shown apart from the stream) changes for a
+    # VM with no pins: its guest's ABI changes here, as with a widening
+    widen = [p for p in v.problems if p.kind == "widen"] + v.unpinned
     if fails and config.unpinned == "warn":
         what = (f"refusing {op} of '{dom}' to this host (an unpinned VM: QEMU or KVM here would fail it after "
                 f"copying its RAM; pin it to a contract both hosts realise, abiguard baseline + pin)")

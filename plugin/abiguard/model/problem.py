@@ -93,9 +93,12 @@ class Verdict:
         ``boot_pins`` whose guest value is not the stream's (arm64 CTR_EL0: the guest is
         shown what an older kernel's guest read, the stream keeps what that kernel's KVM
         insists on); abiguard_pin.so translates between the two
+    :param unpinned: what a VM with no pins (an unpinned VM, which abiguard_pin.so does not
+        touch) meets besides ``problems``: the changes those pins of ``boot_pins`` prevent
+        that no stream carries (arm64 CTR_EL0 shown apart from the stream)
     """
 
-    __slots__ = ("problems", "notes", "boot_pins", "keep_off", "by_qemu", "hidden", "stream_values")
+    __slots__ = ("problems", "notes", "boot_pins", "keep_off", "by_qemu", "hidden", "stream_values", "unpinned")
 
     def __init__(self, problems: list[Problem], notes: list[str], boot_pins: dict[int, int] | None = None,
                  keep_off: dict[int, int] | None = None) -> None:
@@ -108,6 +111,7 @@ class Verdict:
         self.by_qemu: list[tuple[str, Verdict]] = []
         self.hidden: tuple[int, ...] = ()
         self.stream_values: dict[int, int] = {}
+        self.unpinned: list[Problem] = []
 
     @property
     def allow(self) -> bool:
@@ -116,6 +120,8 @@ class Verdict:
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"allow": self.allow, "verdict": "allow" if self.allow else "refuse",
                                "problems": [p.to_json() for p in self.problems], "notes": self.notes}
+        if self.unpinned:     # absent where a VM with no pins meets nothing more
+            doc["unpinned"] = [p.to_json() for p in self.unpinned]
         if self.by_qemu:
             doc["by_qemu"] = [{"qemu": label, **v.to_json()} for label, v in self.by_qemu]
         return doc

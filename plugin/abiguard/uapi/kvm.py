@@ -74,9 +74,12 @@ KVM_GET_API_VERSION = _io(0x00)
 KVM_CREATE_VM = _io(0x01)
 KVM_GET_MSR_INDEX_LIST = _iowr(0x02, 4)
 KVM_CHECK_EXTENSION = _io(0x03)
+KVM_GET_VCPU_MMAP_SIZE = _io(0x04)
 KVM_GET_SUPPORTED_CPUID = _iowr(0x05, 8)
 KVM_GET_MSR_FEATURE_INDEX_LIST = _iowr(0x0A, 4)
 KVM_CREATE_VCPU = _io(0x41)
+KVM_SET_USER_MEMORY_REGION = _iow(0x46, 32)   # struct kvm_userspace_memory_region
+KVM_RUN = _io(0x80)
 KVM_GET_MSRS = _iowr(0x88, 8)
 KVM_SET_MSRS = _iow(0x89, 8)
 KVM_SET_CPUID2 = _iow(0x90, 8)
@@ -88,6 +91,34 @@ KVM_ARM_PREFERRED_TARGET = _ior(0xAF, 32)
 KVM_GET_REG_LIST = _iowr(0xB0, 8)
 KVM_ARM_GET_REG_WRITABLE_MASKS = _ior(0xB6, 64)
 KVM_ARM_VCPU_FINALIZE = _iow(0xC2, 4)
+KVM_CREATE_DEVICE = _iowr(0xE0, 12)           # struct kvm_create_device {type, fd, flags}
+KVM_SET_DEVICE_ATTR = _iow(0xE1, 24)          # struct kvm_device_attr {flags, group, attr, addr}
+
+#: struct kvm_run: exit_reason at offset 8, the exit's union at 32
+#: (include/uapi/linux/kvm.h); the reasons a guest run can end with
+KVM_EXIT_NAMES: dict[int, str] = {
+    0: "UNKNOWN", 1: "EXCEPTION", 2: "IO", 3: "HYPERCALL", 4: "DEBUG", 5: "HLT", 6: "MMIO",
+    8: "SHUTDOWN", 9: "FAIL_ENTRY", 10: "INTR", 17: "INTERNAL_ERROR", 24: "SYSTEM_EVENT",
+    28: "ARM_NISV", 29: "X86_RDMSR", 36: "MEMORY_FAULT", 40: "ARM_SEA",
+}
+KVM_EXIT_MMIO = 6
+#: arm64 device and attribute numbers (include/uapi/linux/kvm.h enum kvm_device_type,
+#: arch/arm64/include/uapi/asm/kvm.h)
+KVM_DEV_TYPE_ARM_VGIC_V3 = 7
+KVM_DEV_ARM_VGIC_GRP_ADDR = 0
+KVM_VGIC_V3_ADDR_TYPE_DIST = 2
+KVM_VGIC_V3_ADDR_TYPE_REDIST = 3
+KVM_DEV_ARM_VGIC_GRP_CTRL = 4
+KVM_DEV_ARM_VGIC_CTRL_INIT = 0
+KVM_ARM_VCPU_PMU_V3_CTRL = 0
+KVM_ARM_VCPU_PMU_V3_IRQ = 0
+KVM_ARM_VCPU_PMU_V3_INIT = 1
+KVM_ARM_VCPU_PVTIME_CTRL = 2
+KVM_ARM_VCPU_PVTIME_IPA = 0
+#: core register ids: KVM_REG_ARM_CORE_REG(regs.pc / regs.pstate), the offset in u32 words
+#: of struct user_pt_regs {u64 regs[31], sp, pc, pstate}
+ARM_CORE_PC = REG_ARM64 | REG_SIZE_U64 | 0x0010 << ARM_COPROC_SHIFT | (32 * 8) // 4
+ARM_CORE_PSTATE = REG_ARM64 | REG_SIZE_U64 | 0x0010 << ARM_COPROC_SHIFT | (33 * 8) // 4
 
 KVM_API_VERSION = 12
 
@@ -137,6 +168,11 @@ CAPS: dict[str, int] = {
     "KVM_CAP_ARM_EL2_E2H0": 241, "KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED": 243,
     "KVM_CAP_ARM_SEA_TO_USER": 245,
 }
+
+class GuestStop(Exception):
+    """A guest run stopped for a reason other than an ioctl's errno (its timer, its step
+    limit, an exit it did not expect): what is said is the why recorded."""
+
 
 def errno_name(err: int) -> str:
     return errno.errorcode.get(err, str(err))
@@ -276,9 +312,44 @@ class KvmVm(_Fd):
         fcntl.ioctl(self.fd, KVM_ARM_GET_REG_WRITABLE_MASKS, req)
         return list(masks)
 
+    def set_user_memory(self, slot: int, guest_phys: int, size: int, host_addr: int) -> None:
+        fcntl.ioctl(self.fd, KVM_SET_USER_MEMORY_REGION, struct.pack("<IIQQQ", slot, 0, guest_phys, size, host_addr))
+
+    def create_device(self, dev_type: int) -> _Fd:
+        buf = bytearray(struct.pack("<III", dev_type, 0, 0))
+        fcntl.ioctl(self.fd, KVM_CREATE_DEVICE, buf, True)
+        return _Fd(struct.unpack_from("<I", buf, 4)[0])
+
     def enable_cap(self, cap: int, *args: int) -> None:
         argv = list(args) + [0] * (4 - len(args))
         fcntl.ioctl(self.fd, KVM_ENABLE_CAP, struct.pack("<II4Q64x", cap, 0, *argv))
+
+
+def set_device_attr(fd: _Fd, group: int, attr: int, value: int | None = None, fmt: str = "<Q") -> None:
+    """KVM_SET_DEVICE_ATTR on a device or vCPU fd; ``value`` (packed as ``fmt``) is what
+    ``addr`` points at, or none (addr 0) for an attribute that takes no argument."""
+    import ctypes
+
+    holder = None if value is None else ctypes.create_string_buffer(struct.pack(fmt, value), struct.calcsize(fmt))
+    addr = 0 if holder is None else ctypes.addressof(holder)
+    fcntl.ioctl(fd.fd, KVM_SET_DEVICE_ATTR, struct.pack("<IIQQ", 0, group, attr, addr))
+
+
+class GuestMemory:
+    """Anonymous shared memory for a guest's memory slot; ``address`` is what
+    KVM_SET_USER_MEMORY_REGION is given."""
+
+    def __init__(self, size: int) -> None:
+        import ctypes
+        import mmap
+
+        self.map = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._view = ctypes.c_char.from_buffer(self.map)
+        self.address = ctypes.addressof(self._view)
+
+    def close(self) -> None:
+        del self._view
+        self.map.close()
 
 
 class KvmVcpu(_Fd):
@@ -325,9 +396,62 @@ class KvmVcpu(_Fd):
         fcntl.ioctl(self.fd, KVM_GET_ONE_REG, struct.pack("<QQ", reg_id, ctypes.addressof(value)))
         return int.from_bytes(value.raw, "little")
 
+    def run_area(self, system: KvmSystem) -> Any:
+        """The vCPU's struct kvm_run, mapped (KVM_GET_VCPU_MMAP_SIZE bytes)."""
+        import mmap
+
+        size = fcntl.ioctl(system.fd, KVM_GET_VCPU_MMAP_SIZE)
+        return mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def run(self, area: Any) -> tuple[int, Any]:
+        """KVM_RUN once: (exit reason, the MMIO exit's (phys_addr, data, len, is_write) or
+        None for another exit)."""
+        fcntl.ioctl(self.fd, KVM_RUN, 0)
+        reason = struct.unpack_from("<I", area, 8)[0]
+        if reason != KVM_EXIT_MMIO:
+            return reason, None
+        phys, data, length, is_write = struct.unpack_from("<Q8sIB", area, 32)
+        return reason, (phys, int.from_bytes(data[:length], "little"), length, is_write)
+
     def set_one_reg(self, reg_id: int, val: int) -> None:
         import ctypes
 
         size = reg_size(reg_id)
         value = ctypes.create_string_buffer(val.to_bytes(size, "little"), size)
         fcntl.ioctl(self.fd, KVM_SET_ONE_REG, struct.pack("<QQ", reg_id, ctypes.addressof(value)))
+
+
+def run_guest(vcpu: KvmVcpu, system: KvmSystem, on_store: Callable[[int, int], bool], max_exits: int,
+              seconds: float) -> int:
+    """KVM_RUN until ``on_store(phys_addr, value)`` of an MMIO write says stop; the number
+    of exits it took. Bounded twice: :class:`GuestStop` after ``max_exits`` exits, or
+    after ``seconds`` (a SIGALRM interval timer interrupts KVM_RUN; on a thread other
+    than the main one, where Python delivers no signal, the run is refused instead).
+    Any exit but an MMIO write is a :class:`GuestStop` naming it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        raise GuestStop("a guest run needs the main thread (its time limit is a SIGALRM timer)")
+
+    def expired(signum: int, frame: object) -> None:
+        raise GuestStop(f"no answer within {seconds:g} s (time limit)")
+
+    area = vcpu.run_area(system)
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        for exits in range(1, max_exits + 1):
+            reason, mmio = vcpu.run(area)
+            if mmio is None:
+                raise GuestStop(f"exit {KVM_EXIT_NAMES.get(reason, reason)} after {exits - 1} answers")
+            phys, value, _length, is_write = mmio
+            if not is_write:
+                raise GuestStop(f"an MMIO read of {phys:#x}")
+            if on_store(phys, value):
+                return exits
+        raise GuestStop(f"more than {max_exits} exits (step limit)")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        area.close()

@@ -54,7 +54,7 @@ def to_xml_text(contract: Contract, prefix: str = CONTRACT_PREFIX) -> str:
     for tag, member in shape.lists:
         parts.append(f"<{p}:{tag}>" + " ".join(body[member]) + f"</{p}:{tag}>")
     for tag, member, key, value in shape.maps:
-        for k, v in (body.get(member) or {}).items():   # an optional map may be absent
+        for k, v in (body.get(member) or {}).items():    # an optional map: absent, no children
             parts.append(f"<{p}:{tag}" + _attrs(((key, "k"), (value, "v")), {"k": k, "v": v}) + "/>")
     for tag, member, pairs in shape.records:
         parts += [f"<{p}:{tag}" + _attrs(pairs, item) + "/>" for item in body.get(member) or ()]

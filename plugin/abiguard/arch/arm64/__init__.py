@@ -27,8 +27,8 @@ class Arm64(Arch):
     qemu_binary = "qemu-system-aarch64"
     carries_register_stream = True
     xml = XmlShape("arm64", (("config", "config"), ("sve-vls", "sve_vls")),
-                   lists=(("stream", "stream"),), maps=(("reg", "values", "id", "value"),
-                                                     ("guest-reg", "guest", "id", "value")),
+                   lists=(("stream", "stream"),),
+                   maps=(("reg", "values", "id", "value"), ("guest", "guest", "key", "saw")),
                    records=(("cpu", "impl_cpus", (("midr", "midr"), ("revidr", "revidr"), ("aidr", "aidr"))),))
 
     def section_from_json(self, r: Reader, doc: dict[str, Any], where: str) -> Arm64Kvm:
@@ -66,13 +66,15 @@ class Arm64(Arch):
         if probed is None or probed.registers is None:
             raise ContractError("profile", f"vCPU configuration {config!r} was not probed there "
                                 f"(it has: {', '.join(section.configs)})")
-        from .guestreads import guest_reads
+        from .body import guest_items
+        from .guestreads import guest_view
 
         values = {r: v for r, v in sorted(probed.registers.items()) if v is not None and regs.carries_abi_value(r)}
-        # what this host's guests read apart from ONE_REG (CTR_EL0 before Linux 6.3), where known
-        guest = {r: v for r, v in guest_reads(profile, probed.registers).items()
-                 if v is not None and r in values and v != values[r]}
-        return Arm64Body(config, probed.sve_vls, tuple(sorted(probed.registers)), values, guest=guest)
+        # what this host's guest saw where ONE_REG does not say it (CTR_EL0 before Linux 6.3,
+        # DCZID_EL0, firmware answers), from the profile's guest view or the lab's record
+        view = guest_view(profile, config)
+        return Arm64Body(config, probed.sve_vls, tuple(sorted(probed.registers)), values, (),
+                         {} if view is None else guest_items(view, values))
 
     def check(self, contract: Contract, dest: Profile, policy: Policy, stream: tuple[int, ...] | None,
               incoming: bool) -> Verdict:

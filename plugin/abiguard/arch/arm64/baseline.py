@@ -81,12 +81,12 @@ def baseline(profiles: list[Profile], config: str | None) -> tuple[Arm64Body, li
                 conflicts.append(conflict)
         if value is not None:
             values[rid] = value
-    guest = _guest_reads(profiles, config, values, conflicts)
     impl_cpus: tuple[tuple[int, int, int], ...] = ()
     if len(cpus) > 1:
         impl_cpus = _cpu_models(profiles, config, cpus, set(stream), values, conflicts)
     vls = [c.sve_vls for c in probed]
     sve = min(v for v in vls if v is not None) if None not in vls else None
+    guest = _guest(profiles, config, probed, values, conflicts)
     return Arm64Body(config, sve, stream, values, impl_cpus, guest), conflicts
 
 
@@ -115,40 +115,59 @@ def _fold_cache(rid: int, name: str, values: list[int], dests: list[Any]) -> tup
     return values[0], f"{name}: no value every host takes: {why}"
 
 
-def _guest_reads(profiles: list[Profile], config: str, values: dict[int, int],
-                 conflicts: list[str]) -> dict[int, int]:
-    """What the guest reads of CTR_EL0 (:mod:`.guestreads`) in this fleet: before Linux 6.3
-    KVM does not trap the read, so a guest there reads the CPU's own register while
-    KVM_GET_ONE_REG (and so the contract and QEMU's stream) carries the sanitised one,
-    which that KVM insists on at restore; from 6.3 on the guest reads the VM's value, which
-    abiguard_pin.so pins. The fleet's guest value is the older hosts' (they cannot change
-    it); where it is not the stream's it goes into the contract's ``guest`` member. Where
-    the older hosts' guests read different values, or a profile does not record it, that
-    is a conflict: said, never traded silently."""
-    dests = [(p, dest_for(p, config)[0]) for p in profiles]
-    out: dict[int, int] = {}
-    for rid, stream_value in values.items():
-        reads = [(p, d.guest[rid]) for p, d in dests if d is not None and rid in d.guest]
-        if not reads:
-            continue
-        name = regs.reg_name(rid)
-        unknown = [p.kernel_release for p, v in reads if v is None]
-        if unknown:
-            if len(reads) < len(dests) or len({v for _, v in reads}) > 1:
-                conflicts.append(f"{name}: on {', '.join(unknown)} (before Linux 6.3) the guest reads the CPU's own "
-                                 f"{name}, not the {stream_value:#x} its KVM reports and the contract carries, and the "
-                                 "profile does not record which: a move to or from the other hosts may change the "
-                                 "guest's value (the arm64 lab measured IDC 0 on 6.1, 1 on 7.2); probe the hosts with "
-                                 "an abiguard that records the guest's view")
-            continue
-        seen = {v for _, v in reads if v is not None}
-        if len(seen) > 1:
-            conflicts.append(f"{name}: the guests of hosts before Linux 6.3 read different values ("
-                             + ", ".join(f"{p.kernel_release}: {v:#x}" for p, v in reads) + ")")
-            continue
-        guest_value = seen.pop()
-        if guest_value != stream_value:
-            out[rid] = guest_value
+def _guest(profiles: list[Profile], config: str, probed: list[Any], values: dict[int, int],
+           conflicts: list[str]) -> dict[int | str, tuple[str, int]]:
+    """What a guest born anywhere in the fleet sees where ONE_REG does not say it
+    (:func:`.guestreads.guest_view` of each host): per item, each host's guest read of it --
+    the contract's value where that host gives the guest its ONE_REG value (a pin or the
+    stream puts the contract's there), its own read where not. A host that gives the guest
+    its ONE_REG value of a register it can show apart from the stream
+    (:data:`.guestreads.PINNED_APART`: CTR_EL0) is pinned to what the others' guests read
+    (:func:`.judge.guest_here`; whether its KVM takes the value is its host check's), so the
+    fleet's value is that of the hosts that cannot change it: before Linux 6.3 KVM does not
+    trap the read and the guest reads the CPU's own CTR_EL0, while ONE_REG (and so the
+    stream) carries the sanitised one, which that KVM insists on at restore. Hosts whose
+    guests read differently and no pin changes are a conflict, and the contract keeps the
+    first such host's, so the others refuse it: said, never traded silently. Firmware
+    answers are kept only where every host's firmware registers are the contract's."""
+    from . import guestreads
+    from .body import seen_shown
+
+    found = [guestreads.guest_view(p, config) for p in profiles]
+    views = [v for v in found if v is not None]
+    if len(views) < len(found):
+        lacking = [p.label for p, v in zip(profiles, found) if v is None]
+        conflicts.append(f"no guest view from {', '.join(lacking)} (probe again with this abiguard): the contract "
+                         "records none, so each move is judged on its destination's guest view alone")
+        return {}
+    out: dict[int | str, tuple[str, int]] = {}
+    keys: set[int | str] = set()
+    for v in views:
+        keys |= set(v.registers) | set(v.faults)
+    partial = [(p, v) for p, v in zip(profiles, views) if v.partial]
+    for p, v in partial:
+        keys &= set(v.registers)
+        conflicts.append(f"{p.label}: {v.partial}; the contract records only that of the guest's view")
+    fw_same = all({r: x for r, x in (c.registers or {}).items() if r in regs.FW_BY_ID}
+                  == {r: x for r, x in values.items() if r in regs.FW_BY_ID} for c in probed)
+    if fw_same and not partial:
+        keys |= set(views[0].firmware)
+    for key in sorted(keys, key=lambda k: (isinstance(k, str), k)):
+        seen = []
+        pinned = []     # hosts that show the guest the contract's guest value by a pin
+        for c, v in zip(probed, views):
+            passes = guestreads.passes(v, c.registers or {}, key)
+            seen.append(("value", values[key]) if passes and key in values else v.seen(key))
+            pinned.append(passes and key in values and key in guestreads.PINNED_APART)
+        fixed = [(p, x) for p, x, f in zip(profiles, seen, pinned) if not f]
+        if any(x != fixed[0][1] for _, x in fixed):
+            name = regs.reg_name(key) if isinstance(key, int) else key
+            conflicts.append(f"{name}: the hosts' guests read " + ", ".join(
+                f"{seen_shown(x)} on {p.label}" for p, x in fixed) + ": no pin makes them agree, "
+                "so the contract keeps the first and the other hosts refuse it")
+        first = fixed[0][1] if fixed else seen[0]
+        if first is not None and (first[0] != "value" or not isinstance(key, int) or values.get(key) != first[1]):
+            out[key] = first
     return out
 
 

@@ -4,10 +4,13 @@ and SVE registers) and the values of the registers that define the guest ABI (fi
 pseudo-registers, the feature ID range, CCSIDR) -- and, for a fleet of several CPU models,
 every CPU implementation (MIDR, REVIDR, AIDR) the guest may run on, which abiguard_pin.so
 answers to the guest's errata discovery (``impl_cpus``; absent for one CPU model) -- and
-where the guest reads another value than the one its stream carries (CTR_EL0 on a kernel
-before 6.3, which does not trap the guest's read), the value the guest reads (``guest``;
-absent when there is none): hosts that trap the read are pinned to show it, while QEMU's
-stream keeps the value the older kernel's KVM insists on."""
+what the guest saw where its ONE_REG values do not say it (``guest``: :func:`guest_items`;
+absent in contracts made before abiguard ran a guest, and where there is nothing to say).
+One member serves both uses: the guest's view of the host(s) the contract comes from
+(DCZID_EL0, reads that trap, firmware answers), and, for CTR_EL0 on a kernel before 6.3,
+which does not trap the guest's read, the value that guest reads apart from the stream's:
+hosts that trap the read pin it (abiguard_pin.so shows the guest that value while QEMU's
+stream keeps the one the older kernel's KVM insists on, :mod:`.guestreads`)."""
 from __future__ import annotations
 
 from ...model.fields import hex_values, is_hex
@@ -15,11 +18,18 @@ from . import regs
 
 TYPE_CHECKING = False  # not typing's: the hook does not import typing (README, Speed)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, TypeAlias
+
+    #: what the guest saw of one item: ("value", v) or ("fault", ESR_EL1)
+    Seen: TypeAlias = tuple[str, int]
 
     from ...model.fields import Reader
 
 MAX_REGISTERS = 4096
+MAX_GUEST_ITEMS = 512
+#: how a read that trapped is written in ``guest``: "esr:" and ESR_EL1 in hex
+FAULT_PREFIX = "esr:"
+
 
 
 class Arm64Body:
@@ -30,13 +40,15 @@ class Arm64Body:
     __slots__ = ("config", "sve_vls", "stream", "values", "impl_cpus", "guest")
 
     def __init__(self, config: str, sve_vls: int | None, stream: tuple[int, ...], values: dict[int, int],
-                 impl_cpus: tuple[tuple[int, int, int], ...] = (), guest: dict[int, int] | None = None) -> None:
+                 impl_cpus: tuple[tuple[int, int, int], ...] = (), guest: dict[int | str, Seen] | None = None) -> None:
         self.config = config
         self.sve_vls = sve_vls
         self.stream = stream
         self.values = values
         self.impl_cpus = impl_cpus
-        #: register id -> the value the guest reads, where it is not ``values``' (the stream's)
+        #: register id or firmware call key -> what the guest saw where its contract value
+        #: does not say it (:func:`guest_items`); empty: the contract predates guest views
+        #: (or its guest saw nothing ONE_REG does not say)
         self.guest = guest or {}
 
     def features(self) -> list[str]:
@@ -49,8 +61,9 @@ class Arm64Body:
                                "values": dict(zip(map(hex, keys), map(hex, map(self.values.__getitem__, keys))))}
         if self.impl_cpus:   # absent for one CPU model: those contracts keep their digests
             out["impl_cpus"] = [{"midr": hex(m), "revidr": hex(r), "aidr": hex(a)} for m, r, a in self.impl_cpus]
-        if self.guest:       # likewise absent where the guest reads what the stream carries
-            out["guest"] = {hex(k): hex(self.guest[k]) for k in sorted(self.guest)}
+        if self.guest:       # absent before guest views: those contracts keep their digests
+            out["guest"] = {guest_key_text(k): seen_text(v) for k, v in sorted(
+                self.guest.items(), key=lambda kv: (isinstance(kv[0], str), kv[0]))}
         return out
 
     def own_cpu(self) -> tuple[int | None, ...]:
@@ -61,6 +74,44 @@ class Arm64Body:
         d = {k: getattr(self, k) for k in self.__slots__} | changes
         return Arm64Body(d["config"], d["sve_vls"], tuple(d["stream"]), dict(d["values"]), tuple(d["impl_cpus"]),
                          dict(d["guest"]))
+
+
+def guest_key_text(key: int | str) -> str:
+    return hex(key) if isinstance(key, int) else key
+
+
+def seen_text(seen: Seen) -> str:
+    kind, v = seen
+    return hex(v) if kind == "value" else FAULT_PREFIX + hex(v)
+
+
+def seen_shown(seen: Seen | None) -> str:
+    """What a report says the guest saw."""
+    if seen is None:
+        return "nothing (not read)"
+    kind, v = seen
+    if kind == "value":
+        return hex(v)
+    from .guest import esr_class
+
+    return f"a trap: {esr_class(v)}, ESR {v:#x}"
+
+
+def guest_items(view: Any, values: dict[int, int]) -> dict[int | str, Seen]:
+    """What a contract records of a guest view (:class:`.section.GuestView`): every item
+    whose value the contract's ONE_REG values do not already say -- a register the guest
+    read differently from its value (CTR_EL0 on Linux < 6.7), one not in ONE_REG at all
+    (DCZID_EL0), every read that trapped, and every firmware answer (KVM answers them from
+    the firmware registers and VM capabilities, so they are held as the guest saw them)."""
+    out: dict[int | str, Seen] = {}
+    for rid, v in view.registers.items():
+        if values.get(rid) != v:
+            out[rid] = ("value", v)
+    for key, v in view.firmware.items():
+        out[key] = ("value", v)
+    for key, esr in view.faults.items():
+        out[key] = ("fault", esr)
+    return out
 
 
 def from_json(r: Reader, doc: dict[str, Any], where: str) -> Arm64Body:
@@ -94,31 +145,35 @@ def from_json(r: Reader, doc: dict[str, Any], where: str) -> Arm64Body:
     r.need(not state, "member 'values' holds guest-state registers, which are not guest ABI: "
            + _shown([f"{k:#x}" for k in state]))
     cpus = _impl_cpus(r, doc.get("impl_cpus"), values)
-    guest = _guest(r, doc.get("guest"), values)
-    return Arm64Body(config, None if vls is None else int(vls, 16), stream, values, cpus, guest)
+    return Arm64Body(config, None if vls is None else int(vls, 16), stream, values, cpus,
+                     _guest(r, doc.get("guest")))
 
 
-#: the registers whose guest-read value a contract may give apart from its stream's
-GUEST_READ_REGISTERS = frozenset({regs.CTR_EL0_ID})
+def _guest(r: Reader, doc: Any) -> dict[int | str, Seen]:
+    """``guest``: at most MAX_GUEST_ITEMS of register id (the guest reads it) or firmware
+    call key -> hex value or "esr:" hex ESR. Absent or empty: no guest view."""
+    from . import guest
 
-
-def _guest(r: Reader, doc: Any, values: dict[int, int]) -> dict[int, int]:
-    """``guest``: register id -> the value the guest reads, for registers of ``values`` in
-    :data:`GUEST_READ_REGISTERS` only, each differing from its stream value (absent or
-    empty: none)."""
     if doc is None:
         return {}
-    r.need(type(doc) is dict and len(doc) <= len(GUEST_READ_REGISTERS),
-           "member 'guest' must map register ids to the hex value the guest reads")
-    assert isinstance(doc, dict)
-    ints = hex_values(list(doc.values()), 16)
-    keys = [k for k in doc if isinstance(k, str) and is_hex(k, 16)]
-    r.need(ints is not None and len(keys) == len(doc), "member 'guest' must map register ids to hex values")
-    assert ints is not None
-    out = dict(zip((int(k, 16) for k in keys), ints))
-    r.need(all(k in GUEST_READ_REGISTERS and k in values and values[k] != v for k, v in out.items()),
-           "member 'guest' may only give CTR_EL0 (0x603000000013d801), a register of 'values', a value its "
-           "stream value is not")
+    r.need(type(doc) is dict and len(doc) <= MAX_GUEST_ITEMS,
+           f"member 'guest' must map at most {MAX_GUEST_ITEMS} registers or firmware calls to what the guest saw")
+    out: dict[int | str, Seen] = {}
+    for k, v in doc.items():
+        key: int | str
+        if k in guest.CALL_KEYS:
+            key = k
+        else:
+            ids, bad = regs.parse_ids([k])
+            r.need(not bad and (ids[0] in guest.READ_IDS or regs.kind_of(ids[0]) in ("idreg", "ccsidr")),
+                   "member 'guest' has a key that is neither a register the guest reads nor a firmware call: "
+                   + _shown([k]))
+            key = ids[0]
+        fault = isinstance(v, str) and v.startswith(FAULT_PREFIX)
+        text = v[len(FAULT_PREFIX):] if fault else v
+        r.need(isinstance(text, str) and _is_hex(text, 16),
+               f"member 'guest.{_shown([k])}' must be a hex value or '{FAULT_PREFIX}' and a hex ESR")
+        out[key] = ("fault" if fault else "value", int(text, 16))
     return out
 
 

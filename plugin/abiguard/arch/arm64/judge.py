@@ -48,11 +48,11 @@ def dest_for(profile: Profile, config: str) -> tuple[Dest | None, list[Problem]]
         return None, [Problem("vCPU configuration", None, None, config, "cannot create it", why,
                               "keep the VM on hosts that offer these vCPU features, or pin fewer",
                               pinnable=True)]
-    from .guestreads import guest_reads
+    from .guestreads import guest_view
 
     dest = Dest(profile.kernel_release, probed.registers, section.acceptance, section.masks,
                 profile.qemu_version(), section.vm_caps.get(regs.IMP_CAP, 0) > 0)
-    dest.guest = guest_reads(profile, probed.registers)
+    dest.guest = guest_view(profile, config)
     return dest, []
 
 
@@ -85,6 +85,128 @@ def cpu_problems(body: Arm64Body, dest: Dest) -> list[Problem]:
            "the guest")
     return [Problem(regs.reg_name(rid), rid, None, _h(own[i]), f"has {_h(here[i])}",  # type: ignore[arg-type]
                     why, fix, pinnable=not never)]
+
+
+def _fields(name: str, a: int, b: int) -> str | None:
+    """The ID-register fields two values differ in, by name (None: no known field)."""
+    from . import idregs
+
+    if not idregs.has_fields(name):
+        return None
+    diffs, rest = idregs.field_diffs(name, a, b, 0)
+    names = [d.field.name for d in diffs] + ([f"bits {rest:#x}"] if rest else [])
+    return ", ".join(names) or None
+
+
+def guest_here(body: Arm64Body, dest: Dest, name_of: Any) -> Verdict:
+    """Where the guest would read something else here than it read where its contract comes
+    from, and the pins that keep what it read. ONE_REG does not always say what a guest
+    reads (:mod:`.guest`); where it does not, on either side, the guest's view
+    (:func:`.guestreads.guest_view`) decides:
+
+    - born where the guest read another value than ONE_REG's (``body.guest``), it keeps
+      that value on a host whose guest reads the same; a host that gives the guest its
+      ONE_REG value gives it the stream's instead -- unless the register is one such a host
+      can show apart from the stream (:data:`.guestreads.PINNED_APART`: CTR_EL0, written
+      from Linux 6.11) and its KVM takes the value: then it is pinned there (``boot_pins``)
+      while QEMU's stream keeps its own value (``stream_values``; abiguard_pin.so
+      translates), and what an unpinned VM would meet instead is in ``unpinned``;
+    - here the guest reads this host's own value where this host's ONE_REG says another,
+      whatever the stream carries;
+    - registers outside ONE_REG (DCZID_EL0) and reads that trap compare as the guests saw
+      them; firmware answers too, when this host's firmware registers are the contract's
+      (otherwise the stream and pins decide them, judged by their rules).
+
+    Never one traded for the other: a value no pin here can show is refused, naming the
+    register, the field and both guest values.
+    """
+    from . import guestreads
+    from .body import seen_shown
+
+    out = Verdict([], [])
+    here = dest.guest
+    values = body.values
+    if here is None:
+        if body.guest:
+            out.problems.append(Problem(
+                "guest view", None, None, "a recorded guest view", "has none in its profile",
+                "the host's probe did not run a guest there (its profile says why under 'unavailable', or it "
+                "predates guest views), so abiguard cannot tell what the guest would read there",
+                "probe the host again with this abiguard (abiguard probe)"))
+        return out     # neither side ran a guest: ONE_REG alone, as before guest views
+    if here.partial:
+        out.notes.append(f"the guest's view here: {here.partial}")
+        unknown = [k for k in body.guest if k not in here.registers]
+        if unknown:
+            out.problems.append(Problem(
+                "guest view", None, None, f"a recorded guest view ({len(unknown)} item(s) beyond ONE_REG)",
+                f"has only the lab's record of {', '.join(name_of(r) for r in sorted(here.registers))}",
+                "the host's probe did not run a guest there, so abiguard cannot tell what else the guest "
+                "would read there", "probe the host again with this abiguard (abiguard probe)"))
+
+    def passes(rid: int) -> bool:
+        return guestreads.passes(here, dest.registers, rid)
+
+    firmware_same = {r: v for r, v in values.items() if r in regs.FW_BY_ID} == \
+        {r: v for r, v in dest.registers.items() if r in regs.FW_BY_ID}
+    keys: set[int | str] = set(body.guest) | set(here.faults)
+    keys |= {rid for rid, v in here.registers.items() if not passes(rid)}
+    if firmware_same and body.guest:
+        keys |= set(here.firmware)
+    if here.partial:
+        keys &= set(here.registers)
+    for key in sorted(keys, key=lambda k: (isinstance(k, str), k)):
+        if isinstance(key, str) and not firmware_same:
+            continue
+        born: tuple[str, int] | None = body.guest.get(key)
+        if born is None:
+            if not body.guest and isinstance(key, str):
+                continue   # a contract from before guest views says nothing of firmware answers
+            if not (isinstance(key, int) and key in values):
+                continue   # the contract says nothing of it
+            born = ("value", values[key])
+        now: tuple[str, int] | None = here.seen(key)
+        through = isinstance(key, int) and passes(key) and key in values
+        if through:
+            assert isinstance(key, int)
+            now = ("value", values[key])         # the stream's value reaches the guest here
+        if now == born:
+            continue
+        if isinstance(key, int):
+            name = name_of(key)
+            field = _fields(name, born[1], now[1]) if now is not None and born[0] == now[0] == "value" else None
+            reg_id: int | None = key
+        else:
+            name, field, reg_id = key, None, None
+        source = f"{seen_shown(born)} as its guest read it"
+        if through and key in guestreads.PINNED_APART and born[0] == "value":
+            assert isinstance(key, int) and now is not None and reg_id is not None
+            trouble = RULES[regs.kind_of(key)].check(key, name, born[1], dest)
+            if trouble:
+                shown = f"would give the guest {seen_shown(now)}"
+                out.problems += [Problem(p.register, p.reg_id, p.field, source, shown,
+                                         f"no pin here shows the guest what it read: the register {p.destination} "
+                                         f"where written ({p.why})", p.fix) for p in trouble]
+                continue
+            out.boot_pins[key] = born[1]
+            out.stream_values[key] = values[key]
+            out.notes.append(f"{name} ({key:#x}) pinned to {born[1]:#x}, the value its guest read where its "
+                             f"contract comes from (this host's guest would read {now[1]:#x}); QEMU's stream keeps "
+                             f"{values[key]:#x} (abiguard_pin.so translates)")
+            out.unpinned.append(Problem(
+                name, reg_id, field, source, f"would give the guest {seen_shown(now)}",
+                "an unpinned VM has no pin: this host traps the guest's read and gives it the stream's value, "
+                "not the CPU's own its guest read", f"pin the VM to a contract (abiguard baseline + pin): this host "
+                f"then shows its guest {born[1]:#x}", pinnable=True))
+            continue
+        why = ("the guest read it from the CPU or KVM's emulation, not the value ONE_REG (the register stream) "
+               "carries" if isinstance(key, int) else "KVM's firmware answers the guest differently here")
+        if born[0] == "fault" or (now is not None and now[0] == "fault"):
+            why = "a read the guest makes traps on one side and not the other (or with another exception class)"
+        out.problems.append(Problem(name, reg_id, field, source, f"would give the guest {seen_shown(now)}",
+                                    f"the guest's own view would change: {why}",
+                                    "keep the VM on hosts whose guests read the same (abiguard matrix shows which)"))
+    return out
 
 
 def discovery_obstacle(profile: Profile, config: str) -> str | None:
@@ -173,8 +295,9 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
         if trouble:
             judged_bad.add(rid)
     problems += cpu_problems(body, dest)
-    guest_trouble, guest_pins, shown = guest_reads_here(body, dest, name_of)
-    problems += guest_trouble
+    guest = guest_here(body, dest, name_of)
+    problems += guest.problems
+    notes += guest.notes
     # the stream carries the values in; a pin keeps each there across every reset. A
     # contract value the stream no longer carries (an earlier hop's host lacked the
     # register) is given back by its pin where this host has the register.
@@ -219,58 +342,14 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
                                 "the VM carries a register its contract's stream does not have (a stamp from a "
                                 "host that did not keep the contract's stream)", "start the VM again under its "
                                 "contract (abiguard pin) before moving it here"))
-    boot_pins.update(guest_pins)
+    boot_pins.update(guest.boot_pins)
     v = Verdict(problems, notes, boot_pins, keep_off)
     v.hidden = tuple(sorted(hidden))
-    v.stream_values = shown
+    v.stream_values = guest.stream_values
+    v.unpinned = guest.unpinned
     if hidden:
         notes.append(_hidden_note(hidden, dest))
     return v
-
-
-def guest_reads_here(body: Arm64Body, dest: Dest, name_of: Any) -> tuple[list[Problem], dict[int, int],
-                                                                           dict[int, int]]:
-    """The registers a guest reads apart from its stream (CTR_EL0, :mod:`.guestreads`):
-    (problems, pins, stream values). The contract's guest value is ``body.guest``'s, else
-    its stream value. A host that does not trap the read shows the CPU's own value, which
-    must be that one; a host that traps it is pinned to it, while QEMU keeps reading and
-    writing the stream's value (the library translates), which an older kernel's KVM
-    insists on at restore. Never one traded for the other: a host that can do neither
-    refuses."""
-    problems: list[Problem] = []
-    pins: dict[int, int] = {}
-    shown: dict[int, int] = {}
-    for rid in sorted(set(body.guest) | set(dest.guest)):
-        stream_value = body.values.get(rid)
-        if stream_value is None:
-            continue
-        want = body.guest.get(rid, stream_value)
-        name = name_of(rid)
-        if rid in dest.guest:
-            have = dest.guest[rid]
-            if have is None:
-                if rid in body.guest:
-                    problems.append(Problem(name, rid, None, f"{want:#x} (what its guest reads)",
-                                            "shows the guest the CPU's own register, which its profile does not "
-                                            "record", f"its KVM ({dest.name}) does not trap the guest's read "
-                                            "(before Linux 6.3)", "probe the host with an abiguard that records "
-                                            "the guest's view"))
-            elif have != want:
-                problems.append(Problem(name, rid, None, f"{want:#x} (what its guest reads)",
-                                        f"shows the guest {have:#x}", f"its KVM ({dest.name}) does not trap the "
-                                        "guest's read (before Linux 6.3): the guest reads the CPU's own register",
-                                        "keep the VM on hosts whose guests read the same value"))
-            continue
-        if want == stream_value:
-            continue
-        trouble = RULES[regs.kind_of(rid)].check(rid, name, want, dest)
-        if trouble:
-            problems += [Problem(p.register, p.reg_id, p.field, f"{p.source} (what its guest reads)",
-                                 p.destination, p.why, p.fix) for p in trouble]
-            continue
-        pins[rid] = want
-        shown[rid] = stream_value
-    return problems, pins, shown
 
 
 def shaped(body: Arm64Body, dest: Dest) -> set[int]:
@@ -355,15 +434,25 @@ def check_pair(source: Profile, dest: Profile, policy: Policy) -> Verdict:
     configuration both offer is judged too, so the answer says what else stands in the way."""
     from ...model import contract
 
-    v = check(contract.from_profile(source), dest, policy, None)
+    v = _unpinned(check(contract.from_profile(source), dest, policy, None))
     config_problems = [p for p in v.problems if p.register == "vCPU configuration"]
     if not config_problems:
         return v
     best = common_config([source, dest])
     if best is None:
         return v
-    narrower = check(contract.from_profile(source, best), dest, policy, None)
+    narrower = _unpinned(check(contract.from_profile(source, best), dest, policy, None))
     return Verdict(config_problems + narrower.problems, narrower.notes)
+
+
+def _unpinned(v: Verdict) -> Verdict:
+    """A VM booted with QEMU's defaults has no pins: what only a pin keeps (the guest's
+    CTR_EL0 shown apart from the stream) is a problem for it."""
+    if v.unpinned:
+        v.problems += v.unpinned
+        v.notes = [n for n in v.notes if not any(n.startswith(f"{p.register} (") and " pinned to " in n
+                                                   for p in v.unpinned)]
+    return v
 
 
 def boot_values(contract: Contract, profile: Profile) -> Verdict:
@@ -395,11 +484,12 @@ def boot_values(contract: Contract, profile: Profile) -> Verdict:
                                     f"no pin realises a {kind} register (released QEMU has no property "
                                     "for it either)", "boot the VM on a host whose defaults are the contract's"))
     problems += cpu_problems(body, dest)
-    guest_trouble, guest_pins, shown = guest_reads_here(body, dest, section.name_of)
-    problems += guest_trouble
-    pins.update(guest_pins)
-    v = Verdict(problems, [], pins, kept_off(set(body.stream), dest))
-    v.stream_values = shown
+    guest = guest_here(body, dest, section.name_of)
+    problems += guest.problems
+    pins.update(guest.boot_pins)
+    v = Verdict(problems, guest.notes, pins, kept_off(set(body.stream), dest))
+    v.stream_values = guest.stream_values
+    v.unpinned = guest.unpinned
     return v
 
 

@@ -52,7 +52,23 @@ def _config(system: kvm.KvmSystem, target: int, features: list[str], missing: Mi
                                         vcpu.get_one_reg, reg_id)
             registers[_hex(reg_id)] = None if value is None else _hex(value)
         config["registers"] = registers
+        config["guest_view"] = _guest_view(system, vm, vcpu, features, missing, label)
         return config
+
+
+def _guest_view(system: kvm.KvmSystem, vm: kvm.KvmVm, vcpu: kvm.KvmVcpu, features: list[str], missing: Missing,
+                label: str) -> dict[str, Any] | None:
+    """What a guest of this configuration reads (:mod:`.guest`), run last on the VM whose
+    registers were just read; None, and why in ``unavailable``, when it could not finish."""
+    from . import guest
+
+    try:
+        return guest.run(system, vm, vcpu, features)
+    except OSError as e:
+        missing.add(f"guest run {label}", e.errno or 0, e.strerror or "")
+    except kvm.GuestStop as e:
+        missing.add(f"guest run {label}", 0, str(e))
+    return None
 
 
 def _firmware_acceptance(system: kvm.KvmSystem, target: int) -> dict[str, Any]:

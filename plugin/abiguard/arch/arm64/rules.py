@@ -44,9 +44,8 @@ class Dest:
         self.masks, self.qemu_version = masks, qemu_version
         self.imp_writable = imp_writable
         self.kernel = regs.kernel_version(name)
-        #: registers a guest here reads apart from ONE_REG (:mod:`.guestreads`): id -> the
-        #: value it reads, None where not known
-        self.guest: dict[int, int | None] = {}
+        #: what a guest here sees (:func:`.guestreads.guest_view`): None where nothing knows
+        self.guest: Any = None
 
     def cache_writable(self) -> bool:
         """Its KVM takes CLIDR/CCSIDR from userspace (:data:`.regs.CACHE_WRITABLE_SINCE`)."""

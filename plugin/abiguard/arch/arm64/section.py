@@ -6,8 +6,10 @@ Written by :mod:`.probe`; layout::
     preferred_target     KVM_ARM_PREFERRED_TARGET
     writable_masks       KVM_ARM_GET_REG_WRITABLE_MASKS by register name (null before 6.7)
     configs              per vCPU configuration (psci+pmu+...): features, sve_vls,
-                         reg_list (every KVM_GET_REG_LIST id) and registers (the ids QEMU
-                         migrates -> value, null where the value moves with time)
+                         reg_list (every KVM_GET_REG_LIST id), registers (the ids QEMU
+                         migrates -> value, null where the value moves with time) and
+                         guest_view (what a guest of it reads: :mod:`.guest`; null when
+                         the run failed, absent from profiles of abiguard before it)
     register_names       id -> name
     firmware_acceptance  per firmware register, what its write trials found (its rule kind
                          reads it: :mod:`.rules`)
@@ -26,21 +28,48 @@ if TYPE_CHECKING:
     from ...model.fields import Reader
 
 MAX_REGISTERS = 4096
+MAX_GUEST_ITEMS = 512
+
+
+class GuestView:
+    """What a guest of one configuration read on the host (:mod:`.guest`): register id ->
+    value (CCSIDRs under their DEMUX_CCSIDR ids), firmware call key -> x0, and the reads
+    that trapped (register id or call key -> ESR_EL1). ``partial``: not a guest run's but
+    the lab's record of some registers (:func:`.guestreads.guest_view`), and where from."""
+
+    __slots__ = ("registers", "firmware", "faults", "exits", "partial")
+
+    def __init__(self, registers: dict[int, int], firmware: dict[str, int], faults: dict[int | str, int],
+                 exits: int, partial: str | None = None) -> None:
+        self.registers, self.firmware, self.faults, self.exits = registers, firmware, faults, exits
+        self.partial = partial
+
+    def seen(self, key: int | str) -> tuple[str, int] | None:
+        """What the guest got for one item: ("value", v), ("fault", ESR) or None (not read)."""
+        if key in self.faults:
+            return ("fault", self.faults[key])
+        v = self.registers.get(key) if isinstance(key, int) else self.firmware.get(key)
+        return None if v is None else ("value", v)
+
+    def to_view(self) -> tuple[Any, ...]:
+        return (self.registers, self.firmware, self.faults, self.exits)
 
 
 class ArmConfig:
-    """One vCPU configuration as probed: its registers and their default values."""
+    """One vCPU configuration as probed: its registers and their default values, and what
+    its guest read (``guest``: None when the run failed or the profile predates it)."""
 
-    __slots__ = ("name", "features", "sve_vls", "reg_list", "registers")
+    __slots__ = ("name", "features", "sve_vls", "reg_list", "registers", "guest")
 
     def __init__(self, name: str, features: tuple[str, ...], sve_vls: int | None, reg_list: tuple[int, ...],
-                 registers: dict[int, int | None] | None) -> None:
+                 registers: dict[int, int | None] | None, guest: GuestView | None = None) -> None:
         self.name = name
         self.features = features
         self.sve_vls = sve_vls
         self.reg_list = reg_list
         #: None when KVM_GET_REG_LIST failed for it (the config is then unusable)
         self.registers = registers
+        self.guest = guest
 
 
 class LazyConfigs(Mapping[str, ArmConfig]):
@@ -59,7 +88,7 @@ class LazyConfigs(Mapping[str, ArmConfig]):
         if done is None:
             import marshal
 
-            features, vls, reg_list, registers = marshal.loads(self._raw[name])
+            features, vls, reg_list, registers, guest = marshal.loads(self._raw[name])
             if not (type(features) is tuple and type(reg_list) is tuple and len(reg_list) <= MAX_REGISTERS * 4
                     and set(map(type, features)) <= {str} and set(map(type, reg_list)) <= {int}
                     and (vls is None or type(vls) is int)
@@ -67,7 +96,7 @@ class LazyConfigs(Mapping[str, ArmConfig]):
                                                and set(map(type, registers)) <= {int}
                                                and set(map(type, registers.values())) <= {int, type(None)}))):
                 raise ValueError("not an arm64 profile view")
-            done = self._done[name] = ArmConfig(name, features, vls, reg_list, registers)
+            done = self._done[name] = ArmConfig(name, features, vls, reg_list, registers, _guest_from_view(guest))
         return done
 
     def __iter__(self) -> Iterator[str]:
@@ -111,6 +140,53 @@ class Arm64Kvm(KvmSection):
     def default_config(self) -> str:
         """What ``-cpu host`` gives on that host: every vCPU feature its KVM offers."""
         return max(self.configs, key=lambda name: (len(self.configs[name].features), name))
+
+
+def _guest_from_view(v: object) -> GuestView | None:
+    """A configuration's guest view from the hook view, typed exactly; ValueError else."""
+    if v is None:
+        return None
+    if not (type(v) is tuple and len(v) == 4):
+        raise ValueError("not an arm64 profile view")
+    registers, firmware, faults, exits = v
+
+    def typed(d: object, kts: set[type]) -> bool:
+        return (type(d) is dict and len(d) <= MAX_GUEST_ITEMS and set(map(type, d)) <= kts
+                and set(map(type, d.values())) <= {int})
+
+    if not (typed(registers, {int}) and typed(firmware, {str}) and typed(faults, {int, str})
+            and type(exits) is int):
+        raise ValueError("not an arm64 profile view")
+    return GuestView(registers, firmware, faults, exits)
+
+
+def guest_from_json(r: Reader, doc: object, where: str) -> GuestView | None:
+    """A ``guest_view`` member: registers by arm64 ids (sysreg or DEMUX_CCSIDR), firmware by
+    the call keys this abiguard asks, faults by either, every value canonical hex."""
+    from . import guest
+
+    if doc is None:
+        return None
+    d = r.obj(doc, where, 8)
+    r.need(set(d) == {"registers", "firmware", "faults", "exits"},
+           f"member '{where}' must have exactly 'registers', 'firmware', 'faults' and 'exits'")
+    registers = {}
+    for k, v in r.obj(d["registers"], f"{where}.registers", MAX_GUEST_ITEMS).items():
+        rid = _reg(r, k, f"{where}.registers")
+        r.need(regs.kind_of(rid) in ("idreg", "ccsidr") or rid in guest.READ_IDS,
+               f"member '{where}.registers' names {rid:#x}, which the guest does not read")
+        registers[rid] = r.hexint(v, f"{where}.registers.{k}")
+    firmware = {}
+    for k, v in r.obj(d["firmware"], f"{where}.firmware", MAX_GUEST_ITEMS).items():
+        r.need(k in guest.CALL_KEYS, f"member '{where}.firmware' names a call this abiguard does not make "
+               "(probe the host again with this version)")
+        firmware[k] = r.hexint(v, f"{where}.firmware.{k}")
+    faults: dict[int | str, int] = {}
+    for k, v in r.obj(d["faults"], f"{where}.faults", MAX_GUEST_ITEMS).items():
+        key: int | str = k if k in guest.CALL_KEYS else _reg(r, k, f"{where}.faults")
+        faults[key] = r.hexint(v, f"{where}.faults.{k}")
+    exits = r.integer(d["exits"], f"{where}.exits", 0, guest.MAX_EXITS)
+    return GuestView(registers, firmware, faults, exits)
 
 
 def _reg(r: Reader, v: object, where: str) -> int:
@@ -164,7 +240,7 @@ def from_json(r: Reader, doc: dict[str, Any], where: str) -> Arm64Kvm:
         if "registers" in c:
             registers = _values(r, r.obj(c["registers"], f"{w}.registers", MAX_REGISTERS), f"{w}.registers")
         configs[name] = ArmConfig(name, tuple(features), r.opt_hexint(c.get("sve_vls"), f"{w}.sve_vls", 128),
-                                  reg_list, registers)
+                                  reg_list, registers, guest_from_json(r, c.get("guest_view"), f"{w}.guest_view"))
     names = {}
     for k, v in r.obj(doc.get("register_names", {}), f"{where}.register_names", MAX_REGISTERS * 4).items():
         names[_reg(r, k, f"{where}.register_names")] = r.label(v, f"{where}.register_names.{k}", "a register name")
@@ -194,7 +270,8 @@ _VCPU_FEATURES = frozenset({"EL1_32BIT", "PSCI_0_2", "PMU_V3", "SVE", "PTRAUTH_A
 def to_view(s: Arm64Kvm) -> Any:
     import marshal
 
-    return ({n: marshal.dumps((c.features, c.sve_vls, c.reg_list, c.registers)) for n, c in s.configs.items()},
+    return ({n: marshal.dumps((c.features, c.sve_vls, c.reg_list, c.registers,
+                               None if c.guest is None else c.guest.to_view())) for n, c in s.configs.items()},
             s.names, s.acceptance, s.masks, s.vm_caps, s.preferred_target)
 
 
