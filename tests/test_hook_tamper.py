@@ -98,21 +98,20 @@ def _view_path(host) -> str:
 
 
 def _rewrite_view(host, edit) -> None:
-    """Re-frame the view with ``edit`` applied to its (key, model) values: a valid frame
-    (length, CRC, the JSON's sha256 kept) around crafted content."""
-    import zlib
+    """Re-frame the view with ``edit`` applied to its (key, model) values, bound anew to the
+    JSON beside it as save binds it: what someone who knows the format writes, so the
+    checks behind the binding (key, digest, types) are the ones that must catch it."""
+    import hashlib
 
     path = _view_path(host)
     data = open(path, "rb").read()
     head = data[:data.index(b"\n") + 1]
-    size = 32 if head.endswith(b"-5\n") else 0      # the JSON's sha256 (issue 22's views; none before)
-    bound = data[len(head) + 8:len(head) + 8 + size]
-    key, view = marshal.loads(data[len(head) + 8 + size:])
+    key, view = marshal.loads(data[len(head) + 4 + 32:])
     payload = edit(key, view)
     if not isinstance(payload, bytes):
         payload = marshal.dumps(payload)
-    frame = len(payload).to_bytes(4, "big") + zlib.crc32(payload).to_bytes(4, "big")
-    open(path, "wb").write(head + frame + bound + payload)
+    text = open(str(host.root / "var/lib/abiguard/host-profile.json"), "rb").read()
+    open(path, "wb").write(head + len(payload).to_bytes(4, "big") + hashlib.sha256(text + payload).digest() + payload)
     st = os.stat(str(host.root / "var/lib/abiguard/host-profile.json"))
     os.utime(str(host.root / "var/lib/abiguard/host-profile.json"), ns=(st.st_atime_ns, st.st_mtime_ns))
 

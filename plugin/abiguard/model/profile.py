@@ -347,10 +347,15 @@ def atomic_write(path: str, text: str | bytes, mode: int = 0o644) -> tuple[int, 
 
 
 HOOKVIEW_SUFFIX = ".hookview"
-#: the view's first bytes: format name and version; then the payload's length and CRC-32
-#: (8 bytes, big-endian): a torn or damaged view is noticed before marshal reads it
-_VIEW_MAGIC = b"abiguard-hookview-5\n"
-#: after the length and CRC: the sha256 of the JSON file's bytes the view was made from
+#: the view's first bytes: format name and version; then the payload's length (4 bytes,
+#: big-endian) and the binding (below): a torn, damaged or foreign view is noticed before
+#: marshal reads it
+_VIEW_MAGIC = b"abiguard-hookview-6\n"
+#: the binding: sha256 over the JSON file's bytes the view was made from followed by the
+#: payload -- the view is read only as the exact one :func:`save` wrote for that JSON. A
+#: body crafted or damaged under a kept frame, or a view paired with another JSON, is read
+#: as absent (format 5 bound the JSON alone, and a re-framed body of valid types but other
+#: values, e.g. ``kvm`` None, changed the hook's answer: issue 22's fuzz, input 757).
 _BOUND = 32
 #: a view bigger than this is not one of ours
 MAX_VIEW_BYTES = 16 * 1024 * 1024
@@ -362,8 +367,8 @@ def save(doc: dict[str, Any], path: str) -> Profile:
     The view holds the validated model in marshal form and the (inode, size, mtime) of the
     JSON file this call wrote, taken from that file itself: two refreshes racing each
     other can leave a view that belongs to the other's JSON, and the key then does not
-    match, so the hook reads the JSON instead. A checksum over the view's payload keeps a
-    damaged view from ever reaching marshal."""
+    match, so the hook reads the JSON instead. The binding (sha256 over the JSON's bytes and
+    the payload) keeps a damaged or crafted view from ever reaching marshal."""
     import hashlib
     import marshal
 
@@ -371,14 +376,9 @@ def save(doc: dict[str, Any], path: str) -> Profile:
     text = render(doc).encode()
     key = atomic_write(path, text)
     payload = marshal.dumps((key, model.to_view()))
-    atomic_write(path + HOOKVIEW_SUFFIX, _VIEW_MAGIC + _check(payload) + hashlib.sha256(text).digest() + payload)
+    atomic_write(path + HOOKVIEW_SUFFIX, _VIEW_MAGIC + len(payload).to_bytes(4, "big")
+                 + hashlib.sha256(text + payload).digest() + payload)
     return model
-
-
-def _check(payload: bytes) -> bytes:
-    import zlib
-
-    return len(payload).to_bytes(4, "big") + zlib.crc32(payload).to_bytes(4, "big")
 
 
 def _stat_key(path: str) -> tuple[int, int, int]:
@@ -393,9 +393,11 @@ def load_view(path: str) -> Profile | None:
     and made from the JSON now at ``path``; None otherwise (read the JSON then).
 
     The view is trusted no further than the JSON (issue 22): its sizes are checked before
-    marshal allocates anything; it must be bound to the exact bytes of the JSON now at
-    ``path`` (their sha256, compared before marshal reads the payload) and hold the model
-    of that JSON's digest; every member is typed (:meth:`Profile.from_view`). Any doubt,
+    marshal allocates anything; it must be the one :func:`save` wrote for the exact bytes
+    of the JSON now at ``path`` (sha256 over those bytes and the payload, compared before
+    marshal reads the payload) and hold the model of that JSON's digest; every member is
+    typed (:meth:`Profile.from_view`). Whoever can rewrite the view can rewrite the JSON
+    (both are root's, 0644 in /var/lib/abiguard), so the JSON is what the checks trust. Any doubt,
     any error (MemoryError included): None, and the hook reads the JSON."""
     try:
         with open(path + HOOKVIEW_SUFFIX, "rb") as f:
@@ -403,12 +405,12 @@ def load_view(path: str) -> Profile | None:
         head = len(_VIEW_MAGIC)
         if len(data) > MAX_VIEW_BYTES or data[:head] != _VIEW_MAGIC:
             return None
-        payload = data[head + 8 + _BOUND:]
-        if int.from_bytes(data[head:head + 4], "big") != len(payload) or _check(payload) != data[head:head + 8]:
+        payload = data[head + 4 + _BOUND:]
+        if int.from_bytes(data[head:head + 4], "big") != len(payload):
             return None
         with open(path, "rb") as f:
             text = f.read(MAX_BYTES + 1)
-        if len(text) > MAX_BYTES or _sha256(text) != data[head + 8:head + 8 + _BOUND]:
+        if len(text) > MAX_BYTES or _sha256(text + payload) != data[head + 4:head + 4 + _BOUND]:
             return None
         key, view = _bounded_loads(payload)
         if type(key) is not tuple or tuple(key) != _stat_key(path):

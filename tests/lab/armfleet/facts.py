@@ -57,7 +57,7 @@ def build_libs(out: Path) -> tuple[Path, Path]:
 
 
 def _start_with_env(lab: Lab, host: str, name: str, env: dict[str, str]) -> tuple[dict, float]:
-    since = lab.uptime(host)
+    since = lab.kmsg_mark(host)
     return migration.start_domain(lab, host, guest.domain_xml(name, image=GUEST_IMAGE, qemu_env=env)), since
 
 
@@ -161,7 +161,7 @@ def hooks_and_records(lab: Lab, src: str, dst: str, probe: Path, delay: float = 
         out["hook_calls_start_on_" + src] = _hooklog(lab, src, None, offsets[src])
         out["denied_on_" + src] = lab.dmesg_since(src, since_src, 'apparmor="DENIED"')
         lab.sh(dst, f"echo {delay} > /var/lib/abiguard/started-delay && rm -f /var/log/abiguard/hook-probe.log")
-        since_dst = lab.uptime(dst)
+        since_dst = lab.kmsg_mark(dst)
         mig = migration.migrate_running(lab, src, dst, "afgprobe", console=st["console"], view_before=st["view"],
                                         reboot_check=False)
         t_ref = datetime.fromisoformat(mig["started_utc"]).timestamp()

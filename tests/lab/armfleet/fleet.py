@@ -419,15 +419,24 @@ class Lab:
     def uptime(self, name: str) -> float:
         return float(self.sh(name, "cut -d' ' -f1 /proc/uptime", quiet=True).stdout)
 
-    def dmesg_since(self, name: str, since: float, pattern: str) -> list[str]:
-        """kernel log lines of host *name* after uptime *since* matching *pattern*"""
-        out = self.sh(name, "dmesg", quiet=True).stdout
-        got = []
-        for line in out.splitlines():
-            m = re.match(r"\[\s*([\d.]+)\]", line)
-            if m and float(m.group(1)) >= since and re.search(pattern, line):
-                got.append(line)
-        return got
+    def kmsg_mark(self, name: str) -> str:
+        """Write a unique line into host *name*'s kernel log and return it: :meth:`dmesg_since`
+        reads what follows it. A marker, not an uptime: the log's timestamps (local_clock) are
+        not /proc/uptime's clock. And printk's rate limit is lifted: without auditd, AppArmor's
+        audit lines reach the log through kauditd_printk_skb's printk_ratelimit() (10 per 5 s
+        by default), which the profile loads of a VM start can use up before a denial."""
+        mark = f"abiguard-lab mark {uuid.uuid4().hex}"
+        self.sh(name, f"sysctl -q -w kernel.printk_ratelimit=0; echo '{mark}' > /dev/kmsg", quiet=True)
+        return mark
+
+    def dmesg_since(self, name: str, mark: str, pattern: str) -> list[str]:
+        """kernel log lines of host *name* after *mark* (from :meth:`kmsg_mark`) matching
+        *pattern*; a marker no longer in the ring buffer is an error, not an empty answer"""
+        lines = self.sh(name, "dmesg", quiet=True).stdout.splitlines()
+        at = next((i for i, line in enumerate(lines) if line.endswith(mark)), None)
+        if at is None:
+            raise RuntimeError(f"{name}: kernel log marker {mark!r} is gone from dmesg (ring buffer wrapped)")
+        return [line for line in lines[at + 1:] if re.search(pattern, line)]
 
     def qemu_pid(self, name: str, dom: str) -> int | None:
         p = self.sh(name, f"cat /run/libvirt/qemu/{shlex.quote(dom)}.pid 2>/dev/null", check=False, quiet=True)

@@ -94,7 +94,7 @@ def start_domain(lab: Lab, host: str, xml: str, *, console: bool = True, baselin
     if pinned is not None and pinned["rc"] != 0:
         return {"host": host, "domain": dom, "pin": pinned,
                 "error": "abiguard pin failed: " + " | ".join(pinned["output"][-5:])}
-    since = lab.uptime(host)
+    since = lab.kmsg_mark(host)
     t0 = time.monotonic()
     p = lab.virsh(host, "start", "--paused", dom, check=False, timeout=900)
     start_s = round(time.monotonic() - t0, 1)
@@ -199,7 +199,7 @@ def migrate_running(lab: Lab, src: str, dst: str, dom: str, *, console: Console 
                  "mode": "peer-to-peer (source libvirtd drives)" if p2p else "client-driven (virsh drives)"}
     pid_before = lab.qemu_pid(src, dom)
     hb_before = _last_n(console) if console else None
-    since_src, since_dst = lab.uptime(src), lab.uptime(dst)
+    since_src, since_dst = lab.kmsg_mark(src), lab.kmsg_mark(dst)
     samples: list[dict] = []
     stop = threading.Event()
     t0 = time.monotonic()
@@ -350,7 +350,7 @@ def save_restore(lab: Lab, src: str, dst: str, dom: str, *, console: Console | N
     rec["carry_s"] = round(time.monotonic() - t1, 1)
     rec["save_file_bytes"] = local.stat().st_size
     lab.virsh(src, "undefine", dom, check=False, quiet=True)
-    since = lab.uptime(dst)
+    since = lab.kmsg_mark(dst)
     t2 = time.monotonic()
     p = lab.virsh(dst, "restore", remote, "--paused", check=False, timeout=900)
     rec["restore_s"] = round(time.monotonic() - t2, 1)
@@ -374,7 +374,7 @@ def managedsave_start(lab: Lab, host: str, dom: str, *, console: Console | None 
         return rec
     if console is not None:
         console.close()
-    since = lab.uptime(host)
+    since = lab.kmsg_mark(host)
     t1 = time.monotonic()
     p = lab.virsh(host, "start", "--paused", dom, check=False, timeout=900)
     rec["start_s"] = round(time.monotonic() - t1, 1)
@@ -424,7 +424,7 @@ def managedsave_move(lab: Lab, src: str, dst: str, dom: str, *, console: Console
     # start, not by a file placed while it runs; the start restores from the file anyway
     info = lab.virsh(dst, "dominfo", dom, check=False, quiet=True).stdout
     rec["destination_says_managed_save"] = bool(re.search(r"Managed save:\s+yes", info))
-    since = lab.uptime(dst)
+    since = lab.kmsg_mark(dst)
     t2 = time.monotonic()
     p = lab.virsh(dst, "start", "--paused", dom, check=False, timeout=900)
     rec["start_s"] = round(time.monotonic() - t2, 1)
