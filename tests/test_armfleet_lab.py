@@ -16,7 +16,8 @@ $ARMFLEET_RESULTS (default: the run's directory).
 
 Cost (2 cores): base images ~4.5 min from an empty cache, then cached; up ~1 min; ground
 truth ~10 min; abiguard's part ~29 min (install ~3, unpinned ~9, pinned ~4, seed case ~5,
-issue 25's seed case both ways ~6 (measured 371 s standalone), failure modes ~2)."""
+issue 25's seed case both ways ~6 (measured 371 s standalone), the README's recipe ~2
+(121 s measured with -k recipe, another lab sharing the cores), failure modes ~2)."""
 from __future__ import annotations
 
 import itertools
@@ -602,6 +603,127 @@ def test_seed_case_born_anywhere_back_to_the_oldest(fleet: Lab, installed: dict)
             (leg["born"], [(m["from"], m["to"], m["outcome"], m.get("error"), m.get("diff_after"),
                             m.get("diff_after_reboot")) for m in leg["moves"]])
         assert leg["ok"], leg["born"]
+
+
+#: the README's "Protect your VMs in five steps", steps 2-5 and "After a refusal", as run
+#: inside the lab hosts; DOMAIN, DEST and the file names are the only substitutions
+RECIPE_DOM = "web1"
+RECIPE_DIR = "/root/recipe"
+
+
+def _recipe_sh(fleet: Lab, host: str, cmd: str, rec: dict, key: str, timeout: float = 600) -> dict:
+    """*cmd* as an operator types it, in RECIPE_DIR on *host*; rc, output and seconds kept
+    in *rec* under *key* and printed (the README quotes these)"""
+    t0 = time.monotonic()
+    p = fleet.sh(host, f"cd {RECIPE_DIR} && {cmd}", check=False, timeout=timeout)
+    r = {"host": host, "command": cmd, "rc": p.returncode, "stdout": p.stdout.splitlines(),
+         "stderr": p.stderr.splitlines(), "s": round(time.monotonic() - t0, 1)}
+    rec[key] = r
+    say(f"    recipe {key} on {host} ({r['s']} s, rc {r['rc']}): {cmd}")
+    for line in (r["stdout"] + r["stderr"])[:14]:
+        say(f"      | {line[:220]}")
+    return r
+
+
+@pytest.mark.lab
+def test_recipe_in_the_readme_as_written(fleet: Lab, installed: dict) -> None:
+    """README, "Protect your VMs in five steps", run command by command inside the hosts:
+    step 1 is the fixture's ``apt install ./abiguard_*.deb``; libvirtd was restarted after it
+    (step 2: these sysvinit hosts have no systemctl; the fixture restarts it by its pid
+    file). bookworm is the operator's machine and the VM's first host (sid's openssh-server
+    no longer pulls in openssh-client: no ssh, no scp there): step 3 on bookworm over every
+    host's profile (the others' fetched with scp), step 4 pins the VM defined there and starts
+    it (defined, not yet running: a running VM's stop and start would add ~25 s of lab time
+    for nothing the hook sees); "after a refusal": bookworm -> trixie (which cannot realise
+    the {bookworm, sid} contract) refused, ``abiguard check --from fleet.json --to
+    trixie.json``, ``abiguard status``; step 5 ``virsh migrate --live --persistent
+    --undefinesource web1 qemu+ssh://sid/system`` from inside bookworm. ~1.5 min."""
+    src, dst, other = "bookworm", "sid", "trixie"
+    dom = RECIPE_DOM
+    # the versions the lab records for each host (its base image's dpkg database)
+    rec: dict = {"versions": {h: {k: v for k, v in {**fleet.host(h)["versions"], **fleet.host(h)["kernel"]}.items()
+                                  if k in ("libvirt-daemon", "qemu-system-arm") or k.startswith("linux-image-")}
+                              for h in fleet.hosts},
+                 "deb": installed["install"]["deb"]}
+    installed["recipe"] = rec
+    t_all = time.monotonic()
+    # step 2: the running libvirtd started after the hook was installed
+    for h in (src, dst):
+        out = fleet.sh(h, "stat -c %Y /etc/libvirt/hooks/qemu.d/abiguard /proc/$(cat /run/libvirtd.pid)",
+                       quiet=True).stdout.split()
+        assert int(out[1]) >= int(out[0]), (h, "libvirtd started before the hook was installed", out)
+    # root on the operator's machine reaches the hosts over ssh (scp, qemu+ssh): the lab's key
+    # and host keys
+    fleet.sh(src, f"rm -rf {RECIPE_DIR} && mkdir -p {RECIPE_DIR} /root/.ssh", quiet=True)
+    fleet.copy_in(src, fleet.dir / "ssh/id_ed25519", "/root/.ssh/id_ed25519", mode="0600")
+    fleet.copy_in(src, fleet.dir / "ssh/known_hosts", "/root/.ssh/known_hosts")
+    try:
+        # the VM, defined on bookworm
+        xml = fleet.dir / "domains" / f"{dom}.xml"
+        xml.parent.mkdir(exist_ok=True)
+        xml.write_text(guest.domain_xml(dom, machine="virt-7.2", image=GUEST_IMAGE))
+        migration.cleanup_domain(fleet, dom, [src])
+        fleet.virsh(src, "define", str(xml))
+        # step 3: every host's profile copied over, then the baseline
+        for h in fleet.hosts:
+            take = "cp /var/lib/abiguard/host-profile.json" if h == src else \
+                f"scp -q {h}:/var/lib/abiguard/host-profile.json"
+            r = _recipe_sh(fleet, src, f"{take} {h}.json", rec, f"copy {h}")
+            assert r["rc"] == 0, r
+        r = _recipe_sh(fleet, src, f"abiguard baseline {src}.json {dst}.json -o fleet.json", rec, "3 baseline")
+        assert r["rc"] == 0, r
+        said = r["stdout"] + r["stderr"]
+        assert said[0].endswith("; written to fleet.json"), said
+        assert not any(ln.startswith("  conflict") for ln in said), said
+        for h in (src, dst):
+            assert f"  {h}.json: accepts and boots VMs with this contract" in said, said
+        # step 4, where the VM is defined: pin, then start it
+        r = _recipe_sh(fleet, src, f"abiguard pin {dom} --baseline fleet.json", rec, "4 pin")
+        assert r["rc"] == 0 and r["stdout"][0].startswith(f"pinned {dom} to sha256:"), r
+        r = _recipe_sh(fleet, src, f"virsh start {dom}", rec, "4 start")
+        assert r["rc"] == 0, r
+        con = fleet.console(src, dom)
+        pinned = con.fresh_view()
+        con.close()
+        # after a refusal: bookworm -> trixie, which cannot give the contract's values
+        pid = fleet.qemu_pid(src, dom)
+        r = _recipe_sh(fleet, src, f"virsh migrate --live --persistent --undefinesource {dom} "
+                                   f"qemu+ssh://{other}/system", rec, "refused migrate")
+        err = "\n".join(r["stderr"])
+        assert r["rc"] != 0 and err.startswith("error: Hook script execution failed: "), err
+        assert f"abiguard: refusing migrate of '{dom}' to this host: " in err, err
+        # the VM runs on, on its source, in the same QEMU, not paused
+        assert fleet.domstate(src, dom).startswith("running") and fleet.qemu_pid(src, dom) == pid
+        assert fleet.domstate(other, dom) == "absent"
+        r = _recipe_sh(fleet, src, f"abiguard check --from fleet.json --to {other}.json", rec, "check")
+        assert r["rc"] == 1 and "REFUSE" in "\n".join(r["stdout"]), r
+        # status as the README wrote it, then with the hosts' profiles (what it needs to say
+        # where a VM may move)
+        r = _recipe_sh(fleet, src, "abiguard status", rec, "status")
+        assert r["rc"] == 0 and any(ln.startswith(f"{dom}: running") for ln in r["stdout"]), r
+        r = _recipe_sh(fleet, src, f"abiguard status {' '.join(f'{h}.json' for h in fleet.hosts)}", rec,
+                       "status with profiles")
+        moves = [ln for ln in r["stdout"] if ln.strip().startswith("may move to:")]
+        assert r["rc"] == 0 and len(moves) == 1 and f"{dst}.json" in moves[0] and f"{other}.json" not in moves[0], r
+        # step 5, from inside bookworm, the README's flags
+        r = _recipe_sh(fleet, src, f"virsh migrate --live --persistent --undefinesource {dom} "
+                                   f"qemu+ssh://{dst}/system", rec, "5 migrate")
+        assert r["rc"] == 0, r
+        assert fleet.domstate(src, dom) == "absent" and fleet.domstate(dst, dom).startswith("running")
+        con = fleet.console(dst, dom)
+        after = con.fresh_view()
+        con.close()
+        # the same boot, the same view -- on sid, whose 7.x KVM gives an unpinned guest PSCI 1.3
+        assert after["boot"] == pinned["boot"] and guest.diff(pinned, after) == {}, guest.diff(pinned, after)
+        assert after["psci"] == "10001", after
+        rec["hook_log_" + dst] = afa.hook_log(fleet, dst, 6)
+        assert any(f"{dom}: ALLOW, contract" in ln for ln in rec["hook_log_" + dst]), rec["hook_log_" + dst]
+    finally:
+        migration.cleanup_domain(fleet, dom, fleet.hosts)
+        fleet.sh(src, f"rm -rf {RECIPE_DIR} /root/.ssh/id_ed25519 /root/.ssh/known_hosts", check=False, quiet=True)
+    rec["seconds"] = round(time.monotonic() - t_all, 1)
+    say(f"    recipe: {rec['seconds']} s in all; " + "; ".join(
+        f"{k} {v['s']} s" for k, v in rec.items() if isinstance(v, dict) and "command" in v))
 
 
 @pytest.mark.lab
