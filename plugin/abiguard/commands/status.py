@@ -98,7 +98,8 @@ def status(uri: str | None, profiles: list[Profile]) -> list[dict[str, Any]]:
                 continue
             row["contract"] = sealed.digest
             row["arch"] = sealed.arch
-            if facts.stamp is not None:
+            if facts.stamp is not None and facts.stamp.get("profile"):
+                # a VM started here carries a start stamp naming no profile: nothing to say
                 row["running_on_profile"] = facts.stamp.get("profile")
             from ..arch import get
 
