@@ -166,7 +166,7 @@ def _guest(r: Reader, doc: Any) -> dict[int | str, Seen]:
         else:
             ids, bad = regs.parse_ids([k])
             if bad or not (ids[0] in guest.READ_IDS or regs.kind_of(ids[0]) in ("idreg", "ccsidr")):
-                # the message is built only on failure: a contract carries dozens of these keys (67 from the 7.2 profile)
+                # the message is built only on failure: a contract carries dozens of these (67: 7.2)
                 raise r.fail("member 'guest' has a key that is neither a register the guest reads nor a "
                              "firmware call: " + _shown([k]))
             key = ids[0]
