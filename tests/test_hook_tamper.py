@@ -101,8 +101,6 @@ def _rewrite_view(host, edit) -> None:
     """Re-frame the view with ``edit`` applied to its (key, model) values, bound anew to the
     JSON beside it as save binds it: what someone who knows the format writes, so the
     checks behind the binding (key, digest, types) are the ones that must catch it."""
-    import hashlib
-
     path = _view_path(host)
     data = open(path, "rb").read()
     head = data[:data.index(b"\n") + 1]
@@ -111,7 +109,7 @@ def _rewrite_view(host, edit) -> None:
     if not isinstance(payload, bytes):
         payload = marshal.dumps(payload)
     text = open(str(host.root / "var/lib/abiguard/host-profile.json"), "rb").read()
-    open(path, "wb").write(head + len(payload).to_bytes(4, "big") + hashlib.sha256(text + payload).digest() + payload)
+    open(path, "wb").write(head + len(payload).to_bytes(4, "big") + profile.binding(text, payload) + payload)
     st = os.stat(str(host.root / "var/lib/abiguard/host-profile.json"))
     os.utime(str(host.root / "var/lib/abiguard/host-profile.json"), ns=(st.st_atime_ns, st.st_mtime_ns))
 

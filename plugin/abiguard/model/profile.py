@@ -369,15 +369,14 @@ def save(doc: dict[str, Any], path: str) -> Profile:
     other can leave a view that belongs to the other's JSON, and the key then does not
     match, so the hook reads the JSON instead. The binding (sha256 over the JSON's bytes and
     the payload) keeps a damaged or crafted view from ever reaching marshal."""
-    import hashlib
     import marshal
 
     model = Profile.from_json(doc, path)
     text = render(doc).encode()
     key = atomic_write(path, text)
     payload = marshal.dumps((key, model.to_view()))
-    atomic_write(path + HOOKVIEW_SUFFIX, _VIEW_MAGIC + len(payload).to_bytes(4, "big")
-                 + hashlib.sha256(text + payload).digest() + payload)
+    atomic_write(path + HOOKVIEW_SUFFIX, _VIEW_MAGIC + len(payload).to_bytes(4, "big") + binding(text, payload)
+                 + payload)
     return model
 
 
@@ -410,7 +409,7 @@ def load_view(path: str) -> Profile | None:
             return None
         with open(path, "rb") as f:
             text = f.read(MAX_BYTES + 1)
-        if len(text) > MAX_BYTES or _sha256(text + payload) != data[head + 4:head + 4 + _BOUND]:
+        if len(text) > MAX_BYTES or binding(text, payload) != data[head + 4:head + 4 + _BOUND]:
             return None
         key, view = _bounded_loads(payload)
         if type(key) is not tuple or tuple(key) != _stat_key(path):
@@ -447,10 +446,15 @@ def _bounded_loads(payload: bytes) -> Any:
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
-def _sha256(data: bytes) -> bytes:
+def binding(text: bytes, payload: bytes) -> bytes:
+    """The view's binding (:data:`_BOUND` bytes): sha256 over the JSON's bytes, then the
+    payload -- the one place that says what binds a view to its JSON (save, load_view, and
+    the tests that write views as someone who knows the format would)."""
     import hashlib
 
-    return hashlib.sha256(data).digest()
+    digest = hashlib.sha256(text)
+    digest.update(payload)
+    return digest.digest()
 
 
 def _json_digest(text: bytes) -> str | None:
