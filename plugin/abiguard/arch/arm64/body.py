@@ -31,7 +31,6 @@ MAX_GUEST_ITEMS = 512
 FAULT_PREFIX = "esr:"
 
 
-
 class Arm64Body:
     """:param stream: register ids, ascending; :param values: id -> value, ids of the stream
     :param impl_cpus: (MIDR, REVIDR, AIDR) of every CPU the guest may run on, in the order
