@@ -311,7 +311,11 @@ class Lab:
 
     def _ssh_master(self, name: str) -> float:
         t0 = time.monotonic()
-        self.sh(name, "true", timeout=120)
+        # the first command on the host also lifts printk's rate limit, once per boot: without
+        # auditd, AppArmor's audit lines reach the kernel log through kauditd_printk_skb's
+        # printk_ratelimit() (10 per 5 s by default), which the profile loads of a VM start
+        # can use up before the denial a test looks for (:meth:`dmesg_since`)
+        self.sh(name, "sysctl -q -w kernel.printk_ratelimit=0; true", timeout=120)
         took = round(time.monotonic() - t0, 2)
         out = run([*self.nsenter, "ssh", "-F", str(self.dir / "ssh/config"), "-O", "check", name],
                   check=False, quiet=True)
@@ -422,11 +426,9 @@ class Lab:
     def kmsg_mark(self, name: str) -> str:
         """Write a unique line into host *name*'s kernel log and return it: :meth:`dmesg_since`
         reads what follows it. A marker, not an uptime: the log's timestamps (local_clock) are
-        not /proc/uptime's clock. And printk's rate limit is lifted: without auditd, AppArmor's
-        audit lines reach the log through kauditd_printk_skb's printk_ratelimit() (10 per 5 s
-        by default), which the profile loads of a VM start can use up before a denial."""
+        not /proc/uptime's clock (printk's rate limit is lifted once, when the host comes up)."""
         mark = f"abiguard-lab mark {uuid.uuid4().hex}"
-        self.sh(name, f"sysctl -q -w kernel.printk_ratelimit=0; echo '{mark}' > /dev/kmsg", quiet=True)
+        self.sh(name, f"echo '{mark}' > /dev/kmsg", quiet=True)
         return mark
 
     def dmesg_since(self, name: str, mark: str, pattern: str) -> list[str]:
