@@ -156,7 +156,16 @@ def test_matrix_reads_in_ten_seconds():
     assert "unpinned: CTR_EL0 field IDC: VM has 0x8444c004 as its guest read it, destination would give the " \
         "guest 0x9444c004" in " ".join(cp.stdout.split())
     # "pin first" is "baseline over the pair writes a contract" (engine.baseline.holds)
-    assert q111[3][3:5] == ["pin", "first"] and q111[2][4] == "keeps"
+    assert q111[3][1:] == ["cannot", "pin", "first", "pin", "first", "-"] and q111[2][4] == "keeps"
+    # 5.10 and 7.2 have no contract: a VM started on 5.10 carries its SMCCC_ARCH_WORKAROUND_3
+    # level (2, NOT_REQUIRED), which no pin lowers and 7.2's KVM refuses -- either way round
+    # (7.2 -> 5.10 moves, but never back)
+    assert q72[0][4] == q111[0][4] == q72[3][1] == "cannot"
+    text = " ".join(cp.stdout.split())
+    assert "5.10.0-32 -> 7.2.13: cannot: SMCCC_ARCH_WORKAROUND_3: VM has 2 (NOT_REQUIRED), destination reports " \
+        "0x0 [" in text
+    assert "7.2.13 -> 5.10.0-32: cannot: SMCCC_ARCH_WORKAROUND_3: VM has 2 (NOT_REQUIRED), destination reports " \
+        "0x0 (on the way back to 7.2.13+deb14-arm64) [" in text
     # each cell's reason names its pair and its own numbers; a pin-first cell what to pin
     assert "  7.2.13 -> 6.12.117: pin first: on 7.2.13+deb14-arm64 at start: PSCI_VERSION = 0x10001" in cp.stdout
 

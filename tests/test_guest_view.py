@@ -285,8 +285,12 @@ def test_a_baseline_records_what_a_guest_born_in_the_fleet_reads():
         assert c.body.values[CTR] == 0x9444C004  # type: ignore[union-attr]
         assert from_element(_element(to_xml_text(c)), "xml") == c     # as abiguard pin writes it
         host72 = doc["hosts"][P[K72]]
-        assert host72["boots_with_contract"] and host72["accepts_incoming"], host72
+        assert host72["boots_with_contract"], host72
         assert "CTR_EL0 = 0x8444c004 (abiguard_pin.so at start; QEMU's stream carries 0x9444c004)" in host72["pins"]
+        # 5.10's SMCCC_ARCH_WORKAROUND_3 level (2) rides in a VM started there, and 7.2's KVM
+        # refuses it (its own is 0): no contract of the two is written, whatever CTR_EL0 does
+        assert host72["accepts_incoming"] == (old == K61), host72
+        assert doc["outcome"]["verdict"] == ("written" if old == K61 else "refused"), doc["outcome"]
     # two hosts that do not trap the read, whose guests read different values: a conflict
     other = _edited(K510, lambda d: [c["guest_view"]["registers"].update({f"{CTR:#x}": "0x8444c003"})
                                      for c in d["kvm"]["aarch64"]["configs"].values() if c.get("guest_view")])

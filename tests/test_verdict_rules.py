@@ -49,6 +49,32 @@ def test_workarounds(reg, level):
         assert v.problems[0].register == reg.name and not v.problems[0].pinnable
 
 
+def test_a_fleet_whose_mitigation_levels_differ_is_judged_by_the_highest():
+    """A VM carries the SMCCC_ARCH_WORKAROUND_* level of the host it runs on (KVM's get
+    gives the host's own; a write stores nothing), so a contract over hosts whose levels
+    differ holds the highest and a host that refuses it is named; a start where the level
+    is above the contract's is refused (the lab's cortex-a53 + cortex-a72 pair: a53 2,
+    a72 0, the move a53 -> a72 failing at the end, QEMU "Could not set register fw reg 1
+    to 2 (is 0)")."""
+    from abiguard.arch.arm64.rules import RULES
+
+    wa1 = arm64.FW_BY_ID[0x6030000000140001]
+    a72 = {"0": "accepted", "1": "EINVAL", "2": "EINVAL", "3": "EINVAL", "4": "EINVAL"}
+    a53 = {"0": "accepted", "1": "accepted", "2": "accepted", "3": "EINVAL", "4": "EINVAL"}
+    value, conflict = RULES["workaround"].fold(wa1.name, [0, 2], [a72, a53])
+    assert value == 2 and conflict and "0 (NOT_AVAIL)" in conflict and "2 (NOT_REQUIRED)" in conflict
+    assert RULES["workaround"].fold(wa1.name, [2, 2], [a53, a53]) == (2, None)
+    # equal hosts keep the highest level all take (unchanged contracts for such fleets)
+    assert RULES["workaround"].fold(wa1.name, [0, 0], [a53, a53]) == (2, None)
+    # the bundled 7.2 host (level 2): a contract holding 0 is not started there
+    doc = BASE.to_json()
+    doc["aarch64"]["values"][f"{wa1.id:#x}"] = "0x0"
+    low = contract.seal_json(doc)
+    started = verdict.realise(low, DEST)
+    assert [p.register for p in started.problems] == [wa1.name], started.problems
+    assert "carries this host's own level" in started.problems[0].why
+
+
 @pytest.mark.parametrize("reg", [r for r in arm64.FW_REGS if r.kind == "bitmap"], ids=lambda r: r.name)
 @pytest.mark.parametrize("bit", range(0, 64, 1))
 def test_bitmaps(reg, bit):

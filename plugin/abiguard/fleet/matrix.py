@@ -75,22 +75,24 @@ def cell(src: Profile, dst: Profile, qemu: tuple[int, ...] | None = None) -> dic
         return {"state": "keeps", "problems": 0, "reason": None, "register": None}
     # pin first: the two hosts have a contract both boot and accept (what baseline writes)
     if baseline.holds([src, dst], qemu=qemu) is not None:
-        state, first = "pin first", v.problems[0]
+        state, first, where = "pin first", v.problems[0], dst
     else:
-        state, first = "cannot", (pair_blockers(src, dst, qemu) or v.problems)[0]
+        state, (first, where) = "cannot", (pair_blockers(src, dst, qemu) or [(p, dst) for p in v.problems])[0]
     out = {"state": state, "problems": len(v.problems), "reason": first.line(), "register": first.register}
     # the pair's own values, and the explanation many cells share (said once, as a note)
     reg = first.register + (f" field {first.field}" if first.field else "")
-    out["facts"] = f"{reg}: VM has {first.source}, destination {first.destination}"
+    # a pair whose contract the source refuses: no way back (rollback), said as such
+    back = "" if where is dst else f" (on the way back to {src.kernel_release or 'the source'})"
+    out["facts"] = f"{reg}: VM has {first.source}, destination {first.destination}{back}"
     out["why"] = f"{first.why}; {first.fix}"
     if state == "pin first":
         out["pins"] = pins(src, dst, qemu)
     return out
 
 
-def pair_blockers(src: Profile, dst: Profile, qemu: tuple[int, ...] | None) -> list[Any]:
+def pair_blockers(src: Profile, dst: Profile, qemu: tuple[int, ...] | None) -> list[tuple[Any, Profile]]:
     """Why the two hosts have no contract both boot and accept: what their baseline's
-    contract meets on each (arrival first, then start)."""
+    contract meets on each (arrival first, then start), with the host that meets it."""
     from ..arch import get
     from ..engine import baseline, verdict
     from ..errors import UsageError
@@ -102,7 +104,7 @@ def pair_blockers(src: Profile, dst: Profile, qemu: tuple[int, ...] | None) -> l
         return []
     sealed = Contract.from_json(doc["contract"], "the pair's baseline")
     streams = baseline.born_streams(get(sealed.arch), sealed, [src, dst], [src, dst])
-    return [p for h in (dst, src) for p in baseline.arrivals(sealed, h, streams, qemu)
+    return [(p, h) for h in (dst, src) for p in baseline.arrivals(sealed, h, streams, qemu)
             + verdict.realise(sealed, h).problems]
 
 

@@ -90,6 +90,10 @@ class Rule:
         return None
 
 
+def _level(value: int, levels: dict[int, str]) -> str:
+    return f"{value} ({levels.get(value & 0xF, '?')})"
+
+
 def _set_result(vcpu: KvmVcpu, reg_id: int, value: int) -> str:
     from ...uapi import kvm
 
@@ -160,7 +164,7 @@ class Workaround(Rule):
     def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
         tried = dest.acceptance.get(name)
         levels = regs.WORKAROUND_2_LEVELS if name.endswith("_2") else regs.WORKAROUND_LEVELS
-        label = f"{value} ({levels.get(value & 0xF, '?')})"
+        label = _level(value, levels)
         if tried is not None and tried.get(str(value)) == "accepted":
             return []
         have = dest.registers.get(reg_id)
@@ -171,11 +175,25 @@ class Workaround(Rule):
                         "with at least this level")]
 
     def fold(self, name: str, values: list[int], trials: list[Any]) -> tuple[int | None, str | None]:
+        """The contract's level is the highest a VM of the fleet may carry, which every host
+        must take on arrival (:meth:`check`): KVM's KVM_GET_ONE_REG gives the level of the
+        host the VM runs on (a write stores nothing), so a VM carries the level of its last
+        host, never the contract's. Seen in the arm64 lab: a VM pinned to a cortex-a53 +
+        cortex-a72 contract whose level was the lowest both take (0) was started on the
+        a53 (level 2, NOT_REQUIRED) and its move to the a72 failed after the RAM was
+        copied (QEMU: "Could not set register fw reg 1 to 2 (is 0)")."""
         ok = [lvl for lvl in regs.WORKAROUND_TRIALS
               if all(t is not None and t.get(str(lvl)) == "accepted" for t in trials)]
         if not ok:
             return None, f"{name}: no level every host accepts"
-        return ok[-1], None
+        top = max(values)
+        if ok[-1] >= top:
+            return ok[-1], None
+        levels = regs.WORKAROUND_2_LEVELS if name.endswith("_2") else regs.WORKAROUND_LEVELS
+        seen = ", ".join(sorted({_level(v, levels) for v in values}))
+        return top, (f"{name}: the hosts' mitigation levels differ ({seen}): "
+                     f"a VM started where it is {_level(top, levels)} carries that level, which a host whose own is "
+                     "lower refuses (a host property: CPU errata, firmware, mitigations=)")
 
     def trial(self, vcpu: KvmVcpu, reg: regs.FwReg) -> Any:
         return {str(v): _set_result(vcpu, reg.id, v) for v in regs.WORKAROUND_TRIALS}
