@@ -202,6 +202,27 @@ def first_report(con: Console, timeout: float = 300) -> dict[str, str]:
                    f"(console {con.path}):\n{con.text()[-1500:]}")
 
 
+def beats(text: str, boot: str) -> list[int]:
+    """The heartbeat counts linuxinit printed in boot *boot* (``AGI-HB n=XXXX boot=ID``)."""
+    return [int(n, 16) for n, b in re.findall(r"AGI-HB n=([0-9a-f]{4}) boot=(\S+)\r?\n", text) if b == boot]
+
+
+def wait_beat(con: Console, boot: str, past: int, timeout: float = 60) -> int:
+    """The first heartbeat of boot *boot* with a count above *past*: the same boot running on."""
+    import time
+
+    from .common import LabError
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        later = [n for n in beats(con.text(), boot) if n > past]
+        if later:
+            return later[0]
+        time.sleep(0.5)
+    raise LabError(f"{con.dom}@{con.host}: no heartbeat of boot {boot} past n={past} within {timeout:.0f} s "
+                   f"(console {con.path}):\n{con.text()[-800:]}")
+
+
 #: how migration.py reads this guest (its payload's reader, for a Linux guest)
 class Reader:
     @staticmethod

@@ -310,13 +310,16 @@ def migrate_running(lab: Lab, src: str, dst: str, dom: str, *, console: Console 
     return rec
 
 
-def _resumed(lab: Lab, host: str, dom: str, rec: dict, view_before: dict | None) -> dict:
-    """A domain restored paused on *host*: its console attached, resumed, its view read and
-    held to *view_before*; *rec* completed with outcome, view and console."""
+def _resumed(lab: Lab, host: str, dom: str, rec: dict, view_before: dict | None, reader: type | None) -> dict:
+    """A domain restored paused on *host*: its console attached, resumed, its view read (by
+    *reader*, the payload's by default) and held to *view_before*; *rec* completed with
+    outcome, view and console."""
     con = lab.console(host, dom)
     con.wait_attached()
     lab.virsh(host, "resume", dom)
-    after = con.fresh_view(timeout=180)
+    t0 = time.monotonic()
+    after = (reader or PayloadReader).fresh(con)
+    rec["view_after_s"] = round(time.monotonic() - t0, 1)
     rec.update(view_after=after, outcome="restored-same-view", console=con)
     if view_before is not None:
         rec["view_before"] = view_before
@@ -327,7 +330,7 @@ def _resumed(lab: Lab, host: str, dom: str, rec: dict, view_before: dict | None)
 
 
 def save_restore(lab: Lab, src: str, dst: str, dom: str, *, console: Console | None = None,
-                 view_before: dict | None = None) -> dict:
+                 view_before: dict | None = None, reader: type | None = None) -> dict:
     """``virsh save`` on *src*, the file carried to *dst* by the driver, ``virsh restore``
     there (src == dst: restore in place)."""
     remote = f"/var/lib/libvirt/qemu/save/{dom}.save"
@@ -360,11 +363,11 @@ def save_restore(lab: Lab, src: str, dst: str, dom: str, *, console: Console | N
                    destination_qemu_log_tail=lab.sh(dst, f"tail -n 15 /var/log/libvirt/qemu/{dom}.log",
                                                     check=False, quiet=True).stdout.splitlines())
         return rec
-    return _resumed(lab, dst, dom, rec, view_before)
+    return _resumed(lab, dst, dom, rec, view_before, reader)
 
 
 def managedsave_start(lab: Lab, host: str, dom: str, *, console: Console | None = None,
-                      view_before: dict | None = None) -> dict:
+                      view_before: dict | None = None, reader: type | None = None) -> dict:
     rec: dict = {"host": host, "domain": dom, "op": "managedsave-start"}
     t0 = time.monotonic()
     p = lab.virsh(host, "managedsave", dom, check=False, timeout=900)
@@ -382,11 +385,11 @@ def managedsave_start(lab: Lab, host: str, dom: str, *, console: Console | None 
     if p.returncode != 0:
         rec.update(outcome="failed", phase="start", error=libvirt_error(p.stderr))
         return rec
-    return _resumed(lab, host, dom, rec, view_before)
+    return _resumed(lab, host, dom, rec, view_before, reader)
 
 
 def managedsave_move(lab: Lab, src: str, dst: str, dom: str, *, console: Console | None = None,
-                     view_before: dict | None = None) -> dict:
+                     view_before: dict | None = None, reader: type | None = None) -> dict:
     """``virsh managedsave`` on *src*; the definition and the managed save file carried to
     *dst* (where libvirt keeps them: the file under /var/lib/libvirt/qemu/save/, the
     definition through ``virsh define``), ``virsh start`` there, which restores from it."""
@@ -436,7 +439,7 @@ def managedsave_move(lab: Lab, src: str, dst: str, dom: str, *, console: Console
         return rec
     # a start from a managed save leaves no file behind; a fresh boot would leave it there
     rec["managed_save_consumed"] = lab.sh(dst, f"test -e {remote}", check=False, quiet=True).returncode != 0
-    return _resumed(lab, dst, dom, rec, view_before)
+    return _resumed(lab, dst, dom, rec, view_before, reader)
 
 
 def run_migration(lab: Lab, src: str, dst: str, xml: str, *, p2p: bool = False, keep: bool = False,
