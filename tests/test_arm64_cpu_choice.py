@@ -133,8 +133,8 @@ def test_status_says_the_cpu_shown_and_told() -> None:
 # --- what a guest older than 6.16 misses, by Linux's errata table ---
 
 def test_the_table_knows_what_the_lab_measured() -> None:
-    """the errata QEMU's cortex-a57 (r1p0) and cortex-a72 (r0p3) guests enable under Linux
-    7.2, as the crosscpu lab recorded them unpinned (the lab checks this table against its
+    """the errata QEMU's cortex-a57 (r1p0), cortex-a72 (r0p3), cortex-a53 (r0p4) and
+    cortex-a35 (r1p0) guests enable under Linux 7.2, as the crosscpu lab recorded them unpinned (the lab checks this table against its
     own run each time: test_linux_guest_reports_every_cpu_it_may_run_on)"""
     a57 = {d for d in errata.applies(A57_MIDR, 0) if d.startswith("ARM errat")}
     a72 = {d for d in errata.applies(A72_MIDR, 0) if d.startswith("ARM errat")}
@@ -150,6 +150,14 @@ def test_the_table_knows_what_the_lab_measured() -> None:
     assert "ARM erratum 843419" in errata.applies(a53_r0p4, 0)
     assert "ARM erratum 843419" not in errata.applies(a53_r0p4, 1 << 8)       # MIDR_FIXED(0x4, BIT(8))
     assert errata.model_name(A57_MIDR) == "cortex-a57" and errata.describe(A72_MIDR) == "0x410fd083 (cortex-a72 r0p3)"
+    # the crosscpu lab's models since issue 28: QEMU's cortex-a53 (r0p4) and cortex-a35 (r1p0)
+    a35_r1p0 = 0x411FD040
+    assert {d for d in errata.applies(a53_r0p4, 0) if d.startswith("ARM errat")} == {
+        "ARM erratum 843419", "ARM erratum 845719"}
+    assert [d for d in errata.applies(a35_r1p0, 0) if d.startswith("ARM errat")] == []
+    assert errata.missed(((a35_r1p0, 0, 0), (a53_r0p4, 0, 0)), (a35_r1p0, 0)) == {
+        a53_r0p4: ["ARM erratum 843419", "ARM erratum 845719"]}
+    assert errata.describe(a35_r1p0) == "0x411fd040 (cortex-a35 r1p0)"
 
 
 def test_baseline_and_pin_say_what_an_older_guest_misses() -> None:
