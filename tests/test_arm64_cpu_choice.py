@@ -134,8 +134,9 @@ def test_status_says_the_cpu_shown_and_told() -> None:
 
 def test_the_table_knows_what_the_lab_measured() -> None:
     """the errata QEMU's cortex-a57 (r1p0), cortex-a72 (r0p3), cortex-a53 (r0p4) and
-    cortex-a35 (r1p0) guests enable under Linux 7.2, as the crosscpu lab recorded them unpinned (the lab checks this table against its
-    own run each time: test_linux_guest_reports_every_cpu_it_may_run_on)"""
+    cortex-a35 (r1p0) guests enable under Linux 7.2, as the crosscpu lab recorded them
+    unpinned (the lab checks this table against its own run each time:
+    test_linux_guest_reports_every_cpu_it_may_run_on)"""
     a57 = {d for d in errata.applies(A57_MIDR, 0) if d.startswith("ARM errat")}
     a72 = {d for d in errata.applies(A72_MIDR, 0) if d.startswith("ARM errat")}
     assert a57 == {"ARM errata 1165522, 1319367, or 1530923", "ARM erratum 1742098", "ARM erratum 832075",

@@ -96,9 +96,12 @@ class Verdict:
     :param unpinned: what a VM with no pins (an unpinned VM, which abiguard_pin.so does not
         touch) meets besides ``problems``: the changes those pins of ``boot_pins`` prevent
         that no stream carries (arm64 CTR_EL0 shown apart from the stream)
+    :param pin_notes: those of ``notes`` that say what the pins of ``unpinned`` do: true of a
+        pinned VM only, so dropped with them for a VM with no pins
     """
 
-    __slots__ = ("problems", "notes", "boot_pins", "keep_off", "by_qemu", "hidden", "stream_values", "unpinned")
+    __slots__ = ("problems", "notes", "boot_pins", "keep_off", "by_qemu", "hidden", "stream_values", "unpinned",
+                 "pin_notes")
 
     def __init__(self, problems: list[Problem], notes: list[str], boot_pins: dict[int, int] | None = None,
                  keep_off: dict[int, int] | None = None) -> None:
@@ -112,6 +115,7 @@ class Verdict:
         self.hidden: tuple[int, ...] = ()
         self.stream_values: dict[int, int] = {}
         self.unpinned: list[Problem] = []
+        self.pin_notes: list[str] = []
 
     @property
     def allow(self) -> bool:

@@ -190,9 +190,10 @@ def guest_here(body: Arm64Body, dest: Dest, name_of: Any) -> Verdict:
                 continue
             out.boot_pins[key] = born[1]
             out.stream_values[key] = values[key]
-            out.notes.append(f"{name} ({key:#x}) pinned to {born[1]:#x}, the value its guest read where its "
-                             f"contract comes from (this host's guest would read {now[1]:#x}); QEMU's stream keeps "
-                             f"{values[key]:#x} (abiguard_pin.so translates)")
+            out.pin_notes.append(f"{name} ({key:#x}) pinned to {born[1]:#x}, the value its guest read where its "
+                                 f"contract comes from (this host's guest would read {now[1]:#x}); QEMU's stream "
+                                 f"keeps {values[key]:#x} (abiguard_pin.so translates)")
+            out.notes.append(out.pin_notes[-1])
             out.unpinned.append(Problem(
                 name, reg_id, field, source, f"would give the guest {seen_shown(now)}",
                 "an unpinned VM has no pin: this host traps the guest's read and gives it the stream's value, "
@@ -348,7 +349,7 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
     v = Verdict(problems, notes, boot_pins, keep_off)
     v.hidden = tuple(sorted(hidden))
     v.stream_values = guest.stream_values
-    v.unpinned = guest.unpinned
+    v.unpinned, v.pin_notes = guest.unpinned, guest.pin_notes
     if hidden:
         notes.append(_hidden_note(hidden, dest))
     return v
@@ -452,8 +453,7 @@ def _unpinned(v: Verdict) -> Verdict:
     CTR_EL0 shown apart from the stream) is a problem for it."""
     if v.unpinned:
         v.problems += v.unpinned
-        v.notes = [n for n in v.notes if not any(n.startswith(f"{p.register} (") and " pinned to " in n
-                                                   for p in v.unpinned)]
+        v.notes = [n for n in v.notes if n not in v.pin_notes]
     return v
 
 
@@ -504,7 +504,7 @@ def boot_values(contract: Contract, profile: Profile) -> Verdict:
     pins.update(guest.boot_pins)
     v = Verdict(problems, guest.notes, pins, kept_off(set(body.stream), dest))
     v.stream_values = guest.stream_values
-    v.unpinned = guest.unpinned
+    v.unpinned, v.pin_notes = guest.unpinned, guest.pin_notes
     return v
 
 
