@@ -102,14 +102,12 @@ def _rewrite_view(host, edit) -> None:
     JSON beside it as save binds it: what someone who knows the format writes, so the
     checks behind the binding (key, digest, types) are the ones that must catch it."""
     path = _view_path(host)
-    data = open(path, "rb").read()
-    head = data[:data.index(b"\n") + 1]
-    key, view = marshal.loads(data[len(head) + 4 + 32:])
+    key, view = marshal.loads(open(path, "rb").read()[profile.VIEW_PAYLOAD_AT:])
     payload = edit(key, view)
     if not isinstance(payload, bytes):
         payload = marshal.dumps(payload)
     text = open(str(host.root / "var/lib/abiguard/host-profile.json"), "rb").read()
-    open(path, "wb").write(head + len(payload).to_bytes(4, "big") + profile.binding(text, payload) + payload)
+    open(path, "wb").write(profile.framed_view(payload, profile.binding(text, payload)))
     st = os.stat(str(host.root / "var/lib/abiguard/host-profile.json"))
     os.utime(str(host.root / "var/lib/abiguard/host-profile.json"), ns=(st.st_atime_ns, st.st_mtime_ns))
 

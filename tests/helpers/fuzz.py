@@ -525,9 +525,8 @@ def crafted_view_body(rng: random.Random, good: bytes) -> bytes:
     save wrote, and the binding tells."""
     import marshal
 
-    head = good[:good.index(b"\n") + 1]
-    bound = good[len(head) + 4:len(head) + 4 + 32]
-    key, view = marshal.loads(good[len(head) + 4 + 32:])
+    bound = good[profile.VIEW_PAYLOAD_AT - len(profile.binding(b"", b"")):profile.VIEW_PAYLOAD_AT]
+    key, view = marshal.loads(good[profile.VIEW_PAYLOAD_AT:])
     shape = rng.randrange(4)
     if shape == 0:                  # a container claiming 2**31-1 (or a random huge count of) items
         count = rng.choice([0x7fffffff, 0xffffffff, 1 << 24, rng.randrange(1 << 32)]).to_bytes(4, "little")
@@ -542,4 +541,4 @@ def crafted_view_body(rng: random.Random, good: bytes) -> bytes:
             path = rng.choice(_leaves(view)[1:] or [()])
             view = _replace(view, path, rng.choice(_WRONG))
         payload = marshal.dumps((key, view))
-    return head + len(payload).to_bytes(4, "big") + bound + payload
+    return profile.framed_view(payload, bound)

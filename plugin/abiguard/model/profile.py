@@ -357,6 +357,8 @@ _VIEW_MAGIC = b"abiguard-hookview-6\n"
 #: as absent (format 5 bound the JSON alone, and a re-framed body of valid types but other
 #: values, e.g. ``kvm`` None, changed the hook's answer: issue 22's fuzz, input 757).
 _BOUND = 32
+#: where the payload starts: after the magic, its length (4 bytes) and the binding
+VIEW_PAYLOAD_AT = len(_VIEW_MAGIC) + 4 + _BOUND
 #: a view bigger than this is not one of ours
 MAX_VIEW_BYTES = 16 * 1024 * 1024
 
@@ -375,9 +377,14 @@ def save(doc: dict[str, Any], path: str) -> Profile:
     text = render(doc).encode()
     key = atomic_write(path, text)
     payload = marshal.dumps((key, model.to_view()))
-    atomic_write(path + HOOKVIEW_SUFFIX, _VIEW_MAGIC + len(payload).to_bytes(4, "big") + binding(text, payload)
-                 + payload)
+    atomic_write(path + HOOKVIEW_SUFFIX, framed_view(payload, binding(text, payload)))
     return model
+
+
+def framed_view(payload: bytes, bound: bytes) -> bytes:
+    """The hook view's bytes around ``payload`` with the binding ``bound`` (what :func:`save`
+    writes with :func:`binding`; the tamper tests frame other bodies the same way)."""
+    return _VIEW_MAGIC + len(payload).to_bytes(4, "big") + bound + payload
 
 
 def _stat_key(path: str) -> tuple[int, int, int]:
@@ -404,12 +411,12 @@ def load_view(path: str) -> Profile | None:
         head = len(_VIEW_MAGIC)
         if len(data) > MAX_VIEW_BYTES or data[:head] != _VIEW_MAGIC:
             return None
-        payload = data[head + 4 + _BOUND:]
+        payload = data[VIEW_PAYLOAD_AT:]
         if int.from_bytes(data[head:head + 4], "big") != len(payload):
             return None
         with open(path, "rb") as f:
             text = f.read(MAX_BYTES + 1)
-        if len(text) > MAX_BYTES or binding(text, payload) != data[head + 4:head + 4 + _BOUND]:
+        if len(text) > MAX_BYTES or binding(text, payload) != data[head + 4:VIEW_PAYLOAD_AT]:
             return None
         key, view = _bounded_loads(payload)
         if type(key) is not tuple or tuple(key) != _stat_key(path):
