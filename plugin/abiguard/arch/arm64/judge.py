@@ -293,7 +293,7 @@ def check(contract: Contract, dest_profile: Profile, policy: Policy, stream: tup
             continue
         trouble = row.check(rid, name_of(rid), value, dest)
         if not trouble and row.host_property:
-            trouble = above_contract(rid, name_of(rid), value, dest.registers.get(rid))
+            trouble = row.above(rid, name_of(rid), value, dest.registers.get(rid))
         problems += trouble
         if trouble:
             judged_bad.add(rid)
@@ -457,18 +457,6 @@ def _unpinned(v: Verdict) -> Verdict:
     return v
 
 
-def above_contract(rid: int, name: str, value: int, have: int | None) -> list[Problem]:
-    """A host property (rules.Workaround) above the contract's value: the guest sees this
-    host's own level and the VM carries it on (KVM's, no write changes it), which the
-    contract's hosts need not take -- the contract holds the highest its hosts have."""
-    if have is None or have <= value:
-        return []
-    return [Problem(name, rid, None, _h(value), f"has {have:#x}",
-                    "this host's own level is above its contract's: the guest would see it here and the VM "
-                    "would carry it on (KVM gives the host's, no write changes it), which its hosts need not take",
-                    "keep the VM on the hosts of its contract")]
-
-
 def boot_values(contract: Contract, profile: Profile) -> Verdict:
     """What writing the contract's values at a plain start on this host takes: the pins
     abiguard_pin.so must write (``boot_pins``), and the values no pin can realise or the
@@ -487,7 +475,7 @@ def boot_values(contract: Contract, profile: Profile) -> Verdict:
         name = section.name_of(rid)
         kind = regs.kind_of(rid)
         if RULES[kind].host_property:
-            problems += above_contract(rid, name, value, have)
+            problems += RULES[kind].above(rid, name, value, have)
             continue
         trouble = RULES[kind].check(rid, name, value, dest)
         if trouble:

@@ -81,6 +81,11 @@ class Rule:
             return values[0], f"{name}: differs between hosts and cannot be changed"
         return values[0], None
 
+    def above(self, reg_id: int, name: str, value: int, have: int | None) -> list[Problem]:
+        """For a ``host_property``: why this host's own value (``have``) is beyond the
+        contract's ``value`` although KVM takes the write (nothing for other kinds)."""
+        return []
+
     def trial(self, vcpu: KvmVcpu, reg: regs.FwReg) -> Any:
         """Probe: the JSON record of which values this kernel accepts (firmware kinds)."""
         return None
@@ -90,7 +95,9 @@ class Rule:
         return None
 
 
-def _level(value: int, levels: dict[int, str]) -> str:
+def _level(name: str, value: int) -> str:
+    """A mitigation level as its register names it: ``2 (NOT_REQUIRED)``."""
+    levels = regs.WORKAROUND_2_LEVELS if name.endswith("_2") else regs.WORKAROUND_LEVELS
     return f"{value} ({levels.get(value & 0xF, '?')})"
 
 
@@ -163,8 +170,7 @@ class Workaround(Rule):
 
     def check(self, reg_id: int, name: str, value: int, dest: Dest) -> list[Problem]:
         tried = dest.acceptance.get(name)
-        levels = regs.WORKAROUND_2_LEVELS if name.endswith("_2") else regs.WORKAROUND_LEVELS
-        label = _level(value, levels)
+        label = _level(name, value)
         if tried is not None and tried.get(str(value)) == "accepted":
             return []
         have = dest.registers.get(reg_id)
@@ -189,11 +195,22 @@ class Workaround(Rule):
         top = max(values)
         if ok[-1] >= top:
             return ok[-1], None
-        levels = regs.WORKAROUND_2_LEVELS if name.endswith("_2") else regs.WORKAROUND_LEVELS
-        seen = ", ".join(sorted({_level(v, levels) for v in values}))
+        seen = ", ".join(sorted({_level(name, v) for v in values}))
         return top, (f"{name}: the hosts' mitigation levels differ ({seen}): "
-                     f"a VM started where it is {_level(top, levels)} carries that level, which a host whose own is "
+                     f"a VM started where it is {_level(name, top)} carries that level, which a host whose own is "
                      "lower refuses (a host property: CPU errata, firmware, mitigations=)")
+
+    def above(self, reg_id: int, name: str, value: int, have: int | None) -> list[Problem]:
+        """A host whose own level (``have``) is above the contract's ``value``: the guest sees
+        that level there and the VM carries it on (KVM gives the host's, no write changes it),
+        which the contract's hosts need not take -- :meth:`fold` holds the highest they have.
+        Asked at a start and at an arrival (:mod:`.judge`)."""
+        if have is None or have <= value:
+            return []
+        return [Problem(name, reg_id, None, _h(value), f"has {have:#x}",
+                        "this host's own level is above its contract's: the guest would see it here and the VM "
+                        "would carry it on (KVM gives the host's, no write changes it), which its hosts need not "
+                        "take", "keep the VM on the hosts of its contract")]
 
     def trial(self, vcpu: KvmVcpu, reg: regs.FwReg) -> Any:
         return {str(v): _set_result(vcpu, reg.id, v) for v in regs.WORKAROUND_TRIALS}
